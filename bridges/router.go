@@ -1,0 +1,429 @@
+package bridges
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/mapping"
+	"github.com/parleygw/parley/store"
+)
+
+// ErrStopping is returned by Dispatch while the router shuts down; adapters
+// answer with a temporary error so that the sender's server retries later.
+var ErrStopping = errors.New("gateway is stopping")
+
+// duplicateRetention is how long the source IDs of accepted events are kept
+// to recognise retransmissions.
+const duplicateRetention = 7 * 24 * time.Hour
+
+// Router is the routing core and implements Host for every adapter.
+//
+// Dispatch resolves an inbound event through the mapping, stores it in the
+// outbox and appends it to the queue of its conversation (the pair of
+// translated addresses). Each queue with events has one worker goroutine
+// that delivers them in order, retrying transient failures with backoff, so
+// one slow conversation never delays another.
+type Router struct {
+	store    store.Store
+	mapping  atomic.Pointer[mapping.Map]
+	networks map[event.Network]Network
+	links    map[event.Network]Links
+	log      *slog.Logger
+	metrics  Metrics
+	now      func() time.Time
+
+	minBackoff, maxBackoff, maxAge time.Duration
+
+	mu       sync.Mutex
+	queues   map[conversation]*queue
+	states   map[event.Network]Status
+	stopping bool
+	drained  chan struct{} // closed when stopping and no queue is left
+
+	// runCtx lives from Start to the end of Stop: it bounds the workers'
+	// Sends and backoff waits. Cancelling it is how Stop interrupts them.
+	runCtx    context.Context
+	cancelRun context.CancelFunc
+	workers   sync.WaitGroup
+}
+
+var _ Host = (*Router)(nil)
+
+// Status is an adapter's last reported state.
+type Status struct {
+	State State
+	Err   error
+	Since time.Time
+}
+
+type conversation struct{ from, to event.Address }
+
+type queue struct{ entries []store.Entry }
+
+// NewRouter returns a router over st with the mapping m. Add the networks,
+// then Start.
+func NewRouter(st store.Store, m *mapping.Map, opts ...Option) *Router {
+	r := &Router{
+		store:      st,
+		networks:   map[event.Network]Network{},
+		links:      map[event.Network]Links{},
+		log:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+		metrics:    nopMetrics{},
+		now:        time.Now,
+		minBackoff: 500 * time.Millisecond,
+		maxBackoff: time.Minute,
+		maxAge:     24 * time.Hour,
+		queues:     map[conversation]*queue{},
+		states:     map[event.Network]Status{},
+	}
+	r.mapping.Store(m)
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+// Add registers an adapter. Call it before Start.
+func (r *Router) Add(n Network) {
+	name := n.Network()
+	r.networks[name] = n
+	r.links[name] = scopedLinks{st: r.store, ns: string(name)}
+	r.states[name] = Status{State: Starting, Since: r.now()}
+}
+
+// SetMapping replaces the mapping (on a configuration reload). Events
+// already queued keep the addresses they were resolved to.
+func (r *Router) SetMapping(m *mapping.Map) { r.mapping.Store(m) }
+
+// Start queues what the outbox still holds from an earlier run, then starts
+// every adapter.
+func (r *Router) Start(ctx context.Context) error {
+	r.runCtx, r.cancelRun = context.WithCancel(context.WithoutCancel(ctx))
+	pending, err := r.store.Pending(ctx)
+	if err != nil {
+		return fmt.Errorf("start router: %w", err)
+	}
+	if len(pending) > 0 {
+		r.log.Info("resuming outbox", "events", len(pending))
+	}
+	for _, e := range pending {
+		r.push(e)
+	}
+	for name, n := range r.networks {
+		if err := n.Start(ctx, r); err != nil {
+			return fmt.Errorf("start %s adapter: %w", name, err)
+		}
+	}
+	r.workers.Add(1)
+	go r.forgetOldDuplicates()
+	return nil
+}
+
+// Stop refuses new events, waits until the queues are empty or ctx is done,
+// then interrupts delivery and stops the adapters. What was not delivered
+// stays in the outbox for the next Start.
+func (r *Router) Stop(ctx context.Context) error {
+	r.mu.Lock()
+	r.stopping = true
+	r.drained = make(chan struct{})
+	drained := r.drained
+	r.closeDrainedLocked()
+	r.mu.Unlock()
+
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		r.log.Warn("stopping with undelivered events in the outbox", "conversations", r.conversations())
+	}
+	r.cancelRun()
+	r.workers.Wait()
+
+	var errs []error
+	for name, n := range r.networks {
+		if err := n.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop %s adapter: %w", name, err))
+		}
+		r.SetState(name, Stopped, nil)
+	}
+	return errors.Join(errs...)
+}
+
+// closeDrainedLocked signals Stop once no queue is left. r.mu is held.
+func (r *Router) closeDrainedLocked() {
+	if r.stopping && len(r.queues) == 0 && r.drained != nil {
+		close(r.drained)
+		r.drained = nil
+	}
+}
+
+func (r *Router) conversations() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.queues)
+}
+
+// Dispatch implements Host. The router takes ownership of evt.
+func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
+	h := evt.Head()
+	origin := *h
+	switch evt.(type) {
+	case *event.Message:
+	case *event.Failure:
+		return fmt.Errorf("dispatch from %s: failure events are not accepted from adapters", h.From)
+	default:
+		return fmt.Errorf("dispatch from %s: unknown event kind %s", h.From, evt.Kind())
+	}
+	if r.isStopping() {
+		return ErrStopping
+	}
+	m := r.mapping.Load()
+	from, to, err := m.Resolve(h.From, h.To)
+	switch {
+	case errors.Is(err, mapping.ErrNoRoute):
+		return fmt.Errorf("%w: %w", ErrNoRoute, err)
+	case errors.Is(err, mapping.ErrLoop):
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	case err != nil:
+		return err
+	}
+	h.From, h.To = from, to
+	if name := m.DisplayName(origin.From); name != "" {
+		h.FromName = name
+	} else if h.FromName == "" {
+		h.FromName = origin.From.ID
+	}
+	if h.Time.IsZero() {
+		h.Time = r.now()
+	}
+	e := store.Entry{Origin: origin, Event: evt, Accepted: r.now()}
+	dup, err := r.store.Enqueue(ctx, &e)
+	if err != nil {
+		return fmt.Errorf("accept event %s from %s: %w", origin.ID, origin.From, err)
+	}
+	if dup {
+		r.metrics.Duplicate(origin.From.Network)
+		return nil
+	}
+	r.metrics.Received(origin.From.Network, evt.Kind())
+	r.push(e)
+	return nil
+}
+
+func (r *Router) isStopping() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stopping
+}
+
+// push appends e to its conversation's queue, starting a worker when the
+// queue was idle.
+func (r *Router) push(e store.Entry) {
+	h := e.Event.Head()
+	key := conversation{h.From, h.To}
+	r.mu.Lock()
+	q, busy := r.queues[key]
+	if !busy {
+		q = &queue{}
+		r.queues[key] = q
+	}
+	q.entries = append(q.entries, e)
+	r.mu.Unlock()
+	r.metrics.Queued(1)
+	if !busy {
+		r.workers.Add(1)
+		go r.work(key, q)
+	}
+}
+
+// work delivers the entries of one conversation in order, and ends when the
+// queue is empty.
+func (r *Router) work(key conversation, q *queue) {
+	defer r.workers.Done()
+	for {
+		r.mu.Lock()
+		if len(q.entries) == 0 {
+			delete(r.queues, key)
+			r.closeDrainedLocked()
+			r.mu.Unlock()
+			return
+		}
+		e := q.entries[0]
+		r.mu.Unlock()
+
+		if !r.deliver(e) {
+			return // interrupted by Stop: the entry stays in the outbox
+		}
+		r.mu.Lock()
+		q.entries[0] = store.Entry{}
+		q.entries = q.entries[1:]
+		r.mu.Unlock()
+		r.metrics.Queued(-1)
+	}
+}
+
+// deliver sends e until it is delivered or fails for good. It returns false
+// when Stop interrupted it.
+func (r *Router) deliver(e store.Entry) bool {
+	ctx := r.runCtx
+	h := e.Event.Head()
+	dst, ok := r.networks[h.To.Network]
+	if !ok {
+		r.fail(ctx, e, fmt.Errorf("network %s is not enabled", h.To.Network))
+		return true
+	}
+	for attempt := 0; ; attempt++ {
+		_, err := dst.Send(ctx, e.Event)
+		if err == nil {
+			r.metrics.Delivered(h.To.Network, e.Event.Kind(), r.now().Sub(e.Accepted))
+			r.done(ctx, e)
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if IsPermanent(err) {
+			r.fail(ctx, e, err)
+			return true
+		}
+		if age := r.now().Sub(e.Accepted); age > r.maxAge {
+			r.fail(ctx, e, fmt.Errorf("not delivered within %s: %w", r.maxAge, err))
+			return true
+		}
+		r.metrics.Retried(h.To.Network)
+		wait := r.backoff(attempt)
+		r.log.Debug("send failed, will retry", "network", h.To.Network, "to", h.To.ID, "event", h.ID, "wait", wait, "err", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func (r *Router) backoff(attempt int) time.Duration {
+	d := r.minBackoff << min(attempt, 20)
+	if d <= 0 || d > r.maxBackoff {
+		d = r.maxBackoff
+	}
+	// Up to a quarter of jitter, so that conversations retrying after the
+	// same outage do not hit the peer at the same instant.
+	return d - time.Duration(rand.Int64N(int64(d)/4+1))
+}
+
+// done removes a delivered or failed entry from the outbox.
+func (r *Router) done(ctx context.Context, e store.Entry) {
+	if err := r.store.Done(ctx, e.Seq); err != nil {
+		// The event was delivered; it will be sent again after a restart,
+		// which adapters make idempotent where their protocol allows.
+		r.log.Error("remove delivered event from outbox", "seq", e.Seq, "err", err)
+	}
+}
+
+// fail ends e and tells its sender, on the sender's network, that it could
+// not be delivered. A failure report that itself fails is only logged.
+func (r *Router) fail(ctx context.Context, e store.Entry, cause error) {
+	h := e.Event.Head()
+	r.metrics.Failed(h.To.Network, e.Event.Kind())
+	r.log.Warn("event not delivered", "network", h.To.Network, "to", h.To.ID, "event", e.Origin.ID, "err", cause)
+	r.done(ctx, e)
+	if _, isFailure := e.Event.(*event.Failure); isFailure {
+		return
+	}
+	f := &event.Failure{
+		Header: event.Header{
+			ID:   "failure/" + e.Origin.ID,
+			From: e.Origin.To,
+			To:   e.Origin.From,
+			Time: r.now(),
+		},
+		EventID:   e.Origin.ID,
+		Reason:    cause.Error(),
+		Condition: event.Undeliverable,
+	}
+	report := store.Entry{Origin: f.Header, Event: f, Accepted: r.now()}
+	dup, err := r.store.Enqueue(ctx, &report)
+	if err != nil {
+		r.log.Error("store failure report", "event", e.Origin.ID, "err", err)
+		return
+	}
+	if !dup {
+		r.push(report)
+	}
+}
+
+// forgetOldDuplicates prunes duplicate records hourly until Stop.
+func (r *Router) forgetOldDuplicates() {
+	defer r.workers.Done()
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if err := r.store.ForgetBefore(r.runCtx, r.now().Add(-duplicateRetention)); err != nil && r.runCtx.Err() == nil {
+			r.log.Warn("prune duplicate records", "err", err)
+		}
+		select {
+		case <-t.C:
+		case <-r.runCtx.Done():
+			return
+		}
+	}
+}
+
+// SetState implements Host.
+func (r *Router) SetState(n event.Network, s State, err error) {
+	r.mu.Lock()
+	prev := r.states[n]
+	if prev.State != s || (err != nil) != (prev.Err != nil) {
+		r.states[n] = Status{State: s, Err: err, Since: r.now()}
+	}
+	r.mu.Unlock()
+	if prev.State != s {
+		if err != nil {
+			r.log.Warn("adapter state", "network", n, "state", s, "err", err)
+		} else {
+			r.log.Info("adapter state", "network", n, "state", s)
+		}
+	}
+}
+
+// States returns the last state each adapter reported.
+func (r *Router) States() map[event.Network]Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[event.Network]Status, len(r.states))
+	for n, s := range r.states {
+		out[n] = s
+	}
+	return out
+}
+
+// Links implements Host.
+func (r *Router) Links(n event.Network) Links { return r.links[n] }
+
+// Profile implements Host.
+func (r *Router) Profile(a event.Address) string { return r.mapping.Load().DisplayName(a) }
+
+// scopedLinks gives one adapter its own namespace of the store's links.
+type scopedLinks struct {
+	st store.Links
+	ns string
+}
+
+func (l scopedLinks) Get(ctx context.Context, key string) (string, bool, error) {
+	return l.st.GetLink(ctx, l.ns, key)
+}
+
+func (l scopedLinks) Put(ctx context.Context, key, value string) error {
+	return l.st.PutLink(ctx, l.ns, key, value)
+}
+
+func (l scopedLinks) Delete(ctx context.Context, key string) error {
+	return l.st.DeleteLink(ctx, l.ns, key)
+}

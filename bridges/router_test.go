@@ -1,0 +1,272 @@
+package bridges_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/bridges/bridgestest"
+	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/mapping"
+	"github.com/parleygw/parley/store"
+)
+
+func testMap(t testing.TB) *mapping.Map {
+	t.Helper()
+	m, err := mapping.New(mapping.Config{
+		Ghosts: map[event.Network]map[event.Network]string{
+			event.Matrix: {event.XMPP: "_xmpp_{user}_{domain}@hs.example"},
+			event.XMPP:   {event.Matrix: "{user}%{domain}@matrix.example.org"},
+		},
+	}, map[event.Network]mapping.Codec{event.XMPP: bridgestest.Codec{}, event.Matrix: bridgestest.Codec{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+type harness struct {
+	router       *bridges.Router
+	xmpp, matrix *bridgestest.Network
+	store        store.Store
+}
+
+func start(t testing.TB, st store.Store, opts ...bridges.Option) *harness {
+	t.Helper()
+	h := &harness{xmpp: bridgestest.NewNetwork(event.XMPP), matrix: bridgestest.NewNetwork(event.Matrix), store: st}
+	opts = append([]bridges.Option{bridges.WithRetry(time.Millisecond, 5*time.Millisecond, time.Hour)}, opts...)
+	h.router = bridges.NewRouter(st, testMap(t), opts...)
+	h.router.Add(h.xmpp)
+	h.router.Add(h.matrix)
+	if err := h.router.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = h.router.Stop(ctx)
+	})
+	return h
+}
+
+func xmppMessage(id, from, to, body string) *event.Message {
+	return &event.Message{
+		Header: event.Header{ID: id, From: event.Address{Network: event.XMPP, ID: from}, To: event.Address{Network: event.XMPP, ID: to}},
+		Body:   body,
+	}
+}
+
+func waitCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestDispatchTranslatesAndKeepsOrder(t *testing.T) {
+	h := start(t, store.NewMemory())
+	const n = 200
+	for i := range n {
+		from := fmt.Sprintf("user%d@example.org", i%3)
+		if err := h.router.Dispatch(context.Background(), xmppMessage(fmt.Sprint(i), from, "carol%hs.example@matrix.example.org", fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := h.matrix.WaitSent(waitCtx(t), n)
+	if len(sent) != n {
+		t.Fatalf("delivered %d of %d", len(sent), n)
+	}
+	last := map[string]int{}
+	for _, e := range sent {
+		m := e.(*event.Message)
+		if m.To != (event.Address{Network: event.Matrix, ID: "carol@hs.example"}) {
+			t.Fatalf("To = %v", m.To)
+		}
+		var i int
+		_, _ = fmt.Sscan(m.Body, &i)
+		if prev, ok := last[m.From.ID]; ok && i < prev {
+			t.Fatalf("conversation of %s reordered: %d after %d", m.From.ID, i, prev)
+		}
+		last[m.From.ID] = i
+		if m.FromName == "" {
+			t.Errorf("FromName not set")
+		}
+	}
+	if len(last) != 3 {
+		t.Errorf("senders = %v, want 3 ghosts", last)
+	}
+}
+
+func TestDispatchErrors(t *testing.T) {
+	h := start(t, store.NewMemory())
+	err := h.router.Dispatch(context.Background(), xmppMessage("1", "bob@example.org", "carol@example.org", "hi"))
+	if !errors.Is(err, bridges.ErrNoRoute) {
+		t.Errorf("to a non-ghost: err = %v, want ErrNoRoute", err)
+	}
+	err = h.router.Dispatch(context.Background(), xmppMessage("2", "x%y@matrix.example.org", "carol%hs.example@matrix.example.org", "hi"))
+	if !errors.Is(err, bridges.ErrRefused) {
+		t.Errorf("from a ghost: err = %v, want ErrRefused", err)
+	}
+}
+
+func TestDuplicatesDeliveredOnce(t *testing.T) {
+	h := start(t, store.NewMemory())
+	for range 3 {
+		if err := h.router.Dispatch(context.Background(), xmppMessage("same", "bob@example.org", "carol%hs.example@matrix.example.org", "hi")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.router.Dispatch(context.Background(), xmppMessage("other", "bob@example.org", "carol%hs.example@matrix.example.org", "end")); err != nil {
+		t.Fatal(err)
+	}
+	if sent := h.matrix.WaitSent(waitCtx(t), 2); len(sent) != 2 {
+		t.Fatalf("delivered %d events, want 2", len(sent))
+	}
+}
+
+func TestTransientFailureIsRetriedInOrder(t *testing.T) {
+	var calls atomic.Int32
+	h := start(t, store.NewMemory())
+	h.matrix.SendFunc = func(_ context.Context, e event.Event) (string, error) {
+		if calls.Add(1) <= 3 {
+			return "", errors.New("homeserver unreachable")
+		}
+		return e.Head().ID, nil
+	}
+	for i := range 5 {
+		if err := h.router.Dispatch(context.Background(), xmppMessage(fmt.Sprint(i), "bob@example.org", "carol%hs.example@matrix.example.org", fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := h.matrix.WaitSent(waitCtx(t), 5)
+	for i, e := range sent {
+		if e.(*event.Message).Body != fmt.Sprint(i) {
+			t.Fatalf("delivery %d is %q", i, e.(*event.Message).Body)
+		}
+	}
+}
+
+func TestPermanentFailureReachesSender(t *testing.T) {
+	h := start(t, store.NewMemory())
+	h.matrix.SendFunc = func(context.Context, event.Event) (string, error) {
+		return "", bridges.Permanent(errors.New("M_FORBIDDEN: not in room"))
+	}
+	if err := h.router.Dispatch(context.Background(), xmppMessage("m1", "bob@example.org", "carol%hs.example@matrix.example.org", "hi")); err != nil {
+		t.Fatal(err)
+	}
+	sent := h.xmpp.WaitSent(waitCtx(t), 1)
+	if len(sent) != 1 {
+		t.Fatal("no failure report reached the sender")
+	}
+	f, ok := sent[0].(*event.Failure)
+	if !ok {
+		t.Fatalf("sender got %T", sent[0])
+	}
+	want := event.Header{ID: "failure/m1", From: event.Address{Network: event.XMPP, ID: "carol%hs.example@matrix.example.org"},
+		To: event.Address{Network: event.XMPP, ID: "bob@example.org"}}
+	if f.ID != want.ID || f.From != want.From || f.To != want.To || f.EventID != "m1" || f.Reason == "" {
+		t.Errorf("failure = %+v", f)
+	}
+}
+
+func TestSlowConversationDoesNotBlockOthers(t *testing.T) {
+	h := start(t, store.NewMemory())
+	release := make(chan struct{})
+	h.matrix.SendFunc = func(ctx context.Context, e event.Event) (string, error) {
+		if e.Head().To.ID == "slow@hs.example" {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+		}
+		return e.Head().ID, nil
+	}
+	defer close(release)
+	_ = h.router.Dispatch(context.Background(), xmppMessage("1", "bob@example.org", "slow%hs.example@matrix.example.org", "stuck"))
+	_ = h.router.Dispatch(context.Background(), xmppMessage("2", "bob@example.org", "fast%hs.example@matrix.example.org", "flows"))
+	sent := h.matrix.WaitSent(waitCtx(t), 1)
+	if len(sent) != 1 || sent[0].Head().To.ID != "fast@hs.example" {
+		t.Fatalf("sent = %v", sent)
+	}
+}
+
+// TestOutboxSurvivesRestart stops the router while the destination is down
+// and checks that a new router on the same SQLite file delivers everything.
+func TestOutboxSurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "parley.db")
+	st, err := store.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := bridgestest.NewNetwork(event.Matrix)
+	down.SendFunc = func(context.Context, event.Event) (string, error) { return "", errors.New("down") }
+	r := bridges.NewRouter(st, testMap(t), bridges.WithRetry(time.Millisecond, time.Millisecond, time.Hour))
+	r.Add(bridgestest.NewNetwork(event.XMPP))
+	r.Add(down)
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := r.Dispatch(context.Background(), xmppMessage(fmt.Sprint(i), "bob@example.org", "carol%hs.example@matrix.example.org", fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	_ = r.Stop(ctx)
+	cancel()
+	_ = st.Close()
+
+	st, err = store.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = st.Close() }()
+	h := start(t, st)
+	sent := h.matrix.WaitSent(waitCtx(t), 10)
+	if len(sent) != 10 {
+		t.Fatalf("after restart delivered %d of 10", len(sent))
+	}
+	for i, e := range sent {
+		if e.(*event.Message).Body != fmt.Sprint(i) {
+			t.Fatalf("delivery %d is %q", i, e.(*event.Message).Body)
+		}
+	}
+	// A retransmission of an event accepted before the restart is a duplicate.
+	if err := h.router.Dispatch(context.Background(), xmppMessage("3", "bob@example.org", "carol%hs.example@matrix.example.org", "3")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := len(h.matrix.Sent()); n != 10 {
+		t.Errorf("duplicate was delivered again: %d events", n)
+	}
+}
+
+func TestStopIsBounded(t *testing.T) {
+	h := start(t, store.NewMemory())
+	h.matrix.SendFunc = func(ctx context.Context, _ event.Event) (string, error) {
+		<-ctx.Done()
+		return "", ctx.Err()
+	}
+	_ = h.router.Dispatch(context.Background(), xmppMessage("1", "bob@example.org", "carol%hs.example@matrix.example.org", "hi"))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { _ = h.router.Stop(ctx); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Stop did not return after its context ended")
+	}
+	if err := h.router.Dispatch(context.Background(), xmppMessage("2", "bob@example.org", "carol%hs.example@matrix.example.org", "late")); !errors.Is(err, bridges.ErrStopping) {
+		t.Errorf("Dispatch after Stop: %v", err)
+	}
+	pending, _ := h.store.Pending(context.Background())
+	if len(pending) != 1 {
+		t.Errorf("outbox holds %d entries after an interrupted delivery, want 1", len(pending))
+	}
+}

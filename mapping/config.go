@@ -1,0 +1,86 @@
+package mapping
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+
+	"github.com/parleygw/parley/event"
+)
+
+// Config is the "mapping" section of Parley's YAML file: who is who.
+type Config struct {
+	// Identities are people with accounts on several networks.
+	Identities []Identity `yaml:"identities"`
+	// Ghosts gives, for each network, how people of each other network
+	// appear there: Ghosts[matrix][xmpp] = "@_xmpp_{user}_{domain}:localhost"
+	// means an XMPP user alice@example.org appears on Matrix as
+	// @_xmpp_alice_example.org:localhost. {user} and {domain} are the two
+	// parts of the person's own address, escaped (see Escape).
+	Ghosts map[event.Network]map[event.Network]string `yaml:"ghosts"`
+	// Aliases gives, for each network, the address under which an identity
+	// is reached there by name: Aliases[xmpp] = "{name}@matrix.localhost"
+	// lets XMPP users write to alice@matrix.localhost to reach the identity
+	// named alice on her preferred other network.
+	Aliases map[event.Network]string `yaml:"aliases"`
+}
+
+// Identity is one person and their accounts.
+type Identity struct {
+	// Name is a short alias: lowercase letters, digits, '.' and '-'.
+	Name string `yaml:"name"`
+	// DisplayName is shown for the person's ghosts on other networks.
+	DisplayName string `yaml:"display_name"`
+	// Accounts are "network:id" addresses, most preferred first.
+	Accounts []string `yaml:"accounts"`
+}
+
+var identityName = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]*$`)
+
+// Validate checks c on its own, without the adapters' codecs; New checks
+// addresses with them.
+func (c *Config) Validate() error {
+	var errs []error
+	seen := map[string]bool{}
+	for i, id := range c.Identities {
+		where := fmt.Sprintf("mapping.identities[%d]", i)
+		if !identityName.MatchString(id.Name) {
+			errs = append(errs, fmt.Errorf("%s.name: %q must be lowercase letters, digits, '.' and '-'", where, id.Name))
+		}
+		if seen[id.Name] {
+			errs = append(errs, fmt.Errorf("%s.name: %q is listed twice", where, id.Name))
+		}
+		seen[id.Name] = true
+		if len(id.Accounts) == 0 {
+			errs = append(errs, fmt.Errorf("%s.accounts: a person needs at least one account", where))
+		}
+		for j, a := range id.Accounts {
+			if _, ok := event.ParseAddress(a); !ok {
+				errs = append(errs, fmt.Errorf("%s.accounts[%d]: %q is not \"network:id\" with network one of xmpp, matrix, sip", where, j, a))
+			}
+		}
+	}
+	for on, byFrom := range c.Ghosts {
+		if !on.Valid() {
+			errs = append(errs, fmt.Errorf("mapping.ghosts: unknown network %q", on))
+		}
+		for from, raw := range byFrom {
+			if !from.Valid() || from == on {
+				errs = append(errs, fmt.Errorf("mapping.ghosts.%s: %q is not another network", on, from))
+				continue
+			}
+			if _, err := parseTemplate(raw, "{user}", "{domain}"); err != nil {
+				errs = append(errs, fmt.Errorf("mapping.ghosts.%s.%s: %w", on, from, err))
+			}
+		}
+	}
+	for on, raw := range c.Aliases {
+		if !on.Valid() {
+			errs = append(errs, fmt.Errorf("mapping.aliases: unknown network %q", on))
+		}
+		if _, err := parseTemplate(raw, "{name}"); err != nil {
+			errs = append(errs, fmt.Errorf("mapping.aliases.%s: %w", on, err))
+		}
+	}
+	return errors.Join(errs...)
+}

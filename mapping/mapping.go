@@ -1,0 +1,225 @@
+// Package mapping decides who is who across networks: YAML identities (one
+// person, several accounts), ghost templates (everyone else gets a reversible
+// address on the other networks) and aliases (an identity reached by name).
+//
+// A Map is immutable once built; a configuration reload builds a new one.
+package mapping
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/parleygw/parley/event"
+)
+
+// ErrNoRoute is returned by Resolve when the recipient maps to nobody.
+var ErrNoRoute = errors.New("address maps to nobody")
+
+// ErrLoop is returned by Resolve when the sender is itself an address that
+// Parley serves (a ghost or an alias), so bridging would echo.
+var ErrLoop = errors.New("sender is a gateway address")
+
+// Map resolves addresses. It is safe for concurrent use.
+type Map struct {
+	codecs     map[event.Network]Codec
+	identities []*identity
+	byName     map[string]*identity
+	byAccount  map[event.Address]*identity
+	ghosts     map[event.Network][]ghost // by the network the ghosts live on
+	aliases    map[event.Network]template
+}
+
+type identity struct {
+	name        string
+	displayName string
+	accounts    []event.Address
+}
+
+// ghost is the template for people of network from on another network.
+type ghost struct {
+	from event.Network
+	t    template
+}
+
+// New validates cfg and builds a Map. codecs holds one Codec per network
+// Parley serves; addresses and templates for other networks are errors.
+func New(cfg Config, codecs map[event.Network]Codec) (*Map, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m := &Map{
+		codecs:    codecs,
+		byName:    map[string]*identity{},
+		byAccount: map[event.Address]*identity{},
+		ghosts:    map[event.Network][]ghost{},
+		aliases:   map[event.Network]template{},
+	}
+	var errs []error
+	for i, c := range cfg.Identities {
+		id := &identity{name: c.Name, displayName: c.DisplayName}
+		for j, raw := range c.Accounts {
+			a, _ := event.ParseAddress(raw)
+			codec, ok := codecs[a.Network]
+			if !ok {
+				errs = append(errs, fmt.Errorf("mapping.identities[%d].accounts[%d]: network %s is not enabled", i, j, a.Network))
+				continue
+			}
+			if _, _, err := codec.Split(a.ID); err != nil {
+				errs = append(errs, fmt.Errorf("mapping.identities[%d].accounts[%d]: %w", i, j, err))
+				continue
+			}
+			if other, dup := m.byAccount[a]; dup {
+				errs = append(errs, fmt.Errorf("mapping.identities[%d].accounts[%d]: %s already belongs to %s", i, j, a, other.name))
+				continue
+			}
+			m.byAccount[a] = id
+			id.accounts = append(id.accounts, a)
+		}
+		m.identities = append(m.identities, id)
+		m.byName[id.name] = id
+	}
+	for _, on := range sortedNetworks(cfg.Ghosts) {
+		for _, from := range sortedNetworks(cfg.Ghosts[on]) {
+			t, _ := parseTemplate(cfg.Ghosts[on][from], "{user}", "{domain}")
+			m.ghosts[on] = append(m.ghosts[on], ghost{from: from, t: t})
+		}
+	}
+	for on, raw := range cfg.Aliases {
+		m.aliases[on], _ = parseTemplate(raw, "{name}")
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func sortedNetworks[V any](m map[event.Network]V) []event.Network {
+	out := make([]event.Network, 0, len(m))
+	for n := range m {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Resolve translates a conversation seen on one network into the same
+// conversation on the network of the recipient. from is the real sender and
+// to the address they wrote to, both on the source network; the results are
+// on the destination network: the address the sender appears as there, and
+// the real recipient.
+func (m *Map) Resolve(from, to event.Address) (sender, recipient event.Address, err error) {
+	if m.Serves(from) {
+		return sender, recipient, fmt.Errorf("resolve %s: %w", from, ErrLoop)
+	}
+	recipient, ok := m.recipient(from, to)
+	if !ok {
+		return sender, recipient, fmt.Errorf("resolve %s: %w", to, ErrNoRoute)
+	}
+	sender, err = m.Appearance(from, recipient.Network)
+	if err != nil {
+		return event.Address{}, event.Address{}, err
+	}
+	return sender, recipient, nil
+}
+
+// recipient finds the real address behind to, an alias or a ghost.
+func (m *Map) recipient(from, to event.Address) (event.Address, bool) {
+	if t, ok := m.aliases[to.Network]; ok {
+		if v, ok := t.parse(to.ID, 1); ok {
+			if id := m.byName[v[0]]; id != nil {
+				for _, a := range id.accounts {
+					if a.Network != to.Network && a.Network != from.Network {
+						return a, true
+					}
+				}
+			}
+			return event.Address{}, false
+		}
+	}
+	for _, g := range m.ghosts[to.Network] {
+		v, ok := g.t.parse(to.ID, 2)
+		if !ok {
+			continue
+		}
+		codec := m.codecs[g.from]
+		if codec == nil {
+			return event.Address{}, false
+		}
+		id, err := codec.Join(v[0], v[1])
+		if err != nil {
+			return event.Address{}, false
+		}
+		return event.Address{Network: g.from, ID: id}, true
+	}
+	return event.Address{}, false
+}
+
+// Appearance returns the address under which a (a real address) appears on
+// network on: the identity's alias when a belongs to an identity and on has
+// an alias template, otherwise a's ghost.
+func (m *Map) Appearance(a event.Address, on event.Network) (event.Address, error) {
+	if id := m.byAccount[a]; id != nil {
+		if t, ok := m.aliases[on]; ok {
+			return event.Address{Network: on, ID: t.format(id.name)}, nil
+		}
+	}
+	for _, g := range m.ghosts[on] {
+		if g.from != a.Network {
+			continue
+		}
+		codec := m.codecs[a.Network]
+		if codec == nil {
+			break
+		}
+		user, domain, err := codec.Split(a.ID)
+		if err != nil {
+			return event.Address{}, fmt.Errorf("ghost of %s on %s: %w", a, on, err)
+		}
+		id := g.t.format(user, domain)
+		if oc := m.codecs[on]; oc != nil {
+			if _, _, err := oc.Split(id); err != nil {
+				return event.Address{}, fmt.Errorf("ghost of %s on %s: %w", a, on, err)
+			}
+		}
+		return event.Address{Network: on, ID: id}, nil
+	}
+	return event.Address{}, fmt.Errorf("%s users cannot appear on %s (no ghost template): %w", a.Network, on, ErrNoRoute)
+}
+
+// Serves reports whether a is an address Parley serves: a ghost or an alias.
+func (m *Map) Serves(a event.Address) bool {
+	if t, ok := m.aliases[a.Network]; ok {
+		if _, ok := t.parse(a.ID, 1); ok {
+			return true
+		}
+	}
+	for _, g := range m.ghosts[a.Network] {
+		if _, ok := g.t.parse(a.ID, 2); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// DisplayName returns the display name of the identity that owns a, or "".
+func (m *Map) DisplayName(a event.Address) string {
+	if id := m.byAccount[a]; id != nil {
+		return id.displayName
+	}
+	return ""
+}
+
+// Patterns returns regular expressions (unanchored) matching every address
+// Parley serves on network on: its ghosts and its aliases. The Matrix
+// appservice registration declares them as its exclusive namespaces.
+func (m *Map) Patterns(on event.Network) []string {
+	var out []string
+	for _, g := range m.ghosts[on] {
+		out = append(out, g.t.pattern())
+	}
+	if t, ok := m.aliases[on]; ok {
+		out = append(out, t.pattern())
+	}
+	return out
+}

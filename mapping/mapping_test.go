@@ -1,0 +1,135 @@
+package mapping_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/parleygw/parley/bridges/bridgestest"
+	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/mapping"
+)
+
+func testConfig() mapping.Config {
+	return mapping.Config{
+		Identities: []mapping.Identity{{
+			Name:        "alice",
+			DisplayName: "Alice Liddell",
+			Accounts:    []string{"xmpp:alice@example.org", "matrix:alice@example.org"},
+		}},
+		Ghosts: map[event.Network]map[event.Network]string{
+			event.Matrix: {event.XMPP: "_xmpp_{user}_{domain}@hs.example"},
+			event.XMPP:   {event.Matrix: "{user}%{domain}@matrix.example.org"},
+		},
+		Aliases: map[event.Network]string{event.XMPP: "{name}@matrix.example.org"},
+	}
+}
+
+var codecs = map[event.Network]mapping.Codec{
+	event.XMPP:   bridgestest.Codec{},
+	event.Matrix: bridgestest.Codec{},
+}
+
+func TestResolve(t *testing.T) {
+	m, err := mapping.New(testConfig(), codecs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := func(id string) event.Address { return event.Address{Network: event.XMPP, ID: id} }
+	mx := func(id string) event.Address { return event.Address{Network: event.Matrix, ID: id} }
+	tests := []struct {
+		name           string
+		from, to       event.Address
+		sender, target event.Address
+		err            error
+	}{
+		{"xmpp user to matrix ghost", x("bob@example.org"), x("carol%hs.example@matrix.example.org"),
+			mx("_xmpp_bob_example.org@hs.example"), mx("carol@hs.example"), nil},
+		{"matrix user to xmpp ghost", mx("carol@hs.example"), mx("_xmpp_bob_example.org@hs.example"),
+			x("carol%hs.example@matrix.example.org"), x("bob@example.org"), nil},
+		{"escaped characters survive the round trip", x("Bob_1@example.org"), x("c=5fd%hs.example@matrix.example.org"),
+			mx("_xmpp_=42ob=5f1_example.org@hs.example"), mx("c_d@hs.example"), nil},
+		{"alias reaches the identity's other account", x("bob@example.org"), x("alice@matrix.example.org"),
+			mx("_xmpp_bob_example.org@hs.example"), mx("alice@example.org"), nil},
+		{"identity appears under its alias", mx("alice@example.org"), mx("_xmpp_bob_example.org@hs.example"),
+			x("alice@matrix.example.org"), x("bob@example.org"), nil},
+		{"unknown alias", x("bob@example.org"), x("zed@matrix.example.org"), event.Address{}, event.Address{}, mapping.ErrNoRoute},
+		{"not a ghost", x("bob@example.org"), x("carol@example.org"), event.Address{}, event.Address{}, mapping.ErrNoRoute},
+		{"non-canonical escape", x("bob@example.org"), x("=61%hs.example@matrix.example.org"), event.Address{}, event.Address{}, mapping.ErrNoRoute},
+		{"ghost as sender is a loop", mx("_xmpp_bob_example.org@hs.example"), mx("_xmpp_eve_example.org@hs.example"),
+			event.Address{}, event.Address{}, mapping.ErrLoop},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sender, target, err := m.Resolve(tc.from, tc.to)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("Resolve error = %v, want %v", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sender != tc.sender || target != tc.target {
+				t.Errorf("Resolve = %v, %v; want %v, %v", sender, target, tc.sender, tc.target)
+			}
+		})
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*mapping.Config)
+		want   string
+	}{
+		{"bad name", func(c *mapping.Config) { c.Identities[0].Name = "Alice" }, "identities[0].name"},
+		{"bad account", func(c *mapping.Config) { c.Identities[0].Accounts[1] = "irc:alice" }, "identities[0].accounts[1]"},
+		{"ambiguous separator", func(c *mapping.Config) { c.Ghosts[event.XMPP][event.Matrix] = "{user}.{domain}@m" }, "ghosts.xmpp.matrix"},
+		{"missing placeholder", func(c *mapping.Config) { c.Aliases[event.XMPP] = "alice@m" }, "aliases.xmpp"},
+		{"invalid account ID", func(c *mapping.Config) { c.Identities[0].Accounts[0] = "xmpp:nodomain" }, "identities[0].accounts[0]"},
+		{"account twice", func(c *mapping.Config) {
+			c.Identities = append(c.Identities, mapping.Identity{Name: "al", Accounts: []string{"xmpp:alice@example.org"}})
+		}, "already belongs to alice"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testConfig()
+			tc.change(&c)
+			_, err := mapping.New(c, codecs)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New error = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPatterns(t *testing.T) {
+	m, err := mapping.New(testConfig(), codecs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(m.Patterns(event.Matrix), " ")
+	if got != `_xmpp_.+@hs\.example` {
+		t.Errorf("Patterns(matrix) = %q", got)
+	}
+}
+
+func FuzzEscape(f *testing.F) {
+	for _, s := range []string{"", "alice", "Bob_1", "=", "=41", "a%b", "\x00\xff", "ü@x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		e := mapping.Escape(s)
+		got, ok := mapping.Unescape(e)
+		if !ok || got != s {
+			t.Fatalf("Unescape(Escape(%q)) = %q, %v", s, got, ok)
+		}
+		// Any string Unescape accepts must be canonical: escaping its
+		// meaning gives it back, so an address has one spelling only.
+		if v, ok := mapping.Unescape(s); ok && mapping.Escape(v) != s {
+			t.Fatalf("Unescape accepted non-canonical %q", s)
+		}
+	})
+}

@@ -1,0 +1,200 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver
+)
+
+// dialect is the SQL flavour of a database. The queries are written once with
+// $N placeholders, which both SQLite and PostgreSQL accept; only the schema
+// differs.
+type dialect string
+
+const (
+	sqliteDialect   dialect = "sqlite"
+	postgresDialect dialect = "postgres"
+)
+
+// SQL is a Store in SQLite or PostgreSQL.
+type SQL struct {
+	db      *sql.DB
+	dialect dialect
+}
+
+var _ Store = (*SQL)(nil)
+
+// Open opens the store at dsn and brings its schema up to date. A dsn that
+// starts with postgres:// or postgresql:// opens PostgreSQL; anything else is
+// the path of a SQLite file (an optional "sqlite:" prefix is removed), created
+// when missing.
+func Open(ctx context.Context, dsn string) (*SQL, error) {
+	s := &SQL{dialect: sqliteDialect}
+	var err error
+	switch {
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		s.dialect = postgresDialect
+		s.db, err = sql.Open("pgx", dsn)
+	default:
+		path := strings.TrimPrefix(dsn, "sqlite:")
+		if path == "" {
+			return nil, errors.New("open store: empty SQLite path")
+		}
+		// WAL with synchronous=NORMAL survives a crash of the process (not
+		// of the machine) without an fsync per commit; one connection
+		// serialises writers, so SQLITE_BUSY cannot happen.
+		s.db, err = sql.Open("sqlite", "file:"+path+
+			"?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)")
+		if err == nil {
+			s.db.SetMaxOpenConns(1)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s store: %w", s.dialect, err)
+	}
+	if err := s.db.PingContext(ctx); err != nil {
+		_ = s.db.Close()
+		return nil, fmt.Errorf("open %s store: %w", s.dialect, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		_ = s.db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close implements Store.
+func (s *SQL) Close() error { return s.db.Close() }
+
+// Enqueue implements Outbox. The duplicate record and the entry are written in
+// one transaction.
+func (s *SQL) Enqueue(ctx context.Context, e *Entry) (dup bool, err error) {
+	kind, payload, err := encodeEvent(e.Event)
+	if err != nil {
+		return false, err
+	}
+	origin, err := json.Marshal(e.Origin)
+	if err != nil {
+		return false, fmt.Errorf("enqueue: encode origin: %w", err)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("enqueue: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	res, err := tx.ExecContext(ctx,
+		`INSERT INTO seen (network, event_id, accepted_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+		string(e.Origin.From.Network), e.Origin.ID, e.Accepted.UnixMilli())
+	if err != nil {
+		return false, fmt.Errorf("enqueue: record %s event %s: %w", e.Origin.From.Network, e.Origin.ID, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return false, fmt.Errorf("enqueue: %w", err)
+	} else if n == 0 {
+		return true, tx.Rollback()
+	}
+	err = tx.QueryRowContext(ctx,
+		`INSERT INTO outbox (origin, kind, payload, accepted_at) VALUES ($1, $2, $3, $4) RETURNING seq`,
+		origin, kind, payload, e.Accepted.UnixMilli()).Scan(&e.Seq)
+	if err != nil {
+		return false, fmt.Errorf("enqueue: store %s event %s: %w", e.Origin.From.Network, e.Origin.ID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("enqueue: commit: %w", err)
+	}
+	return false, nil
+}
+
+// Done implements Outbox.
+func (s *SQL) Done(ctx context.Context, seq int64) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM outbox WHERE seq = $1`, seq); err != nil {
+		return fmt.Errorf("remove outbox entry %d: %w", seq, err)
+	}
+	return nil
+}
+
+// Pending implements Outbox.
+func (s *SQL) Pending(ctx context.Context) ([]Entry, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, origin, kind, payload, accepted_at FROM outbox ORDER BY seq`)
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	var out []Entry
+	for rows.Next() {
+		var (
+			e        Entry
+			origin   []byte
+			kind     string
+			payload  []byte
+			accepted int64
+		)
+		if err := rows.Scan(&e.Seq, &origin, &kind, &payload, &accepted); err != nil {
+			return nil, fmt.Errorf("read outbox: %w", err)
+		}
+		if err := json.Unmarshal(origin, &e.Origin); err != nil {
+			return nil, fmt.Errorf("read outbox entry %d: decode origin: %w", e.Seq, err)
+		}
+		if e.Event, err = decodeEvent(kind, payload); err != nil {
+			return nil, fmt.Errorf("read outbox entry %d: %w", e.Seq, err)
+		}
+		e.Accepted = time.UnixMilli(accepted)
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	return out, nil
+}
+
+// ForgetBefore implements Outbox.
+func (s *SQL) ForgetBefore(ctx context.Context, t time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE accepted_at < $1`, t.UnixMilli()); err != nil {
+		return fmt.Errorf("forget old duplicate records: %w", err)
+	}
+	return nil
+}
+
+// GetLink implements Links.
+func (s *SQL) GetLink(ctx context.Context, ns, key string) (string, bool, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM links WHERE ns = $1 AND key = $2`, ns, key).Scan(&v)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return "", false, nil
+	case err != nil:
+		return "", false, fmt.Errorf("read link %s/%s: %w", ns, key, err)
+	}
+	return v, true, nil
+}
+
+// PutLink implements Links.
+func (s *SQL) PutLink(ctx context.Context, ns, key, value string) error {
+	_, err := s.db.ExecContext(ctx,
+		`INSERT INTO links (ns, key, value) VALUES ($1, $2, $3) ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value`,
+		ns, key, value)
+	if err != nil {
+		return fmt.Errorf("write link %s/%s: %w", ns, key, err)
+	}
+	return nil
+}
+
+// DeleteLink implements Links.
+func (s *SQL) DeleteLink(ctx context.Context, ns, key string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM links WHERE ns = $1 AND key = $2`, ns, key); err != nil {
+		return fmt.Errorf("delete link %s/%s: %w", ns, key, err)
+	}
+	return nil
+}
+
