@@ -1,0 +1,75 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/event"
+)
+
+// startAdmin serves /healthz (the process is up), /readyz (every adapter is
+// connected; the body tells each one's state) and /metrics on listen. An
+// empty listen disables it.
+func startAdmin(listen string, router *bridges.Router, m *metrics, log *slog.Logger) (*http.Server, error) {
+	if listen == "" {
+		return nil, nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ready, body := readiness(router.States())
+		w.Header().Set("Content-Type", "application/json")
+		if !ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(body)
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin listener stopped", "err", err)
+		}
+	}()
+	return srv, nil
+}
+
+type adapterStatus struct {
+	State string    `json:"state"`
+	Since time.Time `json:"since"`
+	Error string    `json:"error,omitempty"`
+}
+
+type readyBody struct {
+	Ready    bool                     `json:"ready"`
+	Adapters map[string]adapterStatus `json:"adapters"`
+}
+
+func readiness(states map[event.Network]bridges.Status) (bool, readyBody) {
+	body := readyBody{Ready: len(states) > 0, Adapters: map[string]adapterStatus{}}
+	for n, s := range states {
+		st := adapterStatus{State: s.State.String(), Since: s.Since.UTC()}
+		if s.Err != nil {
+			st.Error = s.Err.Error()
+		}
+		body.Adapters[string(n)] = st
+		if !s.State.Ready() {
+			body.Ready = false
+		}
+	}
+	return body.Ready, body
+}

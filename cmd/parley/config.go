@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/parleygw/parley/mapping"
+	"github.com/parleygw/parley/matrix"
+	"github.com/parleygw/parley/xmpp"
+)
+
+// Config is Parley's whole configuration file.
+type Config struct {
+	// Store is where Parley keeps its outbox and links: a SQLite file path
+	// (default "parley.db") or a postgres:// DSN.
+	Store string `yaml:"store"`
+	// Log sets the level ("debug", "info", "warn", "error") and format
+	// ("text" or "json") of Parley's log on standard error.
+	Log struct {
+		Level  string `yaml:"level"`
+		Format string `yaml:"format"`
+	} `yaml:"log"`
+	// Admin is the listener for /healthz, /readyz and /metrics; "" turns it
+	// off.
+	Admin struct {
+		Listen string `yaml:"listen"`
+	} `yaml:"admin"`
+	// ShutdownTimeout bounds how long SIGTERM waits for queued events to be
+	// delivered before Parley exits (what remains stays in the outbox).
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+
+	XMPP    *xmpp.Config   `yaml:"xmpp"`
+	Matrix  *matrix.Config `yaml:"matrix"`
+	Mapping mapping.Config `yaml:"mapping"`
+}
+
+// secretRef matches the indirect forms a secret may take: "env:NAME" reads
+// the environment variable NAME, "file:/path" reads a file (trailing newline
+// trimmed).
+var secretRef = regexp.MustCompile(`^(env|file):(.+)$`)
+
+// loadConfig reads, strictly decodes and validates the file at path. Every
+// error names the file, the line and the key.
+func loadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return parseConfig(path, data)
+}
+
+func parseConfig(path string, data []byte) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if len(root.Content) == 0 {
+		return nil, fmt.Errorf("%s: the file is empty", path)
+	}
+	lines := map[string]int{}
+	if err := checkKeys(path, root.Content[0], reflect.TypeFor[Config](), "", lines); err != nil {
+		return nil, err
+	}
+	cfg := &Config{Store: "parley.db", ShutdownTimeout: 10 * time.Second}
+	cfg.Log.Level, cfg.Log.Format = "info", "text"
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil {
+		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	var errs []error
+	resolve := func(key string, v *string) {
+		s, err := resolveSecret(*v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+		}
+		*v = s
+	}
+	resolve("store", &cfg.Store)
+	if cfg.XMPP != nil {
+		resolve("xmpp.secret", &cfg.XMPP.Secret)
+	}
+	if cfg.Matrix != nil {
+		resolve("matrix.as_token", &cfg.Matrix.ASToken)
+		resolve("matrix.hs_token", &cfg.Matrix.HSToken)
+	}
+	errs = append(errs, cfg.validate())
+	if err := errors.Join(errs...); err != nil {
+		return nil, locate(path, err, lines)
+	}
+	return cfg, nil
+}
+
+func resolveSecret(v string) (string, error) {
+	m := secretRef.FindStringSubmatch(v)
+	if m == nil {
+		return v, nil
+	}
+	switch m[1] {
+	case "env":
+		s, ok := os.LookupEnv(m[2])
+		if !ok || s == "" {
+			return "", fmt.Errorf("environment variable %s is not set", m[2])
+		}
+		return s, nil
+	default:
+		b, err := os.ReadFile(m[2])
+		if err != nil {
+			return "", fmt.Errorf("read secret: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.XMPP == nil && c.Matrix == nil {
+		errs = append(errs, errors.New("xmpp: enable at least two networks (xmpp and matrix)"))
+	}
+	if c.XMPP != nil {
+		errs = append(errs, c.XMPP.Validate())
+	}
+	if c.Matrix != nil {
+		errs = append(errs, c.Matrix.Validate())
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log.format: %q is not text or json", c.Log.Format))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("shutdown_timeout: %s must be positive", c.ShutdownTimeout))
+	}
+	errs = append(errs, c.Mapping.Validate())
+	return errors.Join(errs...)
+}
+
+// checkKeys walks the YAML tree beside the Go type it decodes into and
+// reports the first key the type does not have, with its line, its path and
+// the keys that would be valid there. It records the line of every key path
+// in lines, so that validation errors can point at the file too.
+func checkKeys(file string, n *yaml.Node, t reflect.Type, path string, lines map[string]int) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		switch t.Kind() {
+		case reflect.Struct:
+			fields := yamlFields(t)
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				key := join(path, k.Value)
+				lines[key] = k.Line
+				ft, ok := fields[k.Value]
+				if !ok {
+					return fmt.Errorf("%s:%d: unknown key %q%s%s", file, k.Line, k.Value, in(path), suggest(k.Value, fields))
+				}
+				if err := checkKeys(file, v, ft, key, lines); err != nil {
+					return err
+				}
+			}
+		case reflect.Map:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				key := join(path, n.Content[i].Value)
+				lines[key] = n.Content[i].Line
+				if err := checkKeys(file, n.Content[i+1], t.Elem(), key, lines); err != nil {
+					return err
+				}
+			}
+		}
+	case yaml.SequenceNode:
+		if t.Kind() == reflect.Slice {
+			for i, item := range n.Content {
+				key := fmt.Sprintf("%s[%d]", path, i)
+				lines[key] = item.Line
+				if err := checkKeys(file, item, t.Elem(), key, lines); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		out[name] = f.Type
+	}
+	return out
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func in(path string) string {
+	if path == "" {
+		return ""
+	}
+	return " in " + path
+}
+
+// suggest names the closest valid key, or lists them all.
+func suggest(key string, fields map[string]reflect.Type) string {
+	names := make([]string, 0, len(fields))
+	best, bestDist := "", 3
+	for name := range fields {
+		names = append(names, name)
+		if d := distance(key, name); d < bestDist {
+			best, bestDist = name, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf(" (did you mean %q?)", best)
+	}
+	sort.Strings(names)
+	return fmt.Sprintf(" (known keys: %s)", strings.Join(names, ", "))
+}
+
+// distance is the Levenshtein distance between a and b.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// locate prefixes each validation error with file:line, found from the key
+// path the error starts with ("xmpp.domain: ...").
+func locate(file string, err error, lines map[string]int) error {
+	var msgs []string
+	var walk func(error)
+	walk = func(err error) {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				walk(e)
+			}
+			return
+		}
+		msg := err.Error()
+		key, _, _ := strings.Cut(msg, ":")
+		for k := key; k != ""; k = parent(k) {
+			if line, ok := lines[k]; ok {
+				msgs = append(msgs, fmt.Sprintf("%s:%d: %s", file, line, msg))
+				return
+			}
+		}
+		msgs = append(msgs, fmt.Sprintf("%s: %s", file, msg))
+	}
+	walk(err)
+	return errors.New(strings.Join(msgs, "\n"))
+}
+
+// parent drops the last element of a key path: "a.b[2]" → "a.b" → "a".
+func parent(k string) string {
+	if i := strings.LastIndexAny(k, ".["); i > 0 {
+		return k[:i]
+	}
+	return ""
+}
