@@ -197,4 +197,3 @@ func (s *SQL) DeleteLink(ctx context.Context, ns, key string) error {
 	}
 	return nil
 }
-

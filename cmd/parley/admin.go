@@ -73,3 +73,18 @@ func readiness(states map[event.Network]bridges.Status) (bool, readyBody) {
 	}
 	return body.Ready, body
 }
+
+// healthcheck is the container HEALTHCHECK: it succeeds when /healthz answers
+// 200 within five seconds.
+func healthcheck(url string) error {
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: %s answered %s", url, resp.Status)
+	}
+	return nil
+}

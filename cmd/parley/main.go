@@ -6,6 +6,7 @@
 //	parley check-config [-config parley.yaml]  check the configuration and exit
 //	parley gen-registration [-config parley.yaml] [-o registration.yaml]
 //	                                           write the Matrix appservice registration
+//	parley healthcheck [-url URL]              exit 0 when the admin /healthz answers
 //	parley version                             print the version
 package main
 
@@ -46,6 +47,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", envOr("PARLEY_CONFIG", "parley.yaml"), "configuration file (or $PARLEY_CONFIG)")
 	out := fs.String("o", "registration.yaml", "gen-registration: file to write (- for standard output)")
+	healthURL := fs.String("url", "http://127.0.0.1:9090/healthz", "healthcheck: the admin /healthz URL")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -57,10 +59,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = checkConfig(*configPath, stdout)
 	case "gen-registration":
 		err = genRegistration(*configPath, *out, stdout)
+	case "healthcheck":
+		err = healthcheck(*healthURL)
 	case "version":
 		_, _ = fmt.Fprintln(stdout, "parley", versionString())
 	default:
-		_, _ = fmt.Fprintf(stderr, "parley: unknown command %q (want run, check-config, gen-registration or version)\n", cmd)
+		_, _ = fmt.Fprintf(stderr, "parley: unknown command %q (want run, check-config, gen-registration, healthcheck or version)\n", cmd)
 		return 2
 	}
 	if err != nil {

@@ -1,0 +1,68 @@
+# Parley. The two commands that matter:
+#   make demo   run Parley for real beside a local Prosody and Synapse, with a
+#               scripted conversation, then leave everything up for your clients
+#   make test   every test: lint, unit, fuzz seed corpora, and integration tests
+#               against real Prosody, Synapse, Dendrite and PostgreSQL
+# Both install what they need (Debian packages, a Synapse venv, Dendrite built
+# from source) into .cache/peers first.
+
+GO       ?= go
+PEERS    ?= $(CURDIR)/.cache/peers
+BIN      := $(CURDIR)/bin
+LINT_VERSION := v2.6.0
+LINT     := $(PEERS)/bin/golangci-lint
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
+LDFLAGS  := -s -w -X main.version=$(VERSION)
+
+export PARLEY_PEERS := $(PEERS)
+
+.PHONY: all build test unit lint fuzz bench bench-e2e demo peers docker clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/parley ./cmd/parley
+
+peers:
+	./scripts/install-peers.sh
+
+$(LINT):
+	GOBIN=$(PEERS)/bin $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(LINT_VERSION)
+
+lint: $(LINT)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	$(LINT) run ./...
+
+# Every test, with real peers. In CI (CI set) a missing peer fails the run.
+test: peers lint
+	$(GO) test -count=1 -timeout 25m ./...
+
+# Unit tests only: no servers are started.
+unit:
+	$(GO) test -short -count=1 ./...
+
+# A short run of every fuzz target (the seed corpora also run in make test).
+FUZZTIME ?= 20s
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME); \
+	  done; done
+
+# The router alone, with in-memory networks.
+bench:
+	$(GO) test ./bridges -run '^$$' -bench Router -benchmem -count 3
+
+# Messages XMPP → Matrix through real Prosody and Synapse: msgs/s, p50/p99.
+bench-e2e: peers
+	PARLEY_BENCH=$${N:-1000} $(GO) test ./e2e -run '^TestBenchXMPPToMatrix$$' -count=1 -v -timeout 20m
+
+demo: peers build
+	$(GO) run ./internal/demo -parley $(BIN)/parley
+
+docker:
+	docker build -t parley:$(VERSION) .
+
+clean:
+	rm -rf $(BIN)

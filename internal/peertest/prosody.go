@@ -1,0 +1,177 @@
+package peertest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ProsodyOptions configure StartProsody. Zero values get defaults.
+type ProsodyOptions struct {
+	// ComponentDomain is the external component (XEP-0114) domain, default
+	// "matrix.localhost".
+	ComponentDomain string
+	// ComponentSecret is the component's shared secret, default random.
+	ComponentSecret string
+}
+
+// Prosody is a running Prosody XMPP server started by StartProsody.
+//
+// It serves the VirtualHost Domain ("localhost") on C2SAddr without TLS (plain
+// SASL allowed), a MUC service "conference.localhost" (rooms are not locked on
+// creation) and the external component ComponentDomain on ComponentAddr.
+// s2s is disabled. All state lives in Dir.
+type Prosody struct {
+	Domain          string // "localhost"
+	ComponentDomain string // external component domain
+	ComponentSecret string // external component secret
+	C2SAddr         string // client-to-server listener, host:port on 127.0.0.1
+	ComponentAddr   string // component listener, host:port on 127.0.0.1
+	Dir             string // config, data, pid file and prosody.log
+
+	config string
+	proc   *process
+}
+
+// MUCDomain is the MUC component every Prosody from StartProsody serves.
+const MUCDomain = "conference.localhost"
+
+// StartProsody starts Prosody (the Debian package's prosody binary) in
+// t.TempDir() on free 127.0.0.1 ports and waits until the component port
+// accepts TCP connections. The server is stopped by t.Cleanup. The test is
+// skipped (or failed under CI) via Require when prosody is not installed.
+func StartProsody(t testing.TB, opts ProsodyOptions) *Prosody {
+	t.Helper()
+	_, err := lookBinary("prosody")
+	if err == nil {
+		_, err = lookBinary("prosodyctl")
+	}
+	Require(t, "prosody", err)
+
+	if opts.ComponentDomain == "" {
+		opts.ComponentDomain = "matrix.localhost"
+	}
+	if opts.ComponentSecret == "" {
+		opts.ComponentSecret = randomSecret(16)
+	}
+	dir := t.TempDir()
+	p := &Prosody{
+		Domain:          "localhost",
+		ComponentDomain: opts.ComponentDomain,
+		ComponentSecret: opts.ComponentSecret,
+		C2SAddr:         net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t))),
+		ComponentAddr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t))),
+		Dir:             dir,
+		config:          filepath.Join(dir, "prosody.cfg.lua"),
+	}
+	for _, sub := range []string{"data", "certs"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o750); err != nil {
+			t.Fatalf("peertest: prosody: %v", err)
+		}
+	}
+	if err := os.WriteFile(p.config, []byte(p.configText()), 0o644); err != nil {
+		t.Fatalf("peertest: prosody: write config: %v", err)
+	}
+	t.Cleanup(func() {
+		if p.proc != nil {
+			p.proc.stop()
+		}
+	})
+	p.Start(t)
+	return p
+}
+
+func (p *Prosody) configText() string {
+	_, c2sPort, _ := net.SplitHostPort(p.C2SAddr)
+	_, compPort, _ := net.SplitHostPort(p.ComponentAddr)
+	var b strings.Builder
+	fmt.Fprintf(&b, `-- written by parley internal/peertest
+run_as_root = true
+daemonize = false
+data_path = %s
+certificates = %s
+pidfile = %s
+log = { { levels = { min = "debug" }; to = "console"; timestamps = true; } }
+admins = { }
+authentication = "internal_hashed"
+storage = "internal"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+allow_registration = false
+modules_enabled = {
+	"roster"; "saslauth"; "disco"; "carbons"; "pep"; "private"; "blocklist";
+	"vcard4"; "vcard_legacy"; "version"; "uptime"; "time"; "ping"; "register";
+	"mam"; "smacks"; "bookmarks"; "admin_shell"; "posix";
+}
+modules_disabled = { "s2s"; "tls"; }
+interfaces = { "127.0.0.1" }
+c2s_interfaces = { "127.0.0.1" }
+c2s_ports = { %s }
+component_interfaces = { "127.0.0.1" }
+component_ports = { %s }
+
+VirtualHost "localhost"
+
+Component %q "muc"
+	muc_room_locking = false
+	restrict_room_creation = false
+
+Component %s
+	component_secret = %s
+`,
+		luaString(filepath.Join(p.Dir, "data")),
+		luaString(filepath.Join(p.Dir, "certs")),
+		luaString(filepath.Join(p.Dir, "prosody.pid")),
+		c2sPort, compPort, MUCDomain,
+		luaString(p.ComponentDomain), luaString(p.ComponentSecret))
+	return b.String()
+}
+
+// luaString quotes s as a Lua string literal.
+func luaString(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "\r", `\r`, "\x00", `\0`)
+	return `"` + r.Replace(s) + `"`
+}
+
+// Start starts the server again after Stop, with the same configuration, data
+// and ports, and waits until the component port accepts TCP connections.
+// StartProsody calls it; calling it while the server runs fails the test.
+func (p *Prosody) Start(t testing.TB) {
+	t.Helper()
+	if p.proc != nil && !p.proc.exited() {
+		t.Fatalf("peertest: prosody already running")
+	}
+	p.proc = startProcess(t, "prosody", p.Dir, filepath.Join(p.Dir, "prosody.log"), syscall.SIGTERM, nil, nil,
+		"prosody", "-F", "--config", p.config)
+	p.proc.waitReady(t, startTimeout(10*time.Second), func() error {
+		if err := dialable(p.ComponentAddr); err != nil {
+			return err
+		}
+		return dialable(p.C2SAddr)
+	})
+}
+
+// Stop stops the server (SIGTERM to its process group) and waits for it to
+// exit. Start brings it back. Stopping a stopped server does nothing.
+func (p *Prosody) Stop(t testing.TB) {
+	t.Helper()
+	if p.proc != nil {
+		p.proc.stop()
+	}
+}
+
+// Register creates the account user@Domain with the given password using
+// prosodyctl (works whether the server is running or not).
+func (p *Prosody) Register(t testing.TB, user, password string) {
+	t.Helper()
+	cmd := exec.Command("prosodyctl", "--config", p.config, "register", user, p.Domain, password)
+	cmd.Dir = p.Dir
+	runCmd(t, "prosody register "+user, cmd)
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# install-peers.sh — install the real peer servers Parley's integration tests and
+# demo run against: Prosody, PostgreSQL, sipp and slixmpp (Debian packages),
+# Synapse (Python venv) and Dendrite (built from source with Go).
+#
+# Everything that is not an apt package goes into a cache directory:
+#   ${PARLEY_PEERS:-<repo>/.cache/peers}
+#     venv/            Python venv with matrix-synapse
+#     dendrite-src/    scratch Go module used to build Dendrite
+#     bin/             dendrite, generate-keys, create-account
+#     logs/            output of the last apt/pip/go run of each step
+#
+# Idempotent: every step checks first and is skipped when already done, so a
+# second run takes about a second. Prints one line per step; exits non-zero
+# with a message naming the failed step.
+#
+# Environment:
+#   PARLEY_PEERS   cache directory (default <repo>/.cache/peers)
+#   PYTHON         interpreter used to create the venv (default python3)
+set -euo pipefail
+
+SYNAPSE_VERSION=1.163.2
+DENDRITE_VERSION=v0.15.2
+APT_PACKAGES=(prosody postgresql sip-tester python3-slixmpp python3-venv)
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$SCRIPT_DIR/.." && pwd)"
+PEERS="${PARLEY_PEERS:-$REPO/.cache/peers}"
+PYTHON="${PYTHON:-python3}"
+
+step() { printf '==> %s\n' "$*"; }
+die() { printf 'install-peers: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# quiet LOGNAME CMD...: run CMD with its output in $PEERS/logs/LOGNAME.log;
+# on failure print the tail of that log and return the command's status.
+quiet() {
+	local log="$PEERS/logs/$1.log" rc=0
+	shift
+	"$@" >"$log" 2>&1 || rc=$?
+	if [ "$rc" -ne 0 ]; then
+		printf 'install-peers: command failed (exit %d): %s\n--- tail of %s ---\n' "$rc" "$*" "$log" >&2
+		tail -n 40 "$log" >&2
+	fi
+	return "$rc"
+}
+
+mkdir -p "$PEERS/logs" || die "cannot create cache dir $PEERS"
+PEERS="$(cd "$PEERS" && pwd)"
+step "peers cache: $PEERS"
+
+# ---------------------------------------------------------------- apt packages
+pkg_installed() {
+	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+	pkg_installed "$p" || missing+=("$p")
+done
+# Dendrite needs cgo (go-sqlite3), hence a C compiler.
+if [ ! -x "$PEERS/bin/dendrite" ] && ! command -v cc >/dev/null 2>&1; then
+	pkg_installed gcc || missing+=(gcc)
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+	step "apt: ${APT_PACKAGES[*]} already installed"
+else
+	command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: ${missing[*]}"
+	# Run as root directly, otherwise through sudo (if there is one).
+	SUDO=()
+	if [ "$(id -u)" -ne 0 ]; then
+		command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot install ${missing[*]}"
+		SUDO=(sudo)
+	fi
+	step "apt: installing ${missing[*]}"
+	# Keep Debian from starting the system services (prosody, postgresql) on
+	# install: the tests run their own instances on free ports.
+	printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null ||
+		die "cannot write /usr/sbin/policy-rc.d"
+	"${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+	quiet apt-update "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update ||
+		die "apt-get update failed"
+	quiet apt-install "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends "${missing[@]}" ||
+		die "apt-get install ${missing[*]} failed"
+	step "apt: installed ${missing[*]}"
+fi
+
+# ------------------------------------------------------------ synapse venv
+VENV="$PEERS/venv"
+installed_synapse=""
+if [ -x "$VENV/bin/pip" ]; then
+	installed_synapse="$("$VENV/bin/pip" show matrix-synapse 2>/dev/null | sed -n 's/^Version: //p' || true)"
+fi
+if [ "$installed_synapse" = "$SYNAPSE_VERSION" ]; then
+	step "synapse: matrix-synapse $SYNAPSE_VERSION already in $VENV"
+else
+	if [ ! -x "$VENV/bin/python" ]; then
+		command -v "$PYTHON" >/dev/null 2>&1 || die "python interpreter '$PYTHON' not found (set PYTHON)"
+		step "synapse: creating venv $VENV with $("$PYTHON" --version 2>&1)"
+		quiet venv "$PYTHON" -m venv "$VENV" || die "python venv creation failed ($PYTHON -m venv $VENV)"
+	fi
+	step "synapse: pip install matrix-synapse==$SYNAPSE_VERSION (was: ${installed_synapse:-none})"
+	quiet pip "$VENV/bin/python" -m pip install --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION" ||
+		die "pip install matrix-synapse==$SYNAPSE_VERSION failed"
+	quiet synapse-import "$VENV/bin/python" -c 'import synapse.app.homeserver' || die "synapse installed but does not import"
+	step "synapse: installed matrix-synapse $SYNAPSE_VERSION"
+fi
+
+# ----------------------------------------------------------------- dendrite
+BIN="$PEERS/bin"
+if [ -x "$BIN/dendrite" ] && [ -x "$BIN/generate-keys" ] && [ -x "$BIN/create-account" ]; then
+	step "dendrite: $BIN/dendrite already built"
+else
+	command -v go >/dev/null 2>&1 || die "go not found on PATH: needed to build dendrite"
+	command -v cc >/dev/null 2>&1 || die "no C compiler (cc): needed to build dendrite (cgo sqlite)"
+	SRC="$PEERS/dendrite-src"
+	mkdir -p "$SRC" "$BIN"
+	step "dendrite: preparing build module $SRC (dendrite $DENDRITE_VERSION)"
+	# `go install module@version` is refused for dendrite (replace directives,
+	# and the proxy does not list versions), so build from a scratch module.
+	if ! grep -q "github.com/element-hq/dendrite $DENDRITE_VERSION" "$SRC/go.mod" 2>/dev/null; then
+		rm -f "$SRC/go.mod" "$SRC/go.sum"
+		cat >"$SRC/go.mod" <<EOF
+module parley.local/peers
+
+go 1.22
+
+require github.com/element-hq/dendrite $DENDRITE_VERSION
+EOF
+	fi
+	cat >"$SRC/tools.go" <<'EOF'
+//go:build tools
+
+// Package peers only pins the Dendrite commands that install-peers.sh builds.
+package peers
+
+import (
+	_ "github.com/element-hq/dendrite/cmd/create-account"
+	_ "github.com/element-hq/dendrite/cmd/dendrite"
+	_ "github.com/element-hq/dendrite/cmd/generate-keys"
+)
+EOF
+	(cd "$SRC" && quiet dendrite-tidy env GOFLAGS=-mod=mod go mod tidy) || die "go mod tidy in $SRC failed"
+	step "dendrite: go install (cgo, takes several minutes the first time)"
+	(cd "$SRC" && quiet dendrite-build env CGO_ENABLED=1 GOFLAGS=-mod=mod GOBIN="$BIN" go install \
+		github.com/element-hq/dendrite/cmd/dendrite \
+		github.com/element-hq/dendrite/cmd/generate-keys \
+		github.com/element-hq/dendrite/cmd/create-account) || die "go install of dendrite failed"
+	[ -x "$BIN/dendrite" ] || die "go install finished but $BIN/dendrite is missing"
+	step "dendrite: built $BIN/dendrite $BIN/generate-keys $BIN/create-account"
+fi
+
+step "done: peers ready in $PEERS"

@@ -1,0 +1,140 @@
+package store_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/peertest"
+	"github.com/parleygw/parley/store"
+)
+
+// eachStore runs test against every implementation: Memory, SQLite, and
+// PostgreSQL (started by peertest; in CI a missing PostgreSQL fails).
+func eachStore(t *testing.T, test func(t *testing.T, open func() store.Store)) {
+	t.Run("memory", func(t *testing.T) {
+		m := store.NewMemory()
+		test(t, func() store.Store { return m })
+	})
+	t.Run("sqlite", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "parley.db")
+		test(t, func() store.Store { return open(t, path) })
+	})
+	t.Run("postgres", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("short mode: PostgreSQL store tests need a real server")
+		}
+		dsn := peertest.StartPostgres(t)
+		test(t, func() store.Store { return open(t, dsn) })
+	})
+}
+
+func open(t *testing.T, dsn string) store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func entry(id, body string, at time.Time) *store.Entry {
+	h := event.Header{ID: id, From: event.Address{Network: event.XMPP, ID: "bob@example.org"},
+		To: event.Address{Network: event.XMPP, ID: "carol%hs@matrix.example.org"}}
+	msg := &event.Message{Header: h, Body: body, HTML: "<b>" + body + "</b>"}
+	msg.To = event.Address{Network: event.Matrix, ID: "@carol:hs"}
+	return &store.Entry{Origin: h, Event: msg, Accepted: at}
+}
+
+func TestOutbox(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func() store.Store) {
+		ctx := context.Background()
+		s := open()
+		now := time.UnixMilli(time.Now().UnixMilli())
+		var seqs []int64
+		for i, id := range []string{"a", "b", "c"} {
+			e := entry(id, "body "+id, now.Add(time.Duration(i)*time.Second))
+			dup, err := s.Enqueue(ctx, e)
+			if err != nil || dup {
+				t.Fatalf("Enqueue %s: dup=%v err=%v", id, dup, err)
+			}
+			seqs = append(seqs, e.Seq)
+		}
+		if dup, err := s.Enqueue(ctx, entry("b", "again", now)); err != nil || !dup {
+			t.Fatalf("second Enqueue of b: dup=%v err=%v, want a duplicate", dup, err)
+		}
+		if err := s.Done(ctx, seqs[1]); err != nil {
+			t.Fatal(err)
+		}
+		if dup, _ := s.Enqueue(ctx, entry("b", "again", now)); !dup {
+			t.Error("a delivered event is no longer recognised as a duplicate")
+		}
+		s = open() // reopen: what was stored survives
+		got, err := s.Pending(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0].Seq != seqs[0] || got[1].Seq != seqs[2] {
+			t.Fatalf("Pending = %+v", got)
+		}
+		m, ok := got[1].Event.(*event.Message)
+		if !ok || m.Body != "body c" || m.HTML != "<b>body c</b>" || m.To.ID != "@carol:hs" || got[1].Origin.ID != "c" ||
+			!got[1].Accepted.Equal(now.Add(2*time.Second)) {
+			t.Errorf("round trip lost data: %+v / %+v", got[1], m)
+		}
+		if err := s.ForgetBefore(ctx, now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if dup, _ := s.Enqueue(ctx, entry("a", "after retention", now)); dup {
+			t.Error("duplicate record outlived ForgetBefore")
+		}
+	})
+}
+
+func TestLinks(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func() store.Store) {
+		ctx := context.Background()
+		s := open()
+		if _, ok, err := s.GetLink(ctx, "matrix", "dm:x"); ok || err != nil {
+			t.Fatalf("empty store: ok=%v err=%v", ok, err)
+		}
+		for _, v := range []string{"!one:hs", "!two:hs"} {
+			if err := s.PutLink(ctx, "matrix", "dm:x", v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.PutLink(ctx, "xmpp", "dm:x", "other namespace"); err != nil {
+			t.Fatal(err)
+		}
+		if v, ok, _ := open().GetLink(ctx, "matrix", "dm:x"); !ok || v != "!two:hs" {
+			t.Errorf("GetLink = %q, %v", v, ok)
+		}
+		if err := s.DeleteLink(ctx, "matrix", "dm:x"); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, _ := s.GetLink(ctx, "matrix", "dm:x"); ok {
+			t.Error("link survived DeleteLink")
+		}
+		if v, _, _ := s.GetLink(ctx, "xmpp", "dm:x"); v != "other namespace" {
+			t.Errorf("namespaces are not separate: %q", v)
+		}
+	})
+}
+
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "parley.db")
+	s := open(t, path)
+	_ = s.Close()
+	// Simulate a store written by a later Parley.
+	db := open(t, path).(*store.SQL)
+	if err := db.SetSchemaVersionForTest(context.Background(), 99); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+	if _, err := store.Open(context.Background(), path); err == nil {
+		t.Fatal("Open accepted a schema newer than it knows")
+	}
+}
