@@ -108,7 +108,7 @@ allow_registration = false
 modules_enabled = {
 	"roster"; "saslauth"; "disco"; "carbons"; "pep"; "private"; "blocklist";
 	"vcard4"; "vcard_legacy"; "version"; "uptime"; "time"; "ping"; "register";
-	"mam"; "smacks"; "bookmarks"; "admin_shell"; "posix";
+	"mam"; "smacks"; "bookmarks"; "admin_shell"; "posix"; "offline";
 }
 modules_disabled = { "s2s"; "tls"; }
 interfaces = { "127.0.0.1" }

@@ -1,0 +1,139 @@
+package peertest
+
+import (
+	"bufio"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+//go:embed xmppclient.py
+var xmppClientScript []byte
+
+// XMPPEvent is one thing an XMPPClient saw: Ev is "online", "message",
+// "error", "receipt" or "disconnected".
+type XMPPEvent struct {
+	Ev        string `json:"ev"`
+	From      string `json:"from"`
+	ID        string `json:"id"`
+	Body      string `json:"body"`
+	Nick      string `json:"nick"`
+	Condition string `json:"condition"`
+	Text      string `json:"text"`
+}
+
+// XMPPClient is a real XMPP client, slixmpp from Debian's python3-slixmpp,
+// logged in to Prosody over c2s. Its events arrive on Events in order.
+type XMPPClient struct {
+	JID    string
+	Events chan XMPPEvent
+
+	mu    sync.Mutex
+	stdin io.WriteCloser
+}
+
+// ConnectXMPP logs user in to p with slixmpp and waits until it is online.
+func ConnectXMPP(t testing.TB, p *Prosody, user, password string) *XMPPClient {
+	t.Helper()
+	python := "/usr/bin/python3"
+	_, err := os.Stat(python)
+	if err == nil {
+		err = exec.Command(python, "-c", "import slixmpp").Run()
+	}
+	Require(t, "slixmpp (Debian python3-slixmpp)", err)
+	script := filepath.Join(t.TempDir(), "xmppclient.py")
+	if err := os.WriteFile(script, xmppClientScript, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := strings.Cut(p.C2SAddr, ":")
+	c := &XMPPClient{JID: user + "@" + p.Domain, Events: make(chan XMPPEvent, 4096)}
+	cmd := exec.Command(python, script, c.JID, password, host, port)
+	cmd.Stderr = &prefixWriter{t: t, prefix: "slixmpp " + c.JID + ": "}
+	c.stdin, _ = cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start slixmpp: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = c.stdin.Close()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var e XMPPEvent
+			if json.Unmarshal(sc.Bytes(), &e) == nil {
+				c.Events <- e
+			}
+		}
+		close(c.Events)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, ok := c.Next(ctx, func(e XMPPEvent) bool { return e.Ev == "online" }); !ok {
+		t.Fatalf("slixmpp %s did not come online", c.JID)
+	}
+	return c
+}
+
+// Send sends a chat message with the given stanza id; with receipt it asks
+// for an XEP-0184 delivery receipt.
+func (c *XMPPClient) Send(t testing.TB, to, id, body string, receipt bool) {
+	t.Helper()
+	line, _ := json.Marshal(map[string]any{"cmd": "send", "to": to, "id": id, "body": body, "receipt": receipt})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, err := c.stdin.Write(append(line, '\n')); err != nil {
+		t.Fatalf("send to slixmpp: %v", err)
+	}
+}
+
+// Next returns the next event that match accepts, dropping the others, or
+// false when ctx ends or the client exits first.
+func (c *XMPPClient) Next(ctx context.Context, match func(XMPPEvent) bool) (XMPPEvent, bool) {
+	for {
+		select {
+		case e, ok := <-c.Events:
+			if !ok {
+				return XMPPEvent{}, false
+			}
+			if match == nil || match(e) {
+				return e, true
+			}
+		case <-ctx.Done():
+			return XMPPEvent{}, false
+		}
+	}
+}
+
+// prefixWriter copies a child's standard error into the test log.
+type prefixWriter struct {
+	t      testing.TB
+	prefix string
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		if line != "" {
+			w.t.Log(w.prefix + line)
+		}
+	}
+	return len(p), nil
+}

@@ -1,0 +1,99 @@
+"""A real XMPP client (slixmpp) that Parley's tests drive over JSON lines.
+
+Usage: python3 xmppclient.py JID PASSWORD HOST PORT
+
+Prints one JSON object per line on stdout:
+  {"ev": "online"}
+  {"ev": "message", "from": ..., "id": ..., "body": ..., "nick": ...}
+  {"ev": "error", "from": ..., "id": ..., "condition": ..., "text": ...}
+  {"ev": "receipt", "from": ..., "id": ...}
+  {"ev": "disconnected"}
+Reads commands from stdin:
+  {"cmd": "send", "to": ..., "id": ..., "body": ..., "receipt": true}
+  {"cmd": "quit"}
+"""
+import json
+import sys
+
+import slixmpp
+from slixmpp.xmlstream import ET
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import StanzaPath
+
+RECEIPTS = "urn:xmpp:receipts"
+NICK = "http://jabber.org/protocol/nick"
+STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+
+def emit(**kw):
+    sys.stdout.write(json.dumps(kw) + "\n")
+    sys.stdout.flush()
+
+
+class Client(slixmpp.ClientXMPP):
+    def __init__(self, jid, password):
+        super().__init__(jid, password)
+        self["feature_mechanisms"].unencrypted_plain = True
+        self.add_event_handler("session_start", self.start)
+        self.add_event_handler("disconnected", lambda _: emit(ev="disconnected"))
+        # The "message" event only fires for stanzas with a body; receipts
+        # and errors have none, so take every <message/> raw.
+        self.register_handler(Callback("all messages", StanzaPath("message"), self.on_message))
+
+    async def start(self, _):
+        self.send_presence()
+        await self.get_roster()
+        self.loop.add_reader(sys.stdin.fileno(), self.on_stdin)
+        emit(ev="online")
+
+    def on_message(self, msg):
+        xml = msg.xml
+        frm = str(msg["from"])
+        if msg["type"] == "error":
+            cond, text = "", ""
+            err = xml.find("{jabber:client}error")
+            if err is not None:
+                for child in err:
+                    tag = child.tag.split("}")[-1]
+                    if child.tag.startswith("{" + STANZAS) and tag != "text":
+                        cond = tag
+                    elif tag == "text":
+                        text = child.text or ""
+            emit(ev="error", **{"from": frm}, id=msg["id"], condition=cond, text=text)
+            return
+        received = xml.find("{%s}received" % RECEIPTS)
+        if received is not None:
+            emit(ev="receipt", **{"from": frm}, id=received.get("id", ""))
+        body = msg["body"]
+        if body:
+            nick = xml.find("{%s}nick" % NICK)
+            emit(ev="message", **{"from": frm}, id=msg["id"], body=body,
+                 nick=(nick.text if nick is not None else ""))
+
+    def on_stdin(self):
+        line = sys.stdin.readline()
+        if not line:
+            self.loop.remove_reader(sys.stdin.fileno())
+            self.disconnect()
+            return
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            self.disconnect()
+            return
+        msg = self.make_message(mto=cmd["to"], mbody=cmd["body"], mtype="chat")
+        msg["id"] = cmd["id"]
+        if cmd.get("receipt"):
+            msg.append(ET.Element("{%s}request" % RECEIPTS))
+        msg.send()
+
+
+def main():
+    jid, password, host, port = sys.argv[1:5]
+    c = Client(jid, password)
+    c.connect(address=(host, int(port)), force_starttls=False, disable_starttls=True)
+    c.add_event_handler("disconnected", lambda _: c.loop.stop())
+    c.loop.run_forever()
+
+
+if __name__ == "__main__":
+    main()

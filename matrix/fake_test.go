@@ -1,0 +1,352 @@
+package matrix
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/event"
+)
+
+// errStorage stands for a failing store.
+var errStorage = errors.New("disk on fire")
+
+// fakeHost is a bridges.Host that records what the adapter asks of it.
+type fakeHost struct {
+	mu         sync.Mutex
+	links      *memLinks
+	dispatched []event.Event
+	// dispatchErr, when set, decides what Dispatch returns for evt (the
+	// event is recorded only when it returns nil).
+	dispatchErr func(evt event.Event) error
+	states      []stateChange
+	stateCh     chan stateChange
+}
+
+type stateChange struct {
+	State bridges.State
+	Err   error
+}
+
+func newFakeHost() *fakeHost {
+	return &fakeHost{links: &memLinks{m: map[string]string{}}, stateCh: make(chan stateChange, 100)}
+}
+
+func (h *fakeHost) Dispatch(ctx context.Context, evt event.Event) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.dispatchErr != nil {
+		if err := h.dispatchErr(evt); err != nil {
+			return err
+		}
+	}
+	h.dispatched = append(h.dispatched, evt)
+	return nil
+}
+
+func (h *fakeHost) SetState(n event.Network, s bridges.State, err error) {
+	h.mu.Lock()
+	h.states = append(h.states, stateChange{s, err})
+	h.mu.Unlock()
+	select {
+	case h.stateCh <- stateChange{s, err}:
+	default:
+	}
+}
+
+func (h *fakeHost) Links(n event.Network) bridges.Links {
+	if n != event.Matrix {
+		panic("links of " + string(n))
+	}
+	return h.links
+}
+
+func (h *fakeHost) Profile(event.Address) string { return "" }
+
+func (h *fakeHost) events() []event.Event {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]event.Event(nil), h.dispatched...)
+}
+
+func (h *fakeHost) setDispatchErr(f func(event.Event) error) {
+	h.mu.Lock()
+	h.dispatchErr = f
+	h.mu.Unlock()
+}
+
+// waitState waits for the adapter to report s.
+func (h *fakeHost) waitState(t *testing.T, s bridges.State) stateChange {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case c := <-h.stateCh:
+			if c.State == s {
+				return c
+			}
+		case <-timeout:
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			t.Fatalf("state %s not reported; got %v", s, h.states)
+		}
+	}
+}
+
+// memLinks is an in-memory bridges.Links that can be made to fail.
+type memLinks struct {
+	mu   sync.Mutex
+	m    map[string]string
+	fail bool // every call fails with errStorage
+}
+
+func (l *memLinks) Get(ctx context.Context, key string) (string, bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return "", false, errStorage
+	}
+	v, ok := l.m[key]
+	return v, ok, nil
+}
+
+func (l *memLinks) Put(ctx context.Context, key, value string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return errStorage
+	}
+	l.m[key] = value
+	return nil
+}
+
+func (l *memLinks) Delete(ctx context.Context, key string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return errStorage
+	}
+	delete(l.m, key)
+	return nil
+}
+
+func (l *memLinks) get(key string) (string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v, ok := l.m[key]
+	return v, ok
+}
+
+func (l *memLinks) set(key, value string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.m[key] = value
+}
+
+func (l *memLinks) setFail(fail bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.fail = fail
+}
+
+// hsRequest is one request the fake homeserver received.
+type hsRequest struct {
+	Method string
+	Path   string // unescaped
+	Query  map[string]string
+	Auth   string
+	Body   map[string]any
+}
+
+func (r hsRequest) String() string {
+	return fmt.Sprintf("%s %s user_id=%s", r.Method, r.Path, r.Query["user_id"])
+}
+
+// fakeHS is a fake homeserver client-server API: it records every request
+// and answers from a small model (rooms get "!room<n>:localhost", events
+// "$event<n>"), unless override answers first.
+type fakeHS struct {
+	*httptest.Server
+	t        *testing.T
+	asToken  string
+	mu       sync.Mutex
+	reqs     []hsRequest
+	n        int
+	override func(r hsRequest) (status int, body string, ok bool)
+	members  map[string][]string // room → joined members, for joined_members
+	sent     map[string]string   // txn ID → event ID: de-duplication like a homeserver
+}
+
+func newFakeHS(t *testing.T, asToken string) *fakeHS {
+	hs := &fakeHS{t: t, asToken: asToken, members: map[string][]string{}, sent: map[string]string{}}
+	hs.Server = httptest.NewServer(http.HandlerFunc(hs.serve))
+	t.Cleanup(hs.Close)
+	return hs
+}
+
+func (hs *fakeHS) setOverride(f func(r hsRequest) (int, string, bool)) {
+	hs.mu.Lock()
+	hs.override = f
+	hs.mu.Unlock()
+}
+
+func (hs *fakeHS) requests() []hsRequest {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return append([]hsRequest(nil), hs.reqs...)
+}
+
+func (hs *fakeHS) reset() {
+	hs.mu.Lock()
+	hs.reqs = nil
+	hs.mu.Unlock()
+}
+
+func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
+	req := hsRequest{Method: r.Method, Path: r.URL.Path, Query: map[string]string{}, Auth: r.Header.Get("Authorization")}
+	for k, v := range r.URL.Query() {
+		req.Query[k] = v[0]
+	}
+	if b, _ := io.ReadAll(r.Body); len(b) > 0 {
+		if err := json.Unmarshal(b, &req.Body); err != nil {
+			hs.t.Errorf("fake homeserver: %s %s: body %q: %v", r.Method, r.URL.Path, b, err)
+		}
+	}
+	hs.mu.Lock()
+	hs.reqs = append(hs.reqs, req)
+	override := hs.override
+	hs.mu.Unlock()
+
+	reply := func(status int, body string) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, body)
+	}
+	if override != nil {
+		if status, body, ok := override(req); ok {
+			reply(status, body)
+			return
+		}
+	}
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if req.Auth != "Bearer "+hs.asToken {
+		reply(http.StatusUnauthorized, `{"errcode":"M_UNKNOWN_TOKEN","error":"unknown token"}`)
+		return
+	}
+	const v3 = "/_matrix/client/v3/"
+	p := strings.TrimPrefix(req.Path, v3)
+	parts := strings.Split(p, "/")
+	switch {
+	case req.Method == http.MethodPost && p == "register":
+		reply(http.StatusOK, fmt.Sprintf(`{"user_id":"@%s:localhost"}`, req.Body["username"]))
+	case req.Method == http.MethodGet && p == "account/whoami":
+		reply(http.StatusOK, fmt.Sprintf(`{"user_id":%q}`, req.Query["user_id"]))
+	case req.Method == http.MethodPost && p == "createRoom":
+		hs.n++
+		room := fmt.Sprintf("!room%d:localhost", hs.n)
+		hs.members[room] = []string{req.Query["user_id"]}
+		reply(http.StatusOK, fmt.Sprintf(`{"room_id":%q}`, room))
+	case req.Method == http.MethodPut && len(parts) == 5 && parts[0] == "rooms" && parts[2] == "send":
+		key := parts[1] + "|" + req.Query["user_id"] + "|" + parts[4]
+		evt, ok := hs.sent[key]
+		if !ok {
+			hs.n++
+			evt = fmt.Sprintf("$event%d", hs.n)
+			hs.sent[key] = evt
+		}
+		reply(http.StatusOK, fmt.Sprintf(`{"event_id":%q}`, evt))
+	case req.Method == http.MethodPut && len(parts) == 3 && parts[0] == "profile":
+		reply(http.StatusOK, `{}`)
+	case req.Method == http.MethodPost && len(parts) == 3 && parts[0] == "rooms" && parts[2] == "join":
+		hs.members[parts[1]] = append(hs.members[parts[1]], req.Query["user_id"])
+		reply(http.StatusOK, fmt.Sprintf(`{"room_id":%q}`, parts[1]))
+	case req.Method == http.MethodGet && len(parts) == 3 && parts[2] == "joined_members":
+		joined := map[string]any{}
+		for _, m := range hs.members[parts[1]] {
+			joined[m] = map[string]any{}
+		}
+		b, _ := json.Marshal(map[string]any{"joined": joined})
+		reply(http.StatusOK, string(b))
+	case req.Method == http.MethodPost && len(parts) == 3 && parts[2] == "leave":
+		reply(http.StatusOK, `{}`)
+	default:
+		reply(http.StatusNotFound, `{"errcode":"M_UNRECOGNIZED","error":"unrecognized"}`)
+	}
+}
+
+// setASToken changes the as_token the fake accepts.
+func (hs *fakeHS) setASToken(tok string) {
+	hs.mu.Lock()
+	hs.asToken = tok
+	hs.mu.Unlock()
+}
+
+// setMembers sets the joined members of room.
+func (hs *fakeHS) setMembers(room string, members ...string) {
+	hs.mu.Lock()
+	hs.members[room] = members
+	hs.mu.Unlock()
+}
+
+// testConfig is a valid Config for the fake homeserver at hsURL.
+func testConfig(hsURL string) Config {
+	return Config{
+		HomeserverURL: hsURL,
+		ServerName:    "localhost",
+		Listen:        "127.0.0.1:29328",
+		ASToken:       "as-secret",
+		HSToken:       "hs-secret",
+		Namespaces:    []string{`@_xmpp_.*:localhost`},
+	}
+}
+
+// testLogger logs to t, so that a failing test shows what happened.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// newTestAdapter returns an adapter for hs (nil: none), started on a free
+// loopback port with host, and stopped at the end of the test.
+func newTestAdapter(t *testing.T, hs *fakeHS, host *fakeHost) *Adapter {
+	t.Helper()
+	hsURL := "http://127.0.0.1:1"
+	if hs != nil {
+		hsURL = hs.URL
+	}
+	a, err := New(testConfig(hsURL), WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.cfg.Listen = "127.0.0.1:0"
+	a.minBackoff, a.maxBackoff = 10*time.Millisecond, 50*time.Millisecond
+	if err := a.Start(context.Background(), host); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := a.Stop(ctx); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	})
+	return a
+}

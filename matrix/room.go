@@ -1,0 +1,168 @@
+package matrix
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"maunium.net/go/mautrix"
+	mevent "maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// DM rooms. A DM is a room with one ghost and one real user; the adapter
+// keeps two links per DM in Links(event.Matrix):
+//
+//	"dm:<ghost>|<user>" → room ID   (where to send from ghost to user)
+//	"room:<room ID>"    → "<ghost>|<user>"   (who talks in a room)
+//
+// It learns them when a user invites a ghost to a DM, or creates the room
+// itself on the first Send, and forgets them when either of the two leaves.
+
+func dmKey(ghost, user id.UserID) string { return "dm:" + string(ghost) + "|" + string(user) }
+
+func roomKey(room id.RoomID) string { return "room:" + string(room) }
+
+func pairValue(ghost, user id.UserID) string { return string(ghost) + "|" + string(user) }
+
+func parsePair(v string) (ghost, user id.UserID, ok bool) {
+	g, u, ok := strings.Cut(v, "|")
+	if !ok || g == "" || u == "" {
+		return "", "", false
+	}
+	return id.UserID(g), id.UserID(u), true
+}
+
+// roomPair returns the ghost and user of a DM room, ok false when the room
+// is not a known DM.
+func (a *Adapter) roomPair(ctx context.Context, room id.RoomID) (ghost, user id.UserID, ok bool, err error) {
+	_, links := a.started()
+	v, found, err := links.Get(ctx, roomKey(room))
+	if err != nil {
+		return "", "", false, fmt.Errorf("read link %s: %w", roomKey(room), err)
+	}
+	if !found {
+		return "", "", false, nil
+	}
+	ghost, user, ok = parsePair(v)
+	return ghost, user, ok, nil
+}
+
+// learnDM stores room as the DM between ghost and user. A newer DM replaces
+// an older one for sending; the older room still maps to the pair.
+func (a *Adapter) learnDM(ctx context.Context, ghost, user id.UserID, room id.RoomID) error {
+	unlock := a.pairs.lock(dmKey(ghost, user))
+	defer unlock()
+	return a.storeDM(ctx, ghost, user, room)
+}
+
+func (a *Adapter) storeDM(ctx context.Context, ghost, user id.UserID, room id.RoomID) error {
+	_, links := a.started()
+	if err := links.Put(ctx, roomKey(room), pairValue(ghost, user)); err != nil {
+		return fmt.Errorf("write link %s: %w", roomKey(room), err)
+	}
+	if err := links.Put(ctx, dmKey(ghost, user), string(room)); err != nil {
+		return fmt.Errorf("write link %s: %w", dmKey(ghost, user), err)
+	}
+	a.log.Info("dm room linked", "room", room.String(), "ghost", ghost.String(), "user", user.String())
+	return nil
+}
+
+// forgetDM drops the links of room, the DM between ghost and user.
+func (a *Adapter) forgetDM(ctx context.Context, ghost, user id.UserID, room id.RoomID) error {
+	_, links := a.started()
+	key := dmKey(ghost, user)
+	cur, ok, err := links.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("read link %s: %w", key, err)
+	}
+	if ok && cur == string(room) {
+		if err := links.Delete(ctx, key); err != nil {
+			return fmt.Errorf("delete link %s: %w", key, err)
+		}
+	}
+	if err := links.Delete(ctx, roomKey(room)); err != nil {
+		return fmt.Errorf("delete link %s: %w", roomKey(room), err)
+	}
+	a.log.Info("dm room unlinked", "room", room.String(), "ghost", ghost.String(), "user", user.String())
+	return nil
+}
+
+// sendInDM sends content as ghost into the DM with user, creating the room
+// when there is none. txn is the client transaction ID.
+//
+// When the homeserver refuses the send with M_FORBIDDEN in a room known
+// from before (the user left or kicked the ghost), the links are dropped
+// and a retryable error returned: the next try creates a new room. Other
+// errors are classified for the router.
+func (a *Adapter) sendInDM(ctx context.Context, ghost, user id.UserID, content *mevent.MessageEventContent, txn string) (id.EventID, error) {
+	unlock := a.pairs.lock(dmKey(ghost, user))
+	defer unlock()
+	room, created, err := a.dmRoom(ctx, ghost, user)
+	if err != nil {
+		return "", err
+	}
+	sctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	resp, err := a.client(ghost).SendMessageEvent(sctx, room, mevent.EventMessage, content, mautrix.ReqSendEvent{TransactionID: txn})
+	if err != nil {
+		err = fmt.Errorf("send as %s in %s: %w", ghost, room, err)
+		if errors.Is(err, mautrix.MForbidden) && !created {
+			if ferr := a.forgetDM(ctx, ghost, user, room); ferr != nil {
+				return "", errors.Join(err, ferr)
+			}
+			return "", fmt.Errorf("%w (dropped the room; the next try creates a new one)", err)
+		}
+		return "", a.classify(err)
+	}
+	return resp.EventID, nil
+}
+
+// dmRoom returns the DM room of ghost and user, creating it as ghost (a
+// trusted private chat, is_direct, user invited, no name) when there is
+// none. created says it was created now. The caller holds the pair's lock.
+func (a *Adapter) dmRoom(ctx context.Context, ghost, user id.UserID) (room id.RoomID, created bool, err error) {
+	_, links := a.started()
+	key := dmKey(ghost, user)
+	v, ok, err := links.Get(ctx, key)
+	if err != nil {
+		return "", false, fmt.Errorf("read link %s: %w", key, err)
+	}
+	if ok && v != "" {
+		return id.RoomID(v), false, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	resp, err := a.client(ghost).CreateRoom(cctx, &mautrix.ReqCreateRoom{
+		Invite:   []id.UserID{user},
+		IsDirect: true,
+		Preset:   "trusted_private_chat",
+	})
+	if err != nil {
+		return "", false, a.classify(fmt.Errorf("create dm room of %s with %s: %w", ghost, user, err))
+	}
+	if err := a.storeDM(ctx, ghost, user, resp.RoomID); err != nil {
+		return "", false, err
+	}
+	return resp.RoomID, true, nil
+}
+
+// notify posts an m.notice as sender into room, telling about the event
+// sourceID. It returns an error only when trying again may work (the
+// transaction is then retried; the transaction ID keeps the notice single).
+func (a *Adapter) notify(ctx context.Context, room id.RoomID, sender id.UserID, sourceID id.EventID, text string) error {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	_, err := a.client(sender).SendMessageEvent(ctx, room, mevent.EventMessage, noticeContent(text),
+		mautrix.ReqSendEvent{TransactionID: txnID("notice|" + sourceID.String())})
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("send notice as %s in %s: %w", sender, room, err)
+	if isTransient(err) || isTokenError(err) {
+		return err
+	}
+	a.log.Warn("notice not sent", "room", room.String(), "err", err)
+	return nil
+}

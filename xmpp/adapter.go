@@ -1,0 +1,339 @@
+// Package xmpp is Parley's XMPP adapter: an XEP-0114 external component of
+// an XMPP server (Prosody, ejabberd) that serves the ghost JIDs under its
+// domain.
+//
+// Inbound, it turns chat messages that the server's own users write to a
+// ghost JID into event.Message and hands them to the routing core; it answers
+// with an XEP-0184 receipt once the core has stored the message, or with a
+// stanza error when the core refuses it. Outbound, it sends the core's
+// events as stanzas from the ghost JIDs. It answers XEP-0030 disco#info for
+// the gateway and its ghosts. Presence is not bridged yet.
+//
+// The adapter never trusts a 'from' it has not checked: only users of
+// Config.ServerDomains may use the gateway.
+package xmpp
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/component"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stream"
+
+	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/event"
+)
+
+var _ bridges.Network = (*Adapter)(nil)
+
+// Timeouts of the connection.
+const (
+	// connectTimeout bounds the TCP connection and the XEP-0114 handshake.
+	connectTimeout = 15 * time.Second
+	// writeTimeout bounds one stanza written by Send.
+	writeTimeout = 10 * time.Second
+	// closeTimeout is how long Stop waits for the server to close its side
+	// of the stream.
+	closeTimeout = 2 * time.Second
+	// sendersSize bounds how many senders' full JIDs the adapter remembers.
+	sendersSize = 4096
+)
+
+// Option configures an Adapter.
+type Option func(*Adapter)
+
+// WithLogger makes the adapter log to l instead of discarding its logs.
+func WithLogger(l *slog.Logger) Option {
+	return func(a *Adapter) {
+		if l != nil {
+			a.log = l
+		}
+	}
+}
+
+// Adapter connects Parley to an XMPP server as an external component. It
+// implements bridges.Network. Create it with New; it can be started once.
+type Adapter struct {
+	cfg           Config
+	domain        jid.JID             // the component domain, normalised
+	serverDomains map[string]struct{} // Config.ServerDomains, normalised
+	log           *slog.Logger
+	senders       *senders
+
+	// Set by New; tests replace them.
+	dial    func(ctx context.Context, addr string) (net.Conn, error)
+	backoff backoff
+	now     func() time.Time
+
+	// host is set by Start, before the connection goroutine begins.
+	host bridges.Host
+
+	mu      sync.Mutex
+	sess    *xmpp.Session // the live session; nil while not connected
+	conn    net.Conn      // its connection
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the connection goroutine ends
+	stopped bool
+
+	stateMu      sync.Mutex
+	stateStopped bool // Stopped was reported; report nothing more
+}
+
+// New returns an adapter for cfg. It validates cfg and does no I/O.
+func New(cfg Config, opts ...Option) (*Adapter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	domain, err := jid.Parse(cfg.Domain)
+	if err != nil {
+		return nil, fmt.Errorf("xmpp.domain: %w", err) // unreachable after Validate
+	}
+	a := &Adapter{
+		cfg:           cfg,
+		domain:        domain,
+		serverDomains: make(map[string]struct{}, len(cfg.ServerDomains)),
+		log:           slog.New(slog.DiscardHandler),
+		senders:       newSenders(sendersSize),
+		dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		},
+		backoff: defaultBackoff,
+		now:     time.Now,
+	}
+	for _, s := range cfg.ServerDomains {
+		d, _ := parseDomain(s) // valid after Validate
+		a.serverDomains[d] = struct{}{}
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	return a, nil
+}
+
+// Network implements bridges.Network.
+func (*Adapter) Network() event.Network { return event.XMPP }
+
+// Start implements bridges.Network. It reports bridges.Starting and returns
+// at once; a goroutine connects to Config.Server, reports Connected once the
+// server accepted the handshake, and reconnects with backoff whenever the
+// connection fails or ends, reporting Reconnecting (or BadCredentials when
+// the server refused the secret) meanwhile. The goroutine runs until Stop,
+// whatever becomes of ctx.
+func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
+	if host == nil {
+		return errors.New("start XMPP adapter: host is nil")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cancel != nil || a.stopped {
+		return errors.New("start XMPP adapter: already started")
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.host, a.cancel, a.done = host, cancel, make(chan struct{})
+	a.setState(bridges.Starting, nil)
+	go a.run(runCtx)
+	return nil
+}
+
+// Stop implements bridges.Network. It ends the connection goroutine: the
+// stream is closed, and the server given closeTimeout to close its side. It
+// reports bridges.Stopped and returns once the goroutine has ended, or when
+// ctx is done (then the connection is closed at once and ctx's error is
+// returned).
+func (a *Adapter) Stop(ctx context.Context) error {
+	a.mu.Lock()
+	cancel, done := a.cancel, a.done
+	a.stopped = true
+	a.mu.Unlock()
+	if cancel == nil {
+		return nil // never started
+	}
+	cancel()
+	defer a.setState(bridges.Stopped, nil)
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		a.mu.Lock()
+		if a.conn != nil {
+			_ = a.conn.Close()
+		}
+		a.mu.Unlock()
+		return fmt.Errorf("stop XMPP adapter: %w", ctx.Err())
+	}
+}
+
+// Send implements bridges.Network. It writes evt as one stanza and returns
+// its stanza ID, which is derived from evt's source ID so that a repeated
+// Send gives the same ID. It is safe for concurrent use.
+//
+// A *event.Message becomes a chat message from the ghost JID evt.From, with
+// an XEP-0172 nick when evt.FromName is set. A *event.Failure becomes an
+// error message answering the stanza named by its EventID, with the error
+// condition of its Condition.
+//
+// While the component is not connected, Send fails at once; the error is
+// not permanent, nor are write errors. Events the adapter cannot express
+// get a permanent error.
+func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
+	var (
+		id, to string
+		r      xml.TokenReader
+		err    error
+	)
+	switch e := evt.(type) {
+	case *event.Message:
+		to = e.To.ID
+		id, r, err = a.outboundMessage(e)
+	case *event.Failure:
+		to = e.To.ID
+		id, r, err = a.outboundFailure(e)
+	case nil:
+		return "", bridges.Permanent(errors.New("send XMPP event: event is nil"))
+	default:
+		return "", bridges.Permanent(fmt.Errorf("send %s event: not supported by the XMPP adapter", evt.Kind()))
+	}
+	if err == nil {
+		err = a.write(ctx, r)
+	}
+	if err != nil {
+		return "", fmt.Errorf("send %s to %s: %w", evt.Kind(), to, err)
+	}
+	return id, nil
+}
+
+// write sends one stanza on the live session. A failed write may have left
+// part of a stanza on the stream, so it closes the connection: the
+// connection goroutine reconnects.
+func (a *Adapter) write(ctx context.Context, r xml.TokenReader) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	sess, conn := a.sess, a.conn
+	a.mu.Unlock()
+	if sess == nil {
+		return errNotConnected
+	}
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	// Session.Send serialises writers; it is safe for concurrent use.
+	if err := sess.Send(ctx, r); err != nil {
+		_ = conn.Close()
+		return err
+	}
+	return nil
+}
+
+// setState reports s to the host, unless Stopped was reported already.
+func (a *Adapter) setState(s bridges.State, err error) {
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
+	if a.stateStopped {
+		return
+	}
+	a.stateStopped = s == bridges.Stopped
+	a.host.SetState(event.XMPP, s, err)
+}
+
+// run connects and serves until ctx ends, reconnecting with backoff. It is
+// the adapter's connection goroutine.
+func (a *Adapter) run(ctx context.Context) {
+	defer close(a.done)
+	attempt := 0
+	for {
+		up, err := a.connectAndServe(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if up >= a.backoff.reset {
+			attempt = 0
+		}
+		delay := a.backoff.delay(attempt)
+		attempt++
+		if errors.Is(err, errSecretRefused) {
+			a.log.Error("xmpp component secret refused", "server", a.cfg.Server, "domain", a.domain.String(), "error", err, "retry_in", delay)
+			a.setState(bridges.BadCredentials, err)
+		} else {
+			a.log.Warn("xmpp connection failed", "server", a.cfg.Server, "domain", a.domain.String(), "error", err, "connected_for", up, "retry_in", delay)
+			a.setState(bridges.Reconnecting, err)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// connectAndServe connects, performs the XEP-0114 handshake and serves the
+// session until it ends or ctx does. It returns how long the session was up
+// and why it ended (never nil unless ctx ended).
+func (a *Adapter) connectAndServe(ctx context.Context) (time.Duration, error) {
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	conn, err := a.dial(cctx, a.cfg.Server)
+	if err != nil {
+		return 0, fmt.Errorf("connect to %s: %w", a.cfg.Server, err)
+	}
+	// The session honours cctx only racily (it sets and at once clears a
+	// past deadline), so closing the connection is what ends a handshake
+	// when cctx does.
+	abort := context.AfterFunc(cctx, func() { _ = conn.Close() })
+	sess, err := component.NewSession(cctx, a.domain, []byte(a.cfg.Secret), conn)
+	if !abort() && err == nil {
+		err = cctx.Err()
+	}
+	cancel()
+	if err != nil {
+		_ = conn.Close()
+		if errors.Is(err, stream.NotAuthorized) {
+			return 0, fmt.Errorf("%w (component %s at %s): %w", errSecretRefused, a.domain, a.cfg.Server, err)
+		}
+		return 0, fmt.Errorf("handshake as component %s with %s: %w", a.domain, a.cfg.Server, err)
+	}
+
+	a.mu.Lock()
+	a.sess, a.conn = sess, conn
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.sess, a.conn = nil, nil
+		a.mu.Unlock()
+		_ = conn.Close()
+	}()
+	a.log.Info("xmpp component connected", "server", a.cfg.Server, "domain", a.domain.String())
+	a.setState(bridges.Connected, nil)
+	connected := time.Now()
+
+	served := make(chan error, 1)
+	go func() { served <- sess.Serve(a.handler(ctx)) }()
+	select {
+	case err = <-served:
+	case <-ctx.Done():
+		// Stop: new Sends fail from now on; close our stream and give the
+		// server a moment to close its own.
+		a.mu.Lock()
+		a.sess = nil
+		a.mu.Unlock()
+		_ = conn.SetDeadline(time.Now().Add(closeTimeout))
+		_ = sess.Close()
+		err = <-served
+	}
+	up := time.Since(connected)
+	if err == nil {
+		err = errors.New("the server closed the stream")
+	}
+	return up, fmt.Errorf("session with %s: %w", a.cfg.Server, err)
+}
