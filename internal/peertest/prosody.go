@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -47,7 +46,7 @@ const MUCDomain = "conference.localhost"
 // t.TempDir() on free 127.0.0.1 ports and waits until the component port
 // accepts TCP connections. The server is stopped by t.Cleanup. The test is
 // skipped (or failed under CI) via Require when prosody is not installed.
-func StartProsody(t testing.TB, opts ProsodyOptions) *Prosody {
+func StartProsody(t TB, opts ProsodyOptions) *Prosody {
 	t.Helper()
 	_, err := lookBinary("prosody")
 	if err == nil {
@@ -143,7 +142,7 @@ func luaString(s string) string {
 // Start starts the server again after Stop, with the same configuration, data
 // and ports, and waits until the component port accepts TCP connections.
 // StartProsody calls it; calling it while the server runs fails the test.
-func (p *Prosody) Start(t testing.TB) {
+func (p *Prosody) Start(t TB) {
 	t.Helper()
 	if p.proc != nil && !p.proc.exited() {
 		t.Fatalf("peertest: prosody already running")
@@ -160,7 +159,7 @@ func (p *Prosody) Start(t testing.TB) {
 
 // Stop stops the server (SIGTERM to its process group) and waits for it to
 // exit. Start brings it back. Stopping a stopped server does nothing.
-func (p *Prosody) Stop(t testing.TB) {
+func (p *Prosody) Stop(t TB) {
 	t.Helper()
 	if p.proc != nil {
 		p.proc.stop()
@@ -169,7 +168,7 @@ func (p *Prosody) Stop(t testing.TB) {
 
 // Register creates the account user@Domain with the given password using
 // prosodyctl (works whether the server is running or not).
-func (p *Prosody) Register(t testing.TB, user, password string) {
+func (p *Prosody) Register(t TB, user, password string) {
 	t.Helper()
 	cmd := exec.Command("prosodyctl", "--config", p.config, "register", user, p.Domain, password)
 	cmd.Dir = p.Dir

@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/parleygw/parley/internal/peertest"
+)
+
+// tally counts, by message ID, what one side received, and for the XMPP
+// sender which of its messages got a receipt and which bounced.
+type tally struct {
+	mu       sync.Mutex
+	received map[string]int
+	receipts map[string]bool
+	bounced  map[string]bool
+}
+
+func newTally() *tally {
+	return &tally{received: map[string]int{}, receipts: map[string]bool{}, bounced: map[string]bool{}}
+}
+
+func (t *tally) count(prefix string, n int) (distinct, dups int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range n {
+		c := t.received[fmt.Sprintf("%s-%d", prefix, i)]
+		if c > 0 {
+			distinct++
+		}
+		if c > 1 {
+			dups += c - 1
+		}
+	}
+	return distinct, dups
+}
+
+func messageCount() int {
+	if n, err := strconv.Atoi(os.Getenv("PARLEY_RESTART_MESSAGES")); err == nil && n > 0 {
+		return n
+	}
+	return 200
+}
+
+// TestRestartDeliversExactlyOnce sends 200 messages each way while parley
+// is killed with SIGKILL and started again, and checks that every message
+// arrives exactly once. The XMPP sender behaves like a careful client: it
+// asks for XEP-0184 receipts (parley sends one only after the message is
+// stored) and resends, with the same id, what bounced or got no receipt.
+func TestRestartDeliversExactlyOnce(t *testing.T) {
+	st := newStack(t, stackSettings{homeserver: "synapse"})
+	st.prosody.Register(t, "alice", "alicepass")
+	st.start(true)
+	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
+	bob := peertest.ConnectMatrix(t, st.hs, "bob", "bobpassword")
+	room := dm(t, st, alice, bob)
+	n := messageCount()
+
+	atAlice, atBob := newTally(), newTally()
+	ctx := timeout(t, 4*time.Minute)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // everything alice's client sees
+		defer wg.Done()
+		for {
+			e, ok := alice.Next(ctx, nil)
+			if !ok {
+				return
+			}
+			atAlice.mu.Lock()
+			switch e.Ev {
+			case "message":
+				atAlice.received[e.Body]++
+			case "receipt":
+				atAlice.receipts[e.ID] = true
+			case "error":
+				atAlice.bounced[e.ID] = true
+			}
+			atAlice.mu.Unlock()
+		}
+	}()
+	go func() { // everything bob's client sees
+		defer wg.Done()
+		for {
+			m, ok := bob.NextMessage(ctx, nil)
+			if !ok {
+				return
+			}
+			atBob.mu.Lock()
+			atBob.received[m.Body]++
+			atBob.mu.Unlock()
+		}
+	}()
+
+	// Kill parley a third of the way in and start it again 40 messages
+	// later: meanwhile both sides keep writing.
+	killAt, restartAt := n/3, n/3+40
+	for i := range n {
+		switch i {
+		case killAt:
+			t.Logf("SIGKILL parley after %d messages each way", i)
+			st.stop(syscall.SIGKILL)
+		case restartAt:
+			st.start(false)
+		}
+		alice.Send(t, bobGhostJID, fmt.Sprintf("x2m-%d", i), fmt.Sprintf("x2m-%d", i), true)
+		if _, err := bob.SendText(ctx, room, fmt.Sprintf("m2x-%d", i), fmt.Sprintf("m2x-%d", i)); err != nil {
+			t.Fatalf("bob's homeserver refused message %d: %v", i, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// Resend what bounced or has no receipt yet, as a client would, until
+	// both sides have everything.
+	resends := 0
+	for {
+		xd, _ := atBob.count("x2m", n)
+		md, _ := atAlice.count("m2x", n)
+		if xd == n && md == n {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("after 4 minutes: bob has %d of %d x2m, alice has %d of %d m2x (%d resends)\n%s",
+				xd, n, md, n, resends, tail(st.log(), 30))
+		case <-time.After(3 * time.Second):
+		}
+		atAlice.mu.Lock()
+		var again []string
+		for i := range n {
+			mid := fmt.Sprintf("x2m-%d", i)
+			if !atAlice.receipts[mid] {
+				again = append(again, mid)
+			}
+		}
+		atAlice.bounced = map[string]bool{}
+		atAlice.mu.Unlock()
+		for _, mid := range again {
+			alice.Send(t, bobGhostJID, mid, mid, true)
+		}
+		resends += len(again)
+	}
+	time.Sleep(3 * time.Second) // late duplicates would arrive now
+	xd, xdup := atBob.count("x2m", n)
+	md, mdup := atAlice.count("m2x", n)
+	t.Logf("XMPP→Matrix: %d/%d delivered, %d duplicates; Matrix→XMPP: %d/%d delivered, %d duplicates; %d XMPP resends",
+		xd, n, xdup, md, n, mdup, resends)
+	if xdup != 0 || mdup != 0 {
+		t.Errorf("messages delivered more than once: %d XMPP→Matrix, %d Matrix→XMPP", xdup, mdup)
+	}
+	if !strings.Contains(st.log(), "---- start 2") {
+		t.Error("parley was not restarted")
+	}
+}
