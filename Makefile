@@ -56,10 +56,11 @@ bench:
 
 # Messages XMPP → Matrix through real Prosody and Synapse: msgs/s, p50/p99.
 bench-e2e: peers
-	PARLEY_BENCH=$${N:-1000} $(GO) test ./e2e -run '^TestBenchXMPPToMatrix$$' -count=1 -v -timeout 20m
+	$(GO) test ./e2e -run '^$$' -bench XMPPToMatrix -benchtime $${N:-1000}x -count=1 -timeout 20m
 
 demo: peers build
-	$(GO) run ./internal/demo -parley $(BIN)/parley
+	$(GO) build -o $(BIN)/parley-demo ./internal/demo
+	$(BIN)/parley-demo -parley $(BIN)/parley
 
 docker:
 	docker build -t parley:$(VERSION) .

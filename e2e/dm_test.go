@@ -13,7 +13,7 @@ import (
 // dm opens the DM between alice (XMPP) and bob (Matrix) the way a user
 // would: alice writes to bob's ghost JID, bob accepts the invite of alice's
 // ghost and answers. It returns the room.
-func dm(t *testing.T, st *stack, alice *peertest.XMPPClient, bob *peertest.MatrixClient) id.RoomID {
+func dm(t testing.TB, st *stack, alice *peertest.XMPPClient, bob *peertest.MatrixClient) id.RoomID {
 	t.Helper()
 	ctx := timeout(t, 60*time.Second)
 	alice.Send(t, bobGhostJID, "open-1", "hello from xmpp", true)

@@ -54,7 +54,7 @@ const (
 
 // stack is Prosody, a homeserver and one parley process wired together.
 type stack struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	prosody  *peertest.Prosody
 	hs       *peertest.Homeserver
@@ -74,7 +74,7 @@ type stackSettings struct {
 	componentSecret string // "" means the right one
 }
 
-func newStack(t *testing.T, s stackSettings) *stack {
+func newStack(t testing.TB, s stackSettings) *stack {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("short mode: end-to-end tests need real servers")
@@ -238,7 +238,7 @@ func tail(s string, lines int) string {
 	return strings.Join(l, "\n")
 }
 
-func timeout(t *testing.T, d time.Duration) context.Context {
+func timeout(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

@@ -240,7 +240,11 @@ func (a *Adapter) sendFailure(ctx context.Context, f *event.Failure) (string, er
 	if err := a.ensureRegistered(ctx, ghost); err != nil {
 		return "", a.classify(fmt.Errorf("register ghost %s: %w", ghost, err))
 	}
-	eventID, err := a.sendInDM(ctx, ghost, user, noticeContent(failureText(f)), txnID("failure|"+f.EventID+"|"+f.ID))
+	txn := ""
+	if f.EventID != "" || f.ID != "" {
+		txn = txnID("failure|" + f.EventID + "|" + f.ID)
+	}
+	eventID, err := a.sendInDM(ctx, ghost, user, noticeContent(failureText(f)), txn)
 	if err != nil {
 		return "", err
 	}

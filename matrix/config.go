@@ -24,7 +24,9 @@ type Config struct {
 	// API for the homeserver, e.g. 127.0.0.1:29328.
 	Listen string `yaml:"listen"`
 	// URL is the URL the homeserver uses to reach Listen; it goes into the
-	// registration file. Default: "http://" + Listen.
+	// registration file. Default: "http://" + Listen, which is right only
+	// when the homeserver runs on the same host and Listen names an address
+	// it can connect to (set it for a sidecar or a wildcard Listen).
 	URL string `yaml:"url"`
 	// ID is the registration ID. Default: "parley".
 	ID string `yaml:"id"`

@@ -96,8 +96,12 @@ func noticeContent(text string) *mevent.MessageEventContent {
 // txnID derives a client-server transaction ID from the source ID of what is
 // sent ("parley-" and the first 128 bits of its SHA-256, in hex), so that
 // sending it again (after a crash, on retry) reuses the ID and the homeserver
-// answers with the event it already created instead of a duplicate.
+// answers with the event it already created instead of a duplicate. An
+// empty sourceID gives "": mautrix then picks a unique ID.
 func txnID(sourceID string) string {
+	if sourceID == "" {
+		return ""
+	}
 	sum := sha256.Sum256([]byte(sourceID))
 	return "parley-" + hex.EncodeToString(sum[:16])
 }

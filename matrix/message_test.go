@@ -119,6 +119,9 @@ func TestTxnID(t *testing.T) {
 	if want := "parley-3a0de37932e8b19746f20b22414f862f"; a != want {
 		t.Errorf("txnID = %q, want %q", a, want)
 	}
+	if got := txnID(""); got != "" {
+		t.Errorf(`txnID("") = %q, want "" (a unique ID from mautrix)`, got)
+	}
 	if !regexp.MustCompile(`^parley-[0-9a-f]{32}$`).MatchString(a) {
 		t.Errorf("txnID = %q", a)
 	}

@@ -63,7 +63,7 @@ func parseTransaction(body []byte) (*transaction, error) {
 		Events json.RawMessage `json:"events"`
 	}
 	if err := json.Unmarshal(body, &top); err != nil {
-		return nil, fmt.Errorf("%w: %v", errBadJSON, err)
+		return nil, fmt.Errorf("%w: %w", errBadJSON, err)
 	}
 	txn := &transaction{}
 	if len(top.Events) == 0 || string(top.Events) == "null" {
@@ -249,6 +249,10 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // homeserver unreachable); anything the adapter cannot use is logged and
 // skipped.
 func (a *Adapter) handleEvent(ctx context.Context, evt *mevent.Event) error {
+	if evt.ID == "" || evt.RoomID == "" {
+		a.log.Warn("skipped room event without event_id or room_id", "type", evt.Type.Type)
+		return nil
+	}
 	switch evt.Type.Type {
 	case mevent.StateMember.Type:
 		if evt.StateKey == nil {

@@ -194,9 +194,9 @@ func TestHandleIQ(t *testing.T) {
 		return `<iq xmlns="jabber:component:accept" type="` + typ + `" id="q1" from="` + from + `" to="` + to + `">` + inner + `</iq>`
 	}
 	const (
-		from      = "alice@localhost/phone"
-		info      = `<query xmlns="http://jabber.org/protocol/disco#info"/>`
-		items     = `<query xmlns="http://jabber.org/protocol/disco#items"/>`
+		from  = "alice@localhost/phone"
+		info  = `<query xmlns="http://jabber.org/protocol/disco#info"/>`
+		items = `<query xmlns="http://jabber.org/protocol/disco#items"/>`
 	)
 	stanzaErr := func(to, from, typ, cond string) string {
 		return `<iq type="error" to="` + to + `" from="` + from + `" id="q1"><error type="` + typ + `"><` + cond + ` xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"></` + cond + `></error></iq>`

@@ -2,9 +2,18 @@ package xmpp
 
 import (
 	"context"
+	"encoding/xml"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
+
+	"mellium.im/sasl"
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
@@ -12,8 +21,10 @@ import (
 )
 
 // These tests connect the adapter to a real Prosody (started by peertest)
-// and talk to it through a real XMPP client (slixmpp). They are skipped in
-// short mode, and when Prosody or slixmpp is missing (failed under $CI).
+// and exchange messages with real XMPP clients: a minimal mellium client
+// (c2sClient, which sees every message stanza) and slixmpp (peertest). They
+// are skipped in short mode, and when Prosody or slixmpp is missing (failed
+// under $CI).
 
 const integrationGhost = "bob@matrix.localhost"
 
@@ -45,17 +56,6 @@ func waitFor(t *testing.T, h *fakeHost, want bridges.State, allowed ...bridges.S
 	}
 }
 
-func nextXMPP(t *testing.T, c *peertest.XMPPClient, ev string) peertest.XMPPEvent {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	e, ok := c.Next(ctx, func(e peertest.XMPPEvent) bool { return e.Ev == ev })
-	if !ok {
-		t.Fatalf("%s got no %q event", c.JID, ev)
-	}
-	return e
-}
-
 func nextDispatch(t *testing.T, h *fakeHost) *event.Message {
 	t.Helper()
 	select {
@@ -71,68 +71,156 @@ func nextDispatch(t *testing.T, h *fakeHost) *event.Message {
 	}
 }
 
-func TestProsodyMessages(t *testing.T) {
+// c2sClient is a minimal XMPP client logged in to Prosody over plain c2s
+// (SASL PLAIN, no TLS: Prosody allows it on loopback in peertest).
+type c2sClient struct {
+	jid  jid.JID // full JID, after binding
+	sess *xmpp.Session
+	msgs chan c2sMessage
+}
+
+// c2sMessage is what the tests read of a message a c2sClient got.
+type c2sMessage struct {
+	ID       string `xml:"id,attr"`
+	From     string `xml:"from,attr"`
+	To       string `xml:"to,attr"`
+	Type     string `xml:"type,attr"`
+	Body     string `xml:"body"`
+	Received *struct {
+		ID string `xml:"id,attr"`
+	} `xml:"urn:xmpp:receipts received"`
+	Error *stanza.Error `xml:"error"`
+}
+
+func dialC2S(t *testing.T, p *peertest.Prosody, user, password string) *c2sClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	addr := jid.MustParse(user + "@" + p.Domain)
+	conn, err := net.Dial("tcp", p.C2SAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Claim a secure stream so that mellium offers PLAIN without TLS.
+	sess, err := xmpp.NewSession(ctx, addr.Domain(), addr, conn, xmpp.Secure, xmpp.NewNegotiator(
+		func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
+			return xmpp.StreamConfig{Features: []xmpp.StreamFeature{
+				xmpp.SASL("", password, sasl.Plain),
+				xmpp.BindResource(),
+			}}
+		}))
+	if err != nil {
+		_ = conn.Close()
+		t.Fatalf("log in %s: %v", addr, err)
+	}
+	c := &c2sClient{jid: sess.LocalAddr(), sess: sess, msgs: make(chan c2sMessage, 64)}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = sess.Serve(xmpp.HandlerFunc(func(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+			if start.Name.Local != "message" {
+				return nil
+			}
+			var m c2sMessage
+			if err := xml.NewTokenDecoder(xmlstream.MultiReader(xmlstream.Token(*start), r)).Decode(&m); err == nil {
+				c.msgs <- m
+			}
+			return nil
+		}))
+	}()
+	t.Cleanup(func() {
+		_ = sess.Close()
+		_ = conn.Close()
+		<-served
+	})
+	if err := sess.Send(ctx, stanza.Presence{}.Wrap(nil)); err != nil {
+		t.Fatalf("send presence: %v", err)
+	}
+	return c
+}
+
+// send sends a chat message, asking for a receipt when receipt is set.
+func (c *c2sClient) send(t *testing.T, to, id, body string, receipt bool) {
+	t.Helper()
+	payload := []xml.TokenReader{element(xml.Name{Local: "body"}, nil, xmlstream.Token(xml.CharData(body)))}
+	if receipt {
+		payload = append(payload, element(xml.Name{Space: nsReceipts, Local: "request"}, nil))
+	}
+	m := stanza.Message{ID: id, To: jid.MustParse(to), Type: stanza.ChatMessage}
+	if err := c.sess.Send(t.Context(), m.Wrap(xmlstream.MultiReader(payload...))); err != nil {
+		t.Fatalf("send message: %v", err)
+	}
+}
+
+// next returns the next message stanza the client got.
+func (c *c2sClient) next(t *testing.T) c2sMessage {
+	t.Helper()
+	select {
+	case m := <-c.msgs:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s got no message", c.jid)
+		return c2sMessage{}
+	}
+}
+
+func TestProsodyInbound(t *testing.T) {
 	p := startProsody(t)
 	p.Register(t, "alice", "alicepass")
 	_, h := startAdapter(t, p.ComponentAddr, p.ComponentSecret)
-	wantState(t, h, bridges.Starting)
-	waitFor(t, h, bridges.Connected, bridges.Reconnecting)
-
-	alice := peertest.ConnectXMPP(t, p, "alice", "alicepass")
+	waitFor(t, h, bridges.Connected, bridges.Starting, bridges.Reconnecting)
+	alice := dialC2S(t, p, "alice", "alicepass")
 
 	// XMPP → Parley, acknowledged with a receipt once dispatched.
-	alice.Send(t, integrationGhost, "m1", "hello bob", true)
+	alice.send(t, integrationGhost, "m1", "hello bob", true)
 	m := nextDispatch(t, h)
 	if m.ID != "alice@localhost/m1" || m.From != xmppAddr("alice@localhost") || m.To != xmppAddr(integrationGhost) || m.Body != "hello bob" {
 		t.Fatalf("dispatched %+v", m)
 	}
-	if r := nextXMPP(t, alice, "receipt"); r.ID != "m1" || r.From != integrationGhost {
-		t.Errorf("receipt %+v", r)
+	r := alice.next(t)
+	if r.From != integrationGhost || r.Received == nil || r.Received.ID != "m1" {
+		t.Errorf("want a receipt, got %+v", r)
 	}
 
 	// A message the core cannot route is answered with an error.
 	h.setDispatch(func(event.Event) error { return fmt.Errorf("route: %w", bridges.ErrNoRoute) })
-	alice.Send(t, integrationGhost, "m2", "anyone?", true)
+	alice.send(t, integrationGhost, "m2", "anyone?", true)
 	nextDispatch(t, h)
-	if e := nextXMPP(t, alice, "error"); e.ID != "m2" || e.Condition != "item-not-found" || e.From != integrationGhost {
-		t.Errorf("error %+v", e)
+	r = alice.next(t)
+	if r.Type != "error" || r.ID != "m2" || r.From != integrationGhost || r.Error == nil || r.Error.Condition != stanza.ItemNotFound {
+		t.Errorf("want an item-not-found error, got %+v", r)
 	}
-	h.setDispatch(nil)
 }
 
-func TestProsodySendAndFailure(t *testing.T) {
+func TestProsodyOutbound(t *testing.T) {
 	p := startProsody(t)
 	p.Register(t, "alice", "alicepass")
-	cfg := validConfig()
-	cfg.Server, cfg.Secret = p.ComponentAddr, p.ComponentSecret
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := newFakeHost()
-	if err := a.Start(t.Context(), h); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Stop(context.Background()) })
+	p.Register(t, "carol", "carolpass")
+	a, h := startAdapter(t, p.ComponentAddr, p.ComponentSecret)
 	waitFor(t, h, bridges.Connected, bridges.Starting, bridges.Reconnecting)
-	alice := peertest.ConnectXMPP(t, p, "alice", "alicepass")
 
-	// Parley → XMPP.
+	// Parley → XMPP, to a third-party client.
+	carol := peertest.ConnectXMPP(t, p, "carol", "carolpass")
 	msg := &event.Message{
-		Header: event.Header{ID: "$ev1:matrix.org", From: xmppAddr(integrationGhost), To: xmppAddr("alice@localhost"), FromName: "Bob (Matrix)"},
-		Body:   "hi alice",
+		Header: event.Header{ID: "$ev1:matrix.org", From: xmppAddr(integrationGhost), To: xmppAddr("carol@localhost"), FromName: "Bob (Matrix)"},
+		Body:   "hi carol",
 	}
 	id, err := a.Send(t.Context(), msg)
 	if err != nil {
 		t.Fatalf("Send: %v", err)
 	}
-	if got := nextXMPP(t, alice, "message"); got.From != integrationGhost || got.Body != "hi alice" || got.Nick != "Bob (Matrix)" || got.ID != id {
-		t.Errorf("alice got %+v", got)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	got, ok := carol.Next(ctx, func(e peertest.XMPPEvent) bool { return e.Ev == "message" })
+	if !ok || got.From != integrationGhost || got.Body != "hi carol" || got.Nick != "Bob (Matrix)" || got.ID != id {
+		t.Errorf("carol got %+v, %t", got, ok)
 	}
 
 	// A delivery failure reported later reaches the client that sent the
-	// message, though Parley addresses it to the bare JID.
-	alice.Send(t, integrationGhost, "m3", "this will fail", false)
+	// message, though Parley addresses it to the bare JID (to which the
+	// server would not deliver an error).
+	alice := dialC2S(t, p, "alice", "alicepass")
+	alice.send(t, integrationGhost, "m3", "this will fail", false)
 	m := nextDispatch(t, h)
 	f := &event.Failure{
 		Header:    event.Header{ID: "f1", From: xmppAddr(integrationGhost), To: xmppAddr("alice@localhost")},
@@ -143,19 +231,22 @@ func TestProsodySendAndFailure(t *testing.T) {
 	if _, err := a.Send(t.Context(), f); err != nil {
 		t.Fatalf("Send(failure): %v", err)
 	}
-	e := nextXMPP(t, alice, "error")
-	if e.ID != "m3" || e.Condition != "recipient-unavailable" || e.Text != f.Reason {
-		t.Errorf("alice got %+v", e)
+	r := alice.next(t)
+	if r.Type != "error" || r.ID != "m3" || r.To != alice.jid.String() || r.Error == nil ||
+		r.Error.Condition != stanza.RecipientUnavailable || r.Error.Type != stanza.Cancel || r.Error.Text[""] != f.Reason {
+		t.Errorf("want a recipient-unavailable error, got %+v (%+v)", r, r.Error)
 	}
 }
 
 func TestProsodyBadSecret(t *testing.T) {
 	p := startProsody(t)
 	_, h := startAdapter(t, p.ComponentAddr, "not-the-secret")
-	s := waitFor(t, h, bridges.BadCredentials, bridges.Starting, bridges.Reconnecting)
-	t.Logf("reported: %v", s.err)
+	s := waitFor(t, h, bridges.BadCredentials, bridges.Starting)
+	if !strings.Contains(s.err.Error(), "refused the component secret") {
+		t.Errorf("BadCredentials with %v", s.err)
+	}
 	// Still retrying, still refused.
-	waitFor(t, h, bridges.BadCredentials, bridges.Reconnecting)
+	waitFor(t, h, bridges.BadCredentials)
 }
 
 func TestProsodyRestart(t *testing.T) {

@@ -307,7 +307,7 @@ func TestStableID(t *testing.T) {
 	if !strings.HasPrefix(a, "parley-") || len(a) != len("parley-")+16 {
 		t.Errorf("stableID = %q, want parley- and 16 hex digits", a)
 	}
-	if stableID("") == stableID("") {
+	if x, y := stableID(""), stableID(""); x == y {
 		t.Error("events without a source ID share a stanza ID")
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -57,7 +56,7 @@ func DendriteBin(name string) string { return filepath.Join(Dir(), "bin", name) 
 // raised far above anything a test does, presence enabled, no federation key
 // servers. It waits until GET /_matrix/client/versions answers 200 and stops
 // the server with t.Cleanup. The log is Dir/homeserver.log.
-func StartSynapse(t testing.TB, opts HomeserverOptions) *Homeserver {
+func StartSynapse(t TB, opts HomeserverOptions) *Homeserver {
 	t.Helper()
 	python, err := lookBinary(SynapsePython())
 	Require(t, "synapse", err)
@@ -161,7 +160,7 @@ func StartSynapse(t testing.TB, opts HomeserverOptions) *Homeserver {
 //
 // Unlike Synapse, Dendrite does not push typing, receipts or presence to
 // appservices (no MSC2409); tests that need those must /sync.
-func StartDendrite(t testing.TB, opts HomeserverOptions) *Homeserver {
+func StartDendrite(t TB, opts HomeserverOptions) *Homeserver {
 	t.Helper()
 	bin, err := lookBinary(DendriteBin("dendrite"))
 	if err == nil {
@@ -237,7 +236,7 @@ func StartDendrite(t testing.TB, opts HomeserverOptions) *Homeserver {
 	return h
 }
 
-func writeJSONConfig(t testing.TB, path string, cfg any) {
+func writeJSONConfig(t TB, path string, cfg any) {
 	t.Helper()
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -269,7 +268,7 @@ func (h *Homeserver) versionsOK() error {
 // user-interactive auth with m.login.dummy) and returns its user ID and an
 // access token. password must be at least 8 characters (Dendrite's minimum).
 // Any failure fails the test.
-func (h *Homeserver) Register(t testing.TB, user, password string) (userID, accessToken string) {
+func (h *Homeserver) Register(t TB, user, password string) (userID, accessToken string) {
 	t.Helper()
 	url := h.URL + "/_matrix/client/v3/register?kind=user"
 	body := map[string]any{
@@ -321,7 +320,7 @@ func (h *Homeserver) Register(t testing.TB, user, password string) (userID, acce
 	return "", ""
 }
 
-func (h *Homeserver) postJSON(t testing.TB, url string, body any) (int, []byte) {
+func (h *Homeserver) postJSON(t TB, url string, body any) (int, []byte) {
 	t.Helper()
 	b, err := json.Marshal(body)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"testing"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -36,7 +35,7 @@ type MatrixClient struct {
 
 // ConnectMatrix registers user on h and starts syncing. The sync loop stops
 // when the test ends.
-func ConnectMatrix(t testing.TB, h *Homeserver, user, password string) *MatrixClient {
+func ConnectMatrix(t TB, h *Homeserver, user, password string) *MatrixClient {
 	t.Helper()
 	userID, token := h.Register(t, user, password)
 	cli, err := mautrix.NewClient(h.URL, id.UserID(userID), token)
@@ -56,6 +55,9 @@ func ConnectMatrix(t testing.TB, h *Homeserver, user, password string) *MatrixCl
 
 func (c *MatrixClient) sync(ctx context.Context) {
 	since := ""
+	// A homeserver may repeat an event in a later sync (Dendrite does around
+	// a join); clients recognise it by its ID.
+	seen := map[id.EventID]bool{}
 	for ctx.Err() == nil {
 		resp, err := c.SyncRequest(ctx, 5000, since, "", false, event.PresenceOnline)
 		if err != nil {
@@ -79,9 +81,10 @@ func (c *MatrixClient) sync(ctx context.Context) {
 		}
 		for room, joined := range resp.Rooms.Join {
 			for _, e := range joined.Timeline.Events {
-				if e.Type != event.EventMessage || e.Sender == c.UserID {
+				if e.Type != event.EventMessage || e.Sender == c.UserID || seen[e.ID] {
 					continue
 				}
+				seen[e.ID] = true
 				_ = e.Content.ParseRaw(e.Type)
 				msg := e.Content.AsMessage()
 				c.Messages <- MatrixMessage{Room: room, Sender: e.Sender, EventID: e.ID,

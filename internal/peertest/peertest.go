@@ -27,15 +27,33 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
+
+// TB is the part of testing.TB that peertest uses, so that a program that is
+// not a test (internal/demo) can start the same servers and clients:
+// testing.TB has a private method and only the testing package implements it.
+// *testing.T and *testing.B satisfy TB.
+//
+// Fatal, Fatalf and Skip must not return (testing's stop the test goroutine).
+// Cleanup functions run in reverse order of registration when the test or
+// program ends. TempDir returns a new empty directory on every call.
+type TB interface {
+	Helper()
+	Cleanup(f func())
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Log(args ...any)
+	Logf(format string, args ...any)
+	Skip(args ...any)
+	TempDir() string
+}
 
 // Require reports a missing peer. When err is nil it does nothing. Otherwise
 // it calls t.Skip with a message naming the peer, the error and how to install
 // it — or t.Fatal instead when the CI environment variable is set (non-empty),
 // so that a CI run never silently skips integration tests.
-func Require(t testing.TB, peer string, err error) {
+func Require(t TB, peer string, err error) {
 	t.Helper()
 	if err == nil {
 		return
@@ -95,7 +113,7 @@ func findRepoRoot(dir string) string {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago (the
 // kernel picks it; the listener is closed before returning). It fails the test
 // if no port can be obtained.
-func FreePort(t testing.TB) int {
+func FreePort(t TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -135,7 +153,7 @@ type process struct {
 
 // startProcess starts argv in dir with stdout and stderr appended to logPath.
 // cred, when non-nil, runs the process as another OS user.
-func startProcess(t testing.TB, name, dir, logPath string, stopSig syscall.Signal, cred *syscall.Credential, env []string, argv ...string) *process {
+func startProcess(t TB, name, dir, logPath string, stopSig syscall.Signal, cred *syscall.Credential, env []string, argv ...string) *process {
 	t.Helper()
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -191,7 +209,7 @@ func (p *process) stop() {
 
 // waitReady polls ready every 50 ms until it returns nil. It fails the test
 // with the log tail when the process exits first or timeout passes.
-func (p *process) waitReady(t testing.TB, timeout time.Duration, ready func() error) time.Duration {
+func (p *process) waitReady(t TB, timeout time.Duration, ready func() error) time.Duration {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var last error
@@ -255,7 +273,7 @@ func lookBinary(name string) (string, error) {
 }
 
 // runCmd runs a short helper command and fails the test with its output on error.
-func runCmd(t testing.TB, what string, cmd *exec.Cmd) []byte {
+func runCmd(t TB, what string, cmd *exec.Cmd) []byte {
 	t.Helper()
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -19,6 +19,12 @@ import (
 	"time"
 )
 
+// The testing types are what peertest's TB stands for.
+var (
+	_ TB = (*testing.T)(nil)
+	_ TB = (*testing.B)(nil)
+)
+
 func TestDirAndFreePort(t *testing.T) {
 	d := Dir()
 	if os.Getenv("PARLEY_PEERS") == "" && !strings.HasSuffix(d, filepath.Join(".cache", "peers")) {
@@ -193,7 +199,7 @@ func whoami(t *testing.T, h *Homeserver, token string) string {
 	return w.UserID
 }
 
-func testHomeserver(t *testing.T, start func(testing.TB, HomeserverOptions) *Homeserver, kind string) {
+func testHomeserver(t *testing.T, start func(TB, HomeserverOptions) *Homeserver, kind string) {
 	reg, asToken := writeRegistration(t)
 	h := start(t, HomeserverOptions{Registration: reg})
 	if h.Kind != kind || h.ServerName != "localhost" || !strings.HasPrefix(h.URL, "http://127.0.0.1:") {

@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -49,7 +48,7 @@ func PostgresBinDir() (string, error) {
 // directory is made with os.MkdirTemp (t.TempDir's parents are not reachable
 // for that user) and removed by t.Cleanup, which also stops the server. The
 // log is postgres.log in that directory.
-func StartPostgres(t testing.TB) (dsn string) {
+func StartPostgres(t TB) (dsn string) {
 	t.Helper()
 	bin, err := PostgresBinDir()
 	Require(t, "postgresql", err)
@@ -96,7 +95,7 @@ func StartPostgres(t testing.TB) (dsn string) {
 	proc.waitReady(t, startTimeout(30*time.Second), func() error {
 		out, err := exec.Command(filepath.Join(bin, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", port, "-U", "postgres").CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("pg_isready: %v %s", err, out)
+			return fmt.Errorf("pg_isready: %w %s", err, out)
 		}
 		return nil
 	})

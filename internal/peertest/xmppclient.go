@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -41,7 +40,7 @@ type XMPPClient struct {
 }
 
 // ConnectXMPP logs user in to p with slixmpp and waits until it is online.
-func ConnectXMPP(t testing.TB, p *Prosody, user, password string) *XMPPClient {
+func ConnectXMPP(t TB, p *Prosody, user, password string) *XMPPClient {
 	t.Helper()
 	python := "/usr/bin/python3"
 	_, err := os.Stat(python)
@@ -95,7 +94,7 @@ func ConnectXMPP(t testing.TB, p *Prosody, user, password string) *XMPPClient {
 
 // Send sends a chat message with the given stanza id; with receipt it asks
 // for an XEP-0184 delivery receipt.
-func (c *XMPPClient) Send(t testing.TB, to, id, body string, receipt bool) {
+func (c *XMPPClient) Send(t TB, to, id, body string, receipt bool) {
 	t.Helper()
 	line, _ := json.Marshal(map[string]any{"cmd": "send", "to": to, "id": id, "body": body, "receipt": receipt})
 	c.mu.Lock()
@@ -125,7 +124,7 @@ func (c *XMPPClient) Next(ctx context.Context, match func(XMPPEvent) bool) (XMPP
 
 // prefixWriter copies a child's standard error into the test log.
 type prefixWriter struct {
-	t      testing.TB
+	t      TB
 	prefix string
 }
 

@@ -13,6 +13,7 @@ Reads commands from stdin:
   {"cmd": "quit"}
 """
 import json
+import os
 import sys
 
 import slixmpp
@@ -33,6 +34,7 @@ def emit(**kw):
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password)
+        self.pending = b""
         self["feature_mechanisms"].unencrypted_plain = True
         self.add_event_handler("session_start", self.start)
         self.add_event_handler("disconnected", lambda _: emit(ev="disconnected"))
@@ -71,12 +73,21 @@ class Client(slixmpp.ClientXMPP):
                  nick=(nick.text if nick is not None else ""))
 
     def on_stdin(self):
-        line = sys.stdin.readline()
-        if not line:
+        # Read what is there and act on every complete line: several
+        # commands may arrive in one read, and the fd will not become
+        # readable again for the ones left in a buffer.
+        data = os.read(sys.stdin.fileno(), 1 << 16)
+        if not data:
             self.loop.remove_reader(sys.stdin.fileno())
             self.disconnect()
             return
-        cmd = json.loads(line)
+        self.pending += data
+        *lines, self.pending = self.pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.run(json.loads(line))
+
+    def run(self, cmd):
         if cmd["cmd"] == "quit":
             self.disconnect()
             return
