@@ -55,8 +55,10 @@ bench:
 	$(GO) test ./bridges -run '^$$' -bench Router -benchmem -count 3
 
 # Messages XMPP → Matrix through real Prosody and Synapse: msgs/s, p50/p99.
+# N messages; SENDERS conversations at once; RATE msgs/s (0: unpaced).
 bench-e2e: peers
-	$(GO) test ./e2e -run '^$$' -bench XMPPToMatrix -benchtime $${N:-1000}x -count=1 -timeout 20m
+	PARLEY_BENCH_SENDERS=$${SENDERS:-1} PARLEY_BENCH_RATE=$${RATE:-0} \
+	  $(GO) test ./e2e -run '^$$' -bench XMPPToMatrix -benchtime $${N:-1000}x -count=1 -timeout 20m
 
 demo: peers build
 	$(GO) build -o $(BIN)/parley-demo ./internal/demo

@@ -14,11 +14,10 @@ func WithLogger(l *slog.Logger) Option { return func(r *Router) { r.log = l } }
 // WithMetrics sets where the router reports its measurements.
 func WithMetrics(m Metrics) Option { return func(r *Router) { r.metrics = m } }
 
-// WithRetry sets the backoff between Send attempts after a transient failure:
-// first wait min, doubling up to max. An event still undelivered maxAge after
-// it was accepted fails permanently.
-func WithRetry(minWait, maxWait, maxAge time.Duration) Option {
-	return func(r *Router) { r.minBackoff, r.maxBackoff, r.maxAge = minWait, maxWait, maxAge }
+// WithRetry sets the backoff between Send attempts after a transient failure.
+// An event still undelivered maxAge after it was accepted fails permanently.
+func WithRetry(b Backoff, maxAge time.Duration) Option {
+	return func(r *Router) { r.retry, r.maxAge = b, maxAge }
 }
 
 // WithClock replaces time.Now, for tests.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +39,8 @@ type Router struct {
 	metrics  Metrics
 	now      func() time.Time
 
-	minBackoff, maxBackoff, maxAge time.Duration
+	retry  Backoff
+	maxAge time.Duration
 
 	mu       sync.Mutex
 	queues   map[conversation]*queue
@@ -72,17 +72,16 @@ type queue struct{ entries []store.Entry }
 // then Start.
 func NewRouter(st store.Store, m *mapping.Map, opts ...Option) *Router {
 	r := &Router{
-		store:      st,
-		networks:   map[event.Network]Network{},
-		links:      map[event.Network]Links{},
-		log:        slog.New(slog.NewTextHandler(io.Discard, nil)),
-		metrics:    nopMetrics{},
-		now:        time.Now,
-		minBackoff: 500 * time.Millisecond,
-		maxBackoff: time.Minute,
-		maxAge:     24 * time.Hour,
-		queues:     map[conversation]*queue{},
-		states:     map[event.Network]Status{},
+		store:    st,
+		networks: map[event.Network]Network{},
+		links:    map[event.Network]Links{},
+		log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		metrics:  nopMetrics{},
+		now:      time.Now,
+		retry:    Backoff{Min: 500 * time.Millisecond, Max: time.Minute},
+		maxAge:   24 * time.Hour,
+		queues:   map[conversation]*queue{},
+		states:   map[event.Network]Status{},
 	}
 	r.mapping.Store(m)
 	for _, o := range opts {
@@ -298,7 +297,7 @@ func (r *Router) deliver(e store.Entry) bool {
 			return true
 		}
 		r.metrics.Retried(h.To.Network)
-		wait := r.backoff(attempt)
+		wait := r.retry.Delay(attempt)
 		r.log.Debug("send failed, will retry", "network", h.To.Network, "to", h.To.ID, "event", h.ID, "wait", wait, "err", err)
 		select {
 		case <-time.After(wait):
@@ -306,16 +305,6 @@ func (r *Router) deliver(e store.Entry) bool {
 			return false
 		}
 	}
-}
-
-func (r *Router) backoff(attempt int) time.Duration {
-	d := r.minBackoff << min(attempt, 20)
-	if d <= 0 || d > r.maxBackoff {
-		d = r.maxBackoff
-	}
-	// Up to a quarter of jitter, so that conversations retrying after the
-	// same outage do not hit the peer at the same instant.
-	return d - time.Duration(rand.Int64N(int64(d)/4+1))
 }
 
 // done removes a delivered or failed entry from the outbox.

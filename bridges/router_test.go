@@ -39,7 +39,7 @@ type harness struct {
 func start(t testing.TB, st store.Store, opts ...bridges.Option) *harness {
 	t.Helper()
 	h := &harness{xmpp: bridgestest.NewNetwork(event.XMPP), matrix: bridgestest.NewNetwork(event.Matrix), store: st}
-	opts = append([]bridges.Option{bridges.WithRetry(time.Millisecond, 5*time.Millisecond, time.Hour)}, opts...)
+	opts = append([]bridges.Option{bridges.WithRetry(bridges.Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond}, time.Hour)}, opts...)
 	h.router = bridges.NewRouter(st, testMap(t), opts...)
 	h.router.Add(h.xmpp)
 	h.router.Add(h.matrix)
@@ -205,7 +205,7 @@ func TestOutboxSurvivesRestart(t *testing.T) {
 	}
 	down := bridgestest.NewNetwork(event.Matrix)
 	down.SendFunc = func(context.Context, event.Event) (string, error) { return "", errors.New("down") }
-	r := bridges.NewRouter(st, testMap(t), bridges.WithRetry(time.Millisecond, time.Millisecond, time.Hour))
+	r := bridges.NewRouter(st, testMap(t), bridges.WithRetry(bridges.Backoff{Min: time.Millisecond, Max: time.Millisecond}, time.Hour))
 	r.Add(bridgestest.NewNetwork(event.XMPP))
 	r.Add(down)
 	if err := r.Start(context.Background()); err != nil {

@@ -40,6 +40,18 @@ func dm(t testing.TB, st *stack, alice *peertest.XMPPClient, bob *peertest.Matri
 	return m.Room
 }
 
+// chat starts a stack on homeserver hs with alice on XMPP and bob on
+// Matrix, and opens their DM.
+func chat(t testing.TB, hs string) (*stack, *peertest.XMPPClient, *peertest.MatrixClient, id.RoomID) {
+	t.Helper()
+	st := newStack(t, stackSettings{homeserver: hs})
+	st.prosody.Register(t, "alice", "alicepass")
+	st.start(true)
+	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
+	bob := peertest.ConnectMatrix(t, st.hs, "bob", "bobpassword")
+	return st, alice, bob, dm(t, st, alice, bob)
+}
+
 func bare(jid string) string {
 	for i := range len(jid) {
 		if jid[i] == '/' {
@@ -52,12 +64,7 @@ func bare(jid string) string {
 func TestDirectMessages(t *testing.T) {
 	for _, hs := range []string{"synapse", "dendrite"} {
 		t.Run(hs, func(t *testing.T) {
-			st := newStack(t, stackSettings{homeserver: hs})
-			st.prosody.Register(t, "alice", "alicepass")
-			st.start(true)
-			alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
-			bob := peertest.ConnectMatrix(t, st.hs, "bob", "bobpassword")
-			room := dm(t, st, alice, bob)
+			st, alice, bob, room := chat(t, hs)
 
 			// The ghost carries alice's name, and the DM is marked direct.
 			ctx := timeout(t, 30*time.Second)

@@ -15,12 +15,7 @@ import (
 // must notice, reconnect by itself when Prosody is back, and deliver what
 // was queued meanwhile.
 func TestProsodyRestart(t *testing.T) {
-	st := newStack(t, stackSettings{homeserver: "synapse"})
-	st.prosody.Register(t, "alice", "alicepass")
-	st.start(true)
-	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
-	bob := peertest.ConnectMatrix(t, st.hs, "bob", "bobpassword")
-	room := dm(t, st, alice, bob)
+	st, _, bob, room := chat(t, "synapse")
 	ctx := timeout(t, 2*time.Minute)
 
 	st.prosody.Stop(t)
@@ -35,7 +30,7 @@ func TestProsodyRestart(t *testing.T) {
 	}
 	time.Sleep(time.Second) // parley accepts them and keeps retrying
 	st.prosody.Start(t)
-	alice = peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
+	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
 	waitReadyz(t, st, func(code int, _ string) bool { return code == http.StatusOK })
 	for i := range queued {
 		want := fmt.Sprintf("while prosody was down %d", i)
@@ -64,12 +59,7 @@ func waitReadyz(t *testing.T, st *stack, ok func(code int, body string) bool) st
 // TestBadInput checks that bad requests are refused precisely and change
 // nothing, and that the conversation goes on afterwards.
 func TestBadInput(t *testing.T) {
-	st := newStack(t, stackSettings{homeserver: "synapse"})
-	st.prosody.Register(t, "alice", "alicepass")
-	st.start(true)
-	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
-	bob := peertest.ConnectMatrix(t, st.hs, "bob", "bobpassword")
-	room := dm(t, st, alice, bob)
+	st, alice, _, room := chat(t, "synapse")
 	ctx := timeout(t, time.Minute)
 
 	txn := func(body string) string {

@@ -9,8 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/parleygw/parley/internal/peertest"
 )
 
 // tally counts, by message ID, what one side received, and for the XMPP
@@ -54,12 +52,7 @@ func messageCount() int {
 // asks for XEP-0184 receipts (parley sends one only after the message is
 // stored) and resends, with the same id, what bounced or got no receipt.
 func TestRestartDeliversExactlyOnce(t *testing.T) {
-	st := newStack(t, stackSettings{homeserver: "synapse"})
-	st.prosody.Register(t, "alice", "alicepass")
-	st.start(true)
-	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
-	bob := peertest.ConnectMatrix(t, st.hs, "bob", "bobpassword")
-	room := dm(t, st, alice, bob)
+	st, alice, bob, room := chat(t, "synapse")
 	n := messageCount()
 
 	atAlice, atBob := newTally(), newTally()

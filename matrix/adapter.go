@@ -32,13 +32,14 @@ import (
 
 var _ bridges.Network = (*Adapter)(nil)
 
-// Timeouts and backoff of the adapter's own requests.
+// Timeouts of the adapter's own requests.
 const (
 	requestTimeout = 30 * time.Second
 	probeTimeout   = 30 * time.Second
-	minBackoff     = time.Second
-	maxBackoff     = time.Minute
 )
+
+// defaultBackoff paces the checks of an unreachable or refusing homeserver.
+var defaultBackoff = bridges.Backoff{Min: time.Second, Max: time.Minute}
 
 // Adapter is the Matrix network adapter. Create it with New; it is safe for
 // concurrent use once started.
@@ -50,8 +51,7 @@ type Adapter struct {
 	httpClient *http.Client
 	namespaces []*regexp.Regexp
 	bot        id.UserID
-	minBackoff time.Duration
-	maxBackoff time.Duration
+	backoff    bridges.Backoff
 
 	mu         sync.Mutex
 	host       bridges.Host
@@ -112,8 +112,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		httpClient: &http.Client{Timeout: requestTimeout},
 		namespaces: nss,
 		bot:        botID(cfg),
-		minBackoff: minBackoff,
-		maxBackoff: maxBackoff,
+		backoff:    defaultBackoff,
 		clients:    make(map[id.UserID]*mautrix.Client),
 		registered: make(map[id.UserID]bool),
 		kick:       make(chan struct{}, 1),
@@ -430,38 +429,40 @@ func (a *Adapter) ensureDisplayName(ctx context.Context, ghost id.UserID, name s
 // done, closing done.
 func (a *Adapter) connect(ctx context.Context, host bridges.Host, done chan struct{}) {
 	defer close(done)
-	backoff := a.minBackoff
+	attempt := 0
 	for {
 		err := a.probe(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		switch {
-		case err == nil:
+		if err == nil {
 			host.SetState(event.Matrix, bridges.Connected, nil)
 			a.log.Info("homeserver connected", "bot", a.bot.String())
-			backoff = a.minBackoff
+			attempt = 0
 			select {
 			case <-ctx.Done():
 				return
 			case <-a.kick:
 				continue
 			}
+		}
+		delay := a.backoff.Delay(attempt)
+		attempt++
+		switch {
 		case isRefused(err):
 			host.SetState(event.Matrix, bridges.BadCredentials, err)
-			a.log.Error("homeserver refused the as_token", "err", err, "retry_in", backoff)
+			a.log.Error("homeserver refused the as_token", "err", err, "retry_in", delay)
 		default:
 			host.SetState(event.Matrix, bridges.Reconnecting, err)
-			a.log.Warn("homeserver unreachable", "err", err, "retry_in", backoff)
+			a.log.Warn("homeserver unreachable", "err", err, "retry_in", delay)
 		}
-		t := time.NewTimer(backoff)
+		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
-		backoff = min(2*backoff, a.maxBackoff)
 	}
 }
 

@@ -337,7 +337,7 @@ func newTestAdapter(t *testing.T, hs *fakeHS, host *fakeHost) *Adapter {
 		t.Fatal(err)
 	}
 	a.cfg.Listen = "127.0.0.1:0"
-	a.minBackoff, a.maxBackoff = 10*time.Millisecond, 50*time.Millisecond
+	a.backoff = bridges.Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	if err := a.Start(context.Background(), host); err != nil {
 		t.Fatal(err)
 	}

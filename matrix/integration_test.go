@@ -61,7 +61,7 @@ func testIntegration(t *testing.T, start func(t *testing.T, registration string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.minBackoff, a.maxBackoff = 100*time.Millisecond, time.Second
+	a.backoff = bridges.Backoff{Min: 100 * time.Millisecond, Max: time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := a.Start(ctx, host); err != nil {

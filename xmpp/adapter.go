@@ -258,7 +258,7 @@ func (a *Adapter) run(ctx context.Context) {
 		if up >= a.backoff.reset {
 			attempt = 0
 		}
-		delay := a.backoff.delay(attempt)
+		delay := a.backoff.Delay(attempt)
 		attempt++
 		if errors.Is(err, errSecretRefused) {
 			a.log.Error("xmpp component secret refused", "server", a.cfg.Server, "domain", a.domain.String(), "error", err, "retry_in", delay)

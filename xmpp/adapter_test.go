@@ -248,7 +248,7 @@ func startAdapter(t *testing.T, addr, secret string) (*Adapter, *fakeHost) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.backoff = backoff{min: 10 * time.Millisecond, max: 50 * time.Millisecond, reset: time.Hour}
+	a.backoff = backoff{Backoff: bridges.Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}, reset: time.Hour}
 	h := newFakeHost()
 	if err := a.Start(t.Context(), h); err != nil {
 		t.Fatalf("Start: %v", err)

@@ -1,4 +1,4 @@
-package xmpp
+package bridges
 
 import (
 	"testing"
@@ -6,7 +6,7 @@ import (
 )
 
 func TestBackoffDelay(t *testing.T) {
-	b := backoff{min: 500 * time.Millisecond, max: 30 * time.Second}
+	b := Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
 	tests := []struct {
 		attempt int
 		base    time.Duration
@@ -21,7 +21,7 @@ func TestBackoffDelay(t *testing.T) {
 	}
 	for _, tt := range tests {
 		for range 100 {
-			d := b.delay(tt.attempt)
+			d := b.Delay(tt.attempt)
 			if d < tt.base/2 || d > tt.base {
 				t.Fatalf("delay(%d) = %v, want in [%v, %v]", tt.attempt, d, tt.base/2, tt.base)
 			}
@@ -30,10 +30,10 @@ func TestBackoffDelay(t *testing.T) {
 }
 
 func TestBackoffJitter(t *testing.T) {
-	b := defaultBackoff
+	b := Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
 	seen := map[time.Duration]bool{}
 	for range 20 {
-		seen[b.delay(3)] = true
+		seen[b.Delay(3)] = true
 	}
 	if len(seen) < 2 {
 		t.Errorf("delay(3) gave %d distinct values in 20 draws, want jitter", len(seen))
@@ -41,8 +41,8 @@ func TestBackoffJitter(t *testing.T) {
 }
 
 func TestBackoffTiny(t *testing.T) {
-	b := backoff{min: 1, max: 1}
-	if d := b.delay(0); d != 1 {
+	b := Backoff{Min: 1, Max: 1}
+	if d := b.Delay(0); d != 1 {
 		t.Errorf("delay = %v, want 1ns", d)
 	}
 }
