@@ -62,6 +62,10 @@ type Host interface {
 	// Profile returns the display name the YAML identity map gives addr, or
 	// "" when it gives none.
 	Profile(addr event.Address) string
+	// Reachable tells the core that addr, on the adapter's network, can take
+	// events again (a SIP user registered, say): events waiting for it after
+	// a failed Send are tried again at once instead of after their backoff.
+	Reachable(addr event.Address)
 }
 
 // Links is a durable key-value map owned by one adapter.

@@ -66,7 +66,11 @@ type Status struct {
 
 type conversation struct{ from, to event.Address }
 
-type queue struct{ entries []store.Entry }
+type queue struct {
+	entries []store.Entry
+	// wake cuts a retry wait short (Reachable); it holds at most one signal.
+	wake chan struct{}
+}
 
 // NewRouter returns a router over st with the mapping m. Add the networks,
 // then Start.
@@ -230,7 +234,7 @@ func (r *Router) push(e store.Entry) {
 	r.mu.Lock()
 	q, busy := r.queues[key]
 	if !busy {
-		q = &queue{}
+		q = &queue{wake: make(chan struct{}, 1)}
 		r.queues[key] = q
 	}
 	q.entries = append(q.entries, e)
@@ -257,7 +261,7 @@ func (r *Router) work(key conversation, q *queue) {
 		e := q.entries[0]
 		r.mu.Unlock()
 
-		if !r.deliver(e) {
+		if !r.deliver(e, q.wake) {
 			return // interrupted by Stop: the entry stays in the outbox
 		}
 		r.mu.Lock()
@@ -268,9 +272,9 @@ func (r *Router) work(key conversation, q *queue) {
 	}
 }
 
-// deliver sends e until it is delivered or fails for good. It returns false
-// when Stop interrupted it.
-func (r *Router) deliver(e store.Entry) bool {
+// deliver sends e until it is delivered or fails for good; a signal on wake
+// ends a retry wait early. It returns false when Stop interrupted it.
+func (r *Router) deliver(e store.Entry, wake <-chan struct{}) bool {
 	ctx := r.runCtx
 	h := e.Event.Head()
 	dst, ok := r.networks[h.To.Network]
@@ -301,6 +305,7 @@ func (r *Router) deliver(e store.Entry) bool {
 		r.log.Debug("send failed, will retry", "network", h.To.Network, "to", h.To.ID, "event", h.ID, "wait", wait, "err", err)
 		select {
 		case <-time.After(wait):
+		case <-wake:
 		case <-ctx.Done():
 			return false
 		}
@@ -395,6 +400,21 @@ func (r *Router) States() map[event.Network]Status {
 
 // Links implements Host.
 func (r *Router) Links(n event.Network) Links { return r.links[n] }
+
+// Reachable implements Host: it wakes the conversations waiting to retry a
+// delivery to a.
+func (r *Router) Reachable(a event.Address) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for key, q := range r.queues {
+		if key.to == a {
+			select {
+			case q.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
 
 // Profile implements Host.
 func (r *Router) Profile(a event.Address) string { return r.mapping.Load().DisplayName(a) }

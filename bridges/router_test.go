@@ -270,3 +270,30 @@ func TestStopIsBounded(t *testing.T) {
 		t.Errorf("outbox holds %d entries after an interrupted delivery, want 1", len(pending))
 	}
 }
+
+// TestReachableCutsTheRetryWaitShort: an offline recipient's messages wait
+// in backoff; Reachable delivers them at once.
+func TestReachableCutsTheRetryWaitShort(t *testing.T) {
+	h := start(t, store.NewMemory(), bridges.WithRetry(bridges.Backoff{Min: time.Hour, Max: time.Hour}, 48*time.Hour))
+	var online atomic.Bool
+	h.matrix.SendFunc = func(_ context.Context, e event.Event) (string, error) {
+		if !online.Load() {
+			return "", errors.New("offline")
+		}
+		return e.Head().ID, nil
+	}
+	if err := h.router.Dispatch(context.Background(), xmppMessage("1", "bob@example.org", "carol%hs.example@matrix.example.org", "hi")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // the first Send fails; the next waits an hour
+	online.Store(true)
+	h.router.Reachable(event.Address{Network: event.Matrix, ID: "someone-else@hs.example"})
+	time.Sleep(20 * time.Millisecond)
+	if n := len(h.matrix.Sent()); n != 0 {
+		t.Fatalf("waking another recipient delivered %d events", n)
+	}
+	h.router.Reachable(event.Address{Network: event.Matrix, ID: "carol@hs.example"})
+	if sent := h.matrix.WaitSent(waitCtx(t), 1); len(sent) != 1 {
+		t.Fatal("Reachable did not end the retry wait")
+	}
+}
