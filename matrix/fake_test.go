@@ -72,6 +72,7 @@ func (h *fakeHost) Links(n event.Network) bridges.Links {
 }
 
 func (h *fakeHost) Profile(event.Address) string { return "" }
+func (h *fakeHost) Reachable(event.Address)      {}
 
 func (h *fakeHost) events() []event.Event {
 	h.mu.Lock()

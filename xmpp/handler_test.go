@@ -60,6 +60,7 @@ func (h *fakeHost) SetState(n event.Network, s bridges.State, err error) {
 
 func (h *fakeHost) Links(event.Network) bridges.Links { return nil }
 func (h *fakeHost) Profile(event.Address) string      { return "" }
+func (h *fakeHost) Reachable(event.Address)           {}
 
 // handle runs the adapter's handler on one stanza as Serve would and returns
 // what it wrote.
