@@ -88,10 +88,63 @@ func New(cfg Config, codecs map[event.Network]Codec) (*Map, error) {
 	for on, raw := range cfg.Aliases {
 		m.aliases[on], _ = parseTemplate(raw, "{name}")
 	}
+	errs = append(errs, m.checkAmbiguity()...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+// checkAmbiguity refuses templates on one network that can read each other's
+// addresses: a ghost must map back to one person. It tries sample values on
+// every pair; that catches templates of the same shape, the usual mistake.
+func (m *Map) checkAmbiguity() []error {
+	var errs []error
+	samples := [][2]string{{"a", "b"}, {"a.b", "c.d"}, {"a-1", "b=20c"}}
+	for _, on := range sortedNetworks(m.ghosts) {
+		gs := m.ghosts[on]
+		alias, hasAlias := m.aliases[on]
+		for i, g := range gs {
+			for _, v := range samples {
+				id := g.t.format(v[0], v[1])
+				for j, other := range gs {
+					if j != i {
+						if _, ok := other.t.parse(id, 2); ok {
+							errs = append(errs, fmt.Errorf("mapping.ghosts.%s: the templates for %s and %s users are ambiguous (%q fits both); give them different separators or prefixes",
+								on, g.from, other.from, id))
+							break
+						}
+					}
+				}
+				if hasAlias {
+					if _, ok := alias.parse(id, 1); ok {
+						errs = append(errs, fmt.Errorf("mapping.aliases.%s: %q, the ghost of a %s user, also reads as an alias", on, id, g.from))
+					}
+				}
+			}
+		}
+	}
+	for _, on := range sortedNetworks(m.aliases) {
+		id := m.aliases[on].format("alice")
+		for _, g := range m.ghosts[on] {
+			if _, ok := g.t.parse(id, 2); ok {
+				errs = append(errs, fmt.Errorf("mapping.aliases.%s: the alias %q reads as the ghost of a %s user", on, id, g.from))
+			}
+		}
+	}
+	return dedupe(errs)
+}
+
+func dedupe(errs []error) []error {
+	seen := map[string]bool{}
+	var out []error
+	for _, e := range errs {
+		if !seen[e.Error()] {
+			seen[e.Error()] = true
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func sortedNetworks[V any](m map[event.Network]V) []event.Network {

@@ -28,6 +28,7 @@ func testConfig() mapping.Config {
 var codecs = map[event.Network]mapping.Codec{
 	event.XMPP:   bridgestest.Codec{},
 	event.Matrix: bridgestest.Codec{},
+	event.SIP:    bridgestest.Codec{},
 }
 
 func TestResolve(t *testing.T) {
@@ -89,6 +90,11 @@ func TestConfigErrors(t *testing.T) {
 		{"ambiguous separator", func(c *mapping.Config) { c.Ghosts[event.XMPP][event.Matrix] = "{user}.{domain}@m" }, "ghosts.xmpp.matrix"},
 		{"missing placeholder", func(c *mapping.Config) { c.Aliases[event.XMPP] = "alice@m" }, "aliases.xmpp"},
 		{"invalid account ID", func(c *mapping.Config) { c.Identities[0].Accounts[0] = "xmpp:nodomain" }, "identities[0].accounts[0]"},
+		{"ambiguous ghost templates", func(c *mapping.Config) {
+			c.Ghosts[event.XMPP][event.SIP] = "{user}%{domain}@matrix.example.org"
+		}, "ambiguous"},
+		{"ghost reads as alias", func(c *mapping.Config) { c.Aliases[event.XMPP] = "{name}%b@matrix.example.org" }, "also reads as an alias"},
+		{"alias reads as ghost", func(c *mapping.Config) { c.Aliases[event.XMPP] = "{name}%x.y@matrix.example.org" }, "reads as the ghost"},
 		{"account twice", func(c *mapping.Config) {
 			c.Identities = append(c.Identities, mapping.Identity{Name: "al", Accounts: []string{"xmpp:alice@example.org"}})
 		}, "already belongs to alice"},
