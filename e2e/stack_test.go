@@ -67,12 +67,26 @@ type stack struct {
 	logPath  string
 	starts   int
 	settings stackSettings
+	sipAddr  string // host:port of parley's SIP listeners (UDP and TCP)
 }
 
 type stackSettings struct {
 	homeserver      string // "synapse" or "dendrite"
 	componentSecret string // "" means the right one
+	// sipProxy, when set, is the host:port of an upstream SIP proxy (a
+	// PBX): parley sends through it what is not its own and trusts what
+	// comes from it for the domain sipPeerDomain.
+	sipProxy      string
+	sipPeerDomain string
 }
+
+// The SIP side: parley serves parley.localhost, where these users may
+// register.
+const (
+	sipDomain = "parley.localhost"
+)
+
+var sipUsers = map[string]string{"1001": "pw-1001", "1002": "pw-1002", "1003": "pw-1003"}
 
 func newStack(t testing.TB, s stackSettings) *stack {
 	t.Helper()
@@ -84,6 +98,7 @@ func newStack(t testing.TB, s stackSettings) *stack {
 	asPort, adminPort := peertest.FreePort(t), peertest.FreePort(t)
 	st.asURL = fmt.Sprintf("http://127.0.0.1:%d", asPort)
 	st.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	st.sipAddr = fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
 	st.config = filepath.Join(st.dir, "parley.yaml")
 	st.logPath = filepath.Join(st.dir, "parley.log")
 
@@ -122,6 +137,14 @@ func (st *stack) writeConfig(hsURL string, asPort, adminPort int, asToken string
 	if st.settings.componentSecret != "" {
 		secret = st.settings.componentSecret
 	}
+	peer := ""
+	if p := st.settings.sipProxy; p != "" {
+		host, _, _ := strings.Cut(p, ":")
+		peer = fmt.Sprintf(`  outbound_proxy: "sip:%s"
+  trusted_peers:
+    - {name: pbx, addresses: [%s/32], domains: [%s]}
+`, p, host, st.settings.sipPeerDomain)
+	}
 	cfg := fmt.Sprintf(`store: %s
 log: {level: debug, format: text}
 admin: {listen: "127.0.0.1:%d"}
@@ -137,18 +160,31 @@ matrix:
   listen: "127.0.0.1:%d"
   as_token: %s
   hs_token: %s
-mapping:
+sip:
+  domain: %s
+  listen: ["udp:%s", "tcp:%s"]
+  users:
+    "1001": {password: %s}
+    "1002": {password: %s}
+    "1003": {password: %s}
+  max_message_size: 2048
+  rate_limit: {per_second: 1000, burst: 2000}
+%smapping:
   ghosts:
-    matrix: {xmpp: "@_xmpp_{user}_{domain}:localhost"}
-    xmpp: {matrix: "{user}%%{domain}@matrix.localhost"}
+    matrix: {xmpp: "@_xmpp_{user}_{domain}:localhost", sip: "@_sip_{user}_{domain}:localhost"}
+    xmpp: {matrix: "{user}%%{domain}@matrix.localhost", sip: "{user}+{domain}@matrix.localhost"}
+    sip: {xmpp: "sip:xmpp_{user}_{domain}@%s", matrix: "sip:matrix_{user}_{domain}@%s"}
   aliases:
     xmpp: "{name}@matrix.localhost"
+    sip: "sip:{name}@%s"
   identities:
     - name: carol
       display_name: Carol Matrix
       accounts: ["matrix:@carol:localhost"]
 `, filepath.Join(st.dir, "parley.db"), adminPort, st.prosody.ComponentAddr, componentDomain, secret,
-		hsURL, asPort, asToken, st.hsToken)
+		hsURL, asPort, asToken, st.hsToken,
+		sipDomain, st.sipAddr, st.sipAddr, sipUsers["1001"], sipUsers["1002"], sipUsers["1003"], peer,
+		sipDomain, sipDomain, sipDomain)
 	if err := os.WriteFile(st.config, []byte(cfg), 0o600); err != nil {
 		st.t.Fatal(err)
 	}

@@ -178,17 +178,13 @@ func (m *Map) Resolve(from, to event.Address) (sender, recipient event.Address, 
 
 // recipient finds the real address behind to, an alias or a ghost.
 func (m *Map) recipient(from, to event.Address) (event.Address, bool) {
-	if t, ok := m.aliases[to.Network]; ok {
-		if v, ok := t.parse(to.ID, 1); ok {
-			if id := m.byName[v[0]]; id != nil {
-				for _, a := range id.accounts {
-					if a.Network != to.Network && a.Network != from.Network {
-						return a, true
-					}
-				}
+	if id := m.alias(to); id != nil {
+		for _, a := range id.accounts {
+			if a.Network != to.Network && a.Network != from.Network {
+				return a, true
 			}
-			return event.Address{}, false
 		}
+		return event.Address{}, false
 	}
 	for _, g := range m.ghosts[to.Network] {
 		v, ok := g.t.parse(to.ID, 2)
@@ -240,12 +236,22 @@ func (m *Map) Appearance(a event.Address, on event.Network) (event.Address, erro
 	return event.Address{}, fmt.Errorf("%s users cannot appear on %s (no ghost template): %w", a.Network, on, ErrNoRoute)
 }
 
+// alias returns the identity whose alias a is, or nil. An address of the
+// alias shape is no alias unless an identity has that name: on SIP, Parley's
+// own registered users share the domain of the aliases.
+func (m *Map) alias(a event.Address) *identity {
+	if t, ok := m.aliases[a.Network]; ok {
+		if v, ok := t.parse(a.ID, 1); ok {
+			return m.byName[v[0]]
+		}
+	}
+	return nil
+}
+
 // Serves reports whether a is an address Parley serves: a ghost or an alias.
 func (m *Map) Serves(a event.Address) bool {
-	if t, ok := m.aliases[a.Network]; ok {
-		if _, ok := t.parse(a.ID, 1); ok {
-			return true
-		}
+	if m.alias(a) != nil {
+		return true
 	}
 	for _, g := range m.ghosts[a.Network] {
 		if _, ok := g.t.parse(a.ID, 2); ok {

@@ -57,6 +57,10 @@ func TestResolve(t *testing.T) {
 		{"unknown alias", x("bob@example.org"), x("zed@matrix.example.org"), event.Address{}, event.Address{}, mapping.ErrNoRoute},
 		{"not a ghost", x("bob@example.org"), x("carol@example.org"), event.Address{}, event.Address{}, mapping.ErrNoRoute},
 		{"non-canonical escape", x("bob@example.org"), x("=61%hs.example@matrix.example.org"), event.Address{}, event.Address{}, mapping.ErrNoRoute},
+		{"an alias-shaped address of no identity is a person, not a loop", x("zed@matrix.example.org"), x("carol%hs.example@matrix.example.org"),
+			mx("_xmpp_zed_matrix.example.org@hs.example"), mx("carol@hs.example"), nil},
+		{"alias as sender is a loop", x("alice@matrix.example.org"), x("carol%hs.example@matrix.example.org"),
+			event.Address{}, event.Address{}, mapping.ErrLoop},
 		{"ghost as sender is a loop", mx("_xmpp_bob_example.org@hs.example"), mx("_xmpp_eve_example.org@hs.example"),
 			event.Address{}, event.Address{}, mapping.ErrLoop},
 	}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-peers.sh — install the real peer servers Parley's integration tests and
-# demo run against: Prosody, PostgreSQL, sipp and slixmpp (Debian packages),
-# Synapse (Python venv) and Dendrite (built from source with Go).
+# demo run against: Prosody, PostgreSQL, Kamailio, sipp, baresip and slixmpp
+# (Debian packages), Synapse (Python venv) and Dendrite (built from source with
+# Go).
 #
 # Everything that is not an apt package goes into a cache directory:
 #   ${PARLEY_PEERS:-<repo>/.cache/peers}
@@ -21,7 +22,11 @@ set -euo pipefail
 
 SYNAPSE_VERSION=1.163.2
 DENDRITE_VERSION=v0.15.2
-APT_PACKAGES=(prosody postgresql sip-tester python3-slixmpp python3-venv)
+APT_PACKAGES=(prosody postgresql kamailio sip-tester python3-slixmpp python3-venv)
+# Installed when the apt sources offer them (Debian 12 does), skipped otherwise.
+# baresip is the metapackage; with --no-install-recommends it brings only
+# baresip-core (no GTK/X11/ffmpeg/gstreamer modules).
+OPTIONAL_APT_PACKAGES=(baresip)
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$SCRIPT_DIR/.." && pwd)"
@@ -53,9 +58,30 @@ pkg_installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
 }
 
+# pkg_available PKG: the apt sources have an installation candidate for PKG.
+pkg_available() {
+	command -v apt-cache >/dev/null 2>&1 || return 1
+	local cand
+	cand="$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p')"
+	[ -n "$cand" ] && [ "$cand" != "(none)" ]
+}
+
 missing=()
+wanted=("${APT_PACKAGES[@]}")
 for p in "${APT_PACKAGES[@]}"; do
 	pkg_installed "$p" || missing+=("$p")
+done
+for p in "${OPTIONAL_APT_PACKAGES[@]}"; do
+	if ! pkg_installed "$p"; then
+		if pkg_available "$p"; then
+			missing+=("$p")
+			wanted+=("$p")
+		else
+			step "apt: optional package $p not in the apt sources, skipped"
+		fi
+	else
+		wanted+=("$p")
+	fi
 done
 # Dendrite needs cgo (go-sqlite3), hence a C compiler.
 if [ ! -x "$PEERS/bin/dendrite" ] && ! command -v cc >/dev/null 2>&1; then
@@ -63,7 +89,7 @@ if [ ! -x "$PEERS/bin/dendrite" ] && ! command -v cc >/dev/null 2>&1; then
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-	step "apt: ${APT_PACKAGES[*]} already installed"
+	step "apt: ${wanted[*]} already installed"
 else
 	command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: ${missing[*]}"
 	# Run as root directly, otherwise through sudo (if there is one).
@@ -73,8 +99,8 @@ else
 		SUDO=(sudo)
 	fi
 	step "apt: installing ${missing[*]}"
-	# Keep Debian from starting the system services (prosody, postgresql) on
-	# install: the tests run their own instances on free ports.
+	# Keep Debian from starting the system services (prosody, postgresql,
+	# kamailio) on install: the tests run their own instances on free ports.
 	printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null ||
 		die "cannot write /usr/sbin/policy-rc.d"
 	"${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d

@@ -15,6 +15,7 @@ import (
 
 	"github.com/parleygw/parley/mapping"
 	"github.com/parleygw/parley/matrix"
+	"github.com/parleygw/parley/sip"
 	"github.com/parleygw/parley/xmpp"
 )
 
@@ -40,6 +41,7 @@ type Config struct {
 
 	XMPP    *xmpp.Config   `yaml:"xmpp"`
 	Matrix  *matrix.Config `yaml:"matrix"`
+	SIP     *sip.Config    `yaml:"sip"`
 	Mapping mapping.Config `yaml:"mapping"`
 }
 
@@ -93,6 +95,16 @@ func parseConfig(path string, data []byte) (*Config, error) {
 		resolve("matrix.as_token", &cfg.Matrix.ASToken)
 		resolve("matrix.hs_token", &cfg.Matrix.HSToken)
 	}
+	if cfg.SIP != nil {
+		for name, u := range cfg.SIP.Users {
+			resolve("sip.users."+name+".password", &u.Password)
+			resolve("sip.users."+name+".ha1", &u.HA1)
+			cfg.SIP.Users[name] = u
+		}
+		for i := range cfg.SIP.TrustedPeers {
+			resolve(fmt.Sprintf("sip.trusted_peers[%d].password", i), &cfg.SIP.TrustedPeers[i].Password)
+		}
+	}
 	errs = append(errs, cfg.validate())
 	if err := errors.Join(errs...); err != nil {
 		return nil, locate(path, err, lines)
@@ -123,14 +135,21 @@ func resolveSecret(v string) (string, error) {
 
 func (c *Config) validate() error {
 	var errs []error
-	if c.XMPP == nil && c.Matrix == nil {
-		errs = append(errs, errors.New("xmpp: enable at least two networks (xmpp and matrix)"))
-	}
+	enabled := 0
 	if c.XMPP != nil {
+		enabled++
 		errs = append(errs, c.XMPP.Validate())
 	}
 	if c.Matrix != nil {
+		enabled++
 		errs = append(errs, c.Matrix.Validate())
+	}
+	if c.SIP != nil {
+		enabled++
+		errs = append(errs, c.SIP.Validate())
+	}
+	if enabled == 0 {
+		errs = append(errs, errors.New("no network is enabled: add an xmpp, matrix or sip section"))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

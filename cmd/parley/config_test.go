@@ -12,11 +12,12 @@ func TestExampleConfigLoads(t *testing.T) {
 	t.Setenv("PARLEY_XMPP_SECRET", "s3cret")
 	t.Setenv("PARLEY_AS_TOKEN", "as")
 	t.Setenv("PARLEY_HS_TOKEN", "hs")
+	t.Setenv("PARLEY_SIP_1001", "phone-password")
 	cfg, m, err := setup("../../config.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.XMPP.Secret != "s3cret" || cfg.Matrix.HSToken != "hs" {
+	if cfg.XMPP.Secret != "s3cret" || cfg.Matrix.HSToken != "hs" || cfg.SIP.Users["1001"].Password != "phone-password" {
 		t.Errorf("secrets not resolved from the environment: %q %q", cfg.XMPP.Secret, cfg.Matrix.HSToken)
 	}
 	if m == nil || len(cfg.Matrix.Namespaces) == 0 {
@@ -32,6 +33,7 @@ func TestConfigErrorsNameFileLineAndKey(t *testing.T) {
 	t.Setenv("PARLEY_XMPP_SECRET", "s3cret")
 	t.Setenv("PARLEY_AS_TOKEN", "as")
 	t.Setenv("PARLEY_HS_TOKEN", "hs")
+	t.Setenv("PARLEY_SIP_1001", "phone-password")
 	tests := []struct {
 		name     string
 		old, new string
@@ -44,9 +46,9 @@ func TestConfigErrorsNameFileLineAndKey(t *testing.T) {
 		{"invalid value", "  server_name: example.org", "  server_name: \"\"", "parley.yaml:38: matrix.server_name"},
 		{"missing secret", "env:PARLEY_HS_TOKEN", "env:PARLEY_NO_SUCH_VARIABLE",
 			"parley.yaml:44: matrix.hs_token: environment variable PARLEY_NO_SUCH_VARIABLE is not set"},
-		{"bad identity", "    - name: alice", "    - name: Alice", "parley.yaml:62: mapping.identities[0].name"},
+		{"bad identity", "    - name: alice", "    - name: Alice", "parley.yaml:83: mapping.identities[0].name"},
 		{"bad ghost template", `xmpp: "@_xmpp_{user}_{domain}:example.org"`, `xmpp: "@_xmpp_{user}.{domain}:example.org"`,
-			"parley.yaml:52: mapping.ghosts.matrix.xmpp"},
+			"parley.yaml:66: mapping.ghosts.matrix.xmpp"},
 		{"not yaml", "log:\n", "log: [\n", "parley.yaml: "},
 	}
 	for _, tc := range tests {
@@ -71,6 +73,7 @@ func TestCheckConfigCommand(t *testing.T) {
 	t.Setenv("PARLEY_XMPP_SECRET", "s3cret")
 	t.Setenv("PARLEY_AS_TOKEN", "as")
 	t.Setenv("PARLEY_HS_TOKEN", "hs")
+	t.Setenv("PARLEY_SIP_1001", "phone-password")
 	var out, errOut bytes.Buffer
 	if code := run([]string{"check-config", "-config", "../../config.example.yaml"}, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())

@@ -26,6 +26,7 @@ import (
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/mapping"
 	"github.com/parleygw/parley/matrix"
+	"github.com/parleygw/parley/sip"
 	"github.com/parleygw/parley/store"
 	"github.com/parleygw/parley/xmpp"
 )
@@ -104,6 +105,9 @@ func codecs(cfg *Config) map[event.Network]mapping.Codec {
 	if cfg.Matrix != nil {
 		out[event.Matrix] = matrix.AddressCodec{}
 	}
+	if cfg.SIP != nil {
+		out[event.SIP] = sip.AddressCodec{}
+	}
 	return out
 }
 
@@ -138,6 +142,9 @@ func checkConfig(path string, stdout io.Writer) error {
 	}
 	if cfg.Matrix != nil {
 		networks = append(networks, "matrix (appservice on "+cfg.Matrix.ServerName+")")
+	}
+	if cfg.SIP != nil {
+		networks = append(networks, fmt.Sprintf("sip (domain %s, %d users)", cfg.SIP.Domain, len(cfg.SIP.Users)))
 	}
 	_, err = fmt.Fprintf(stdout, "%s: ok: %d identities; networks: %v\n", path, len(cfg.Mapping.Identities), networks)
 	return err
@@ -202,6 +209,13 @@ func serve(path string, stderr io.Writer) error {
 	}
 	if cfg.Matrix != nil {
 		a, err := matrix.New(*cfg.Matrix, matrix.WithLogger(log.With("network", "matrix")))
+		if err != nil {
+			return err
+		}
+		router.Add(a)
+	}
+	if cfg.SIP != nil {
+		a, err := sip.New(*cfg.SIP, sip.WithLogger(log.With("network", "sip")))
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,321 @@
+package sip
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// What the adapter answers with in Allow and Accept headers.
+const (
+	allowMethods = "REGISTER, MESSAGE, OPTIONS"
+	acceptTypes  = "text/plain, message/cpim"
+)
+
+// reply is the final response the adapter gives to a request.
+type reply struct {
+	code    int
+	reason  string
+	headers []sip.Header
+}
+
+func newReply(code int, reason string, headers ...sip.Header) *reply {
+	return &reply{code: code, reason: reason, headers: headers}
+}
+
+// request is what the checks common to every handled request learn of it.
+type request struct {
+	// from is the canonical AOR of the From header, fromUser its user
+	// part (unescaped) and fromHost its host.
+	from, fromUser, fromHost string
+	// fromName is the display name of From, unquoted.
+	fromName string
+	callID   string
+	cseq     uint32
+	// source is the IP address the request came from (invalid when
+	// unknown) and peer the trusted peer it belongs to, if any.
+	source netip.Addr
+	peer   *peer
+}
+
+// handle wraps a request handler: it admits the request (503 while the
+// adapter stops), rate-limits its source (503 with Retry-After) unless it is
+// a trusted peer's, answers 420 to requests that require extensions, and
+// sends the handler's reply.
+func (a *Adapter) handle(h func(req *sip.Request, src netip.Addr, p *peer) *reply) sipgo.RequestHandler {
+	return func(req *sip.Request, tx sip.ServerTransaction) {
+		if req.IsAck() {
+			return
+		}
+		if !a.enter() {
+			a.respond(req, tx, newReply(503, "Service Unavailable", sip.NewHeader("Retry-After", "5")))
+			return
+		}
+		defer a.inflight.Done()
+		src := sourceIP(req)
+		p := a.peerByAddr(src)
+		if p == nil && src.IsValid() {
+			if ok, wait := a.limiter.allow(src, a.now()); !ok {
+				a.log.Debug("sip request rate limited", "method", string(req.Method), "source", req.Source())
+				secs := strconv.Itoa(max(1, int(math.Ceil(wait.Seconds()))))
+				a.respond(req, tx, newReply(503, "Rate Limit Exceeded", sip.NewHeader("Retry-After", secs)))
+				return
+			}
+		}
+		if r := unsupportedExtensions(req); r != nil {
+			a.respond(req, tx, r)
+			return
+		}
+		a.respond(req, tx, h(req, src, p))
+	}
+}
+
+// respond sends r as the final response to req.
+func (a *Adapter) respond(req *sip.Request, tx sip.ServerTransaction, r *reply) {
+	if r == nil {
+		return
+	}
+	res := sip.NewResponseFromRequest(req, r.code, r.reason, nil)
+	res.AppendHeader(sip.NewHeader("Server", a.cfg.UserAgent))
+	for _, h := range r.headers {
+		res.AppendHeader(h)
+	}
+	if err := tx.Respond(res); err != nil {
+		a.log.Debug("sip respond failed", "method", string(req.Method), "status", r.code, "source", req.Source(), "err", err)
+	}
+	level := slog.LevelDebug
+	if r.code >= 500 {
+		level = slog.LevelWarn
+	}
+	a.log.Log(context.Background(), level, "sip request answered", "method", string(req.Method), "status", r.code, "reason", r.reason, "source", req.Source())
+}
+
+// sourceIP returns the IP address req came from, or the invalid address.
+func sourceIP(req *sip.Request) netip.Addr {
+	host, _, err := net.SplitHostPort(req.Source())
+	if err != nil {
+		return netip.Addr{}
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip.Unmap()
+}
+
+// peerByAddr returns the trusted peer whose addresses hold ip, or nil.
+func (a *Adapter) peerByAddr(ip netip.Addr) *peer {
+	if !ip.IsValid() {
+		return nil
+	}
+	for _, p := range a.peers {
+		for _, pr := range p.prefixes {
+			if pr.Contains(ip) {
+				return p
+			}
+		}
+	}
+	return nil
+}
+
+// unsupportedExtensions answers 420 when req requires an extension: the
+// adapter supports none (RFC 3261 §8.2.2.3).
+func unsupportedExtensions(req *sip.Request) *reply {
+	if req.Method == sip.CANCEL {
+		return nil
+	}
+	var tags []string
+	for _, h := range req.GetHeaders("Require") {
+		for _, t := range strings.Split(h.Value(), ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				tags = append(tags, t)
+			}
+		}
+	}
+	if len(tags) == 0 {
+		return nil
+	}
+	return newReply(420, "Bad Extension", sip.NewHeader("Unsupported", strings.Join(tags, ", ")))
+}
+
+// checkRequest checks what every request the adapter handles must have
+// (RFC 3261 §8.1.1): a SIP Request-URI, From and To with SIP URIs, Call-ID
+// and a CSeq of the request's method. sipgo parses leniently and leaves a
+// malformed header out, so a missing header may also be a malformed one.
+// It answers 400 (416 for a Request-URI of another scheme).
+func checkRequest(req *sip.Request) (request, *reply) {
+	var in request
+	if s := req.Recipient.Scheme; s != "sip" && s != "sips" {
+		return in, newReply(416, "Unsupported URI Scheme")
+	}
+	if req.Recipient.Host == "" {
+		return in, newReply(400, "Bad Request-URI")
+	}
+	from, to := req.From(), req.To()
+	if from == nil {
+		return in, newReply(400, "Missing or Malformed From")
+	}
+	if to == nil {
+		return in, newReply(400, "Missing or Malformed To")
+	}
+	callID := req.CallID()
+	if callID == nil || strings.TrimSpace(callID.Value()) == "" {
+		return in, newReply(400, "Missing Call-ID")
+	}
+	cseq := req.CSeq()
+	if cseq == nil {
+		return in, newReply(400, "Missing or Malformed CSeq")
+	}
+	if cseq.MethodName != req.Method {
+		return in, newReply(400, "CSeq Method Does Not Match")
+	}
+	aor, user, err := aorOf(&from.Address)
+	if err != nil {
+		return in, newReply(400, "Bad From URI")
+	}
+	if s := to.Address.Scheme; (s != "sip" && s != "sips") || to.Address.Host == "" {
+		return in, newReply(400, "Bad To URI")
+	}
+	_, host, _ := AddressCodec{}.Split(aor)
+	return request{
+		from:     aor,
+		fromUser: user,
+		fromHost: host,
+		fromName: displayName(from.DisplayName),
+		callID:   callID.Value(),
+		cseq:     cseq.SeqNo,
+	}, nil
+}
+
+// displayName returns a display name as the user wrote it: quoted-pairs
+// resolved (sipgo keeps them), control characters and surrounding spaces
+// dropped.
+func displayName(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '\\' && i+1 < len(s) {
+			i++
+			c = s[i]
+		}
+		if c < 0x20 || c == 0x7f {
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// credentials returns the digest credentials of req for the adapter's
+// realm, looking in the headers named in order. It returns ok false when
+// there are none.
+func (a *Adapter) credentials(req *sip.Request, names ...string) (digestCredentials, bool) {
+	for _, name := range names {
+		for _, h := range req.GetHeaders(name) {
+			c, err := parseDigestCredentials(h.Value())
+			if err == nil && c.realm == a.auth.realm {
+				return c, true
+			}
+		}
+	}
+	return digestCredentials{}, false
+}
+
+// challenge answers req with a digest challenge: 401 and WWW-Authenticate
+// for REGISTER, 407 and Proxy-Authenticate otherwise (RFC 3261 §22.1, §22.3).
+func (a *Adapter) challenge(req *sip.Request, stale bool, now time.Time) *reply {
+	value := a.auth.challenge(now, stale)
+	if req.Method == sip.REGISTER {
+		return newReply(401, "Unauthorized", sip.NewHeader("WWW-Authenticate", value))
+	}
+	return newReply(407, "Proxy Authentication Required", sip.NewHeader("Proxy-Authenticate", value))
+}
+
+// authorizeSender decides whether in, a request other than REGISTER, may be
+// handled: it must come from a trusted peer allowed to send from its From
+// domain (by address or by digest credentials), or from a user of the
+// domain who authenticated as the user of From. Credentials are accepted
+// in Proxy-Authorization and, for clients that answer as if challenged with
+// 401, in Authorization.
+//
+// It answers 407 while credentials are missing, wrong or stale and could be
+// right, 403 when they cannot be (From in a domain no one may send from
+// here, or credentials of someone else than From).
+func (a *Adapter) authorizeSender(req *sip.Request, in *request, now time.Time) *reply {
+	if in.peer != nil && in.peer.allows(in.fromHost, a.domain) {
+		return nil
+	}
+	own := in.fromHost == a.domain
+	c, ok := a.credentials(req, "Proxy-Authorization", "Authorization")
+	if ok {
+		username, res := a.auth.verify(c, string(req.Method), now)
+		switch res {
+		case authOK:
+			if p := a.peerByUser[username]; p != nil {
+				if p.allows(in.fromHost, a.domain) {
+					in.peer = p
+					return nil
+				}
+				return newReply(403, "Forbidden (Peer May Not Send From This Domain)")
+			}
+			if own && username == in.fromUser {
+				return nil
+			}
+			return newReply(403, "Forbidden (From Does Not Match The Authenticated User)")
+		case authStale:
+			return a.challenge(req, true, now)
+		case authFailed, authNone:
+		}
+		return a.challenge(req, false, now)
+	}
+	if own || a.peerMayAuthenticate(in.fromHost) {
+		return a.challenge(req, false, now)
+	}
+	return newReply(403, "Forbidden (Not A Domain Of This Server)")
+}
+
+// peerMayAuthenticate reports whether a trusted peer with credentials may
+// send from domain, so that a request from it is worth challenging.
+func (a *Adapter) peerMayAuthenticate(domain string) bool {
+	for _, p := range a.peerByUser {
+		if p.allows(domain, a.domain) {
+			return true
+		}
+	}
+	return false
+}
+
+// onOptions answers OPTIONS with what the adapter supports (RFC 3261 §11).
+func (a *Adapter) onOptions(req *sip.Request, _ netip.Addr, _ *peer) *reply {
+	if _, r := checkRequest(req); r != nil {
+		return r
+	}
+	return newReply(200, "OK",
+		sip.NewHeader("Allow", allowMethods),
+		sip.NewHeader("Accept", acceptTypes),
+		sip.NewHeader("Accept-Encoding", "identity"),
+		sip.NewHeader("Accept-Language", "en"),
+	)
+}
+
+// onOther answers the methods the adapter does not handle: 481 to a CANCEL
+// (there is never an INVITE to cancel), 405 to the methods of SIP and its
+// usual extensions, 501 to the rest; both with Allow.
+func (a *Adapter) onOther(req *sip.Request, _ netip.Addr, _ *peer) *reply {
+	switch req.Method {
+	case sip.CANCEL:
+		return newReply(481, "Call/Transaction Does Not Exist")
+	case sip.INVITE, sip.BYE, sip.SUBSCRIBE, sip.NOTIFY, sip.PUBLISH, sip.INFO, sip.REFER, sip.PRACK, sip.UPDATE:
+		return newReply(405, "Method Not Allowed", sip.NewHeader("Allow", allowMethods))
+	default:
+		return newReply(501, "Not Implemented", sip.NewHeader("Allow", allowMethods))
+	}
+}
