@@ -203,3 +203,45 @@ func TestSIPRejections(t *testing.T) {
 		}
 	})
 }
+
+// TestSIPPeerMode puts parley beside a PBX (a real Kamailio serving
+// pbx.localhost): parley reaches the PBX's users through it as outbound
+// proxy, and the PBX hands parley the MESSAGEs for parley.localhost, which
+// parley accepts because the PBX is a trusted peer for pbx.localhost.
+func TestSIPPeerMode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short mode: end-to-end tests need real servers")
+	}
+	port := peertest.FreePort(t)
+	kam := peertest.StartKamailio(t, peertest.KamailioOptions{Domain: "pbx.localhost",
+		Users: map[string]string{"2001": "pw-2001", "2002": "pw-2002"}, ProxyAuth: true,
+		ForwardDomain: sipDomain, ForwardTo: fmt.Sprintf("127.0.0.1:%d", port)})
+	st := newStack(t, stackSettings{homeserver: "synapse", sipPort: port, sipProxy: kam.Addr, sipPeerDomain: "pbx.localhost"})
+	st.prosody.Register(t, "alice", "alicepass")
+	st.start(true)
+	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
+	ctx := timeout(t, time.Minute)
+
+	// XMPP → a phone registered on the PBX, through the outbound proxy.
+	phone := peertest.StartSipp(t, peertest.SippOptions{Scenario: "uac_register_then_uas.xml", Target: kam.Addr, Service: "2001",
+		Vars: map[string]string{"domain": "pbx.localhost", "messages": "1"}, AuthUser: "2001", AuthPassword: "pw-2001",
+		Timeout: time.Minute, Name: "pbx-phone-2001"})
+	kam.WaitRegistered(t, "2001", 10*time.Second)
+	alice.Send(t, "2001+pbx.localhost@matrix.localhost", "to-pbx-1", "hello 2001 behind the PBX", true)
+	got := phone.WaitReceived(t, "MESSAGE", 1, 30*time.Second)
+	if got[0].Body != "hello 2001 behind the PBX" || !strings.Contains(got[0].Header("From"), "sip:xmpp_alice_localhost@parley.localhost") {
+		t.Errorf("2001 got %q from %q", got[0].Body, got[0].Header("From"))
+	}
+
+	// A PBX user → XMPP: the PBX authenticates its user and relays to parley.
+	r := peertest.RunSipp(t, peertest.SippOptions{Scenario: "uac_message.xml", Target: kam.Addr, Service: "xmpp_alice_localhost",
+		Vars: map[string]string{"domain": sipDomain, "from": "sip:2002@pbx.localhost", "body": "hello alice, from the PBX"},
+		AuthUser: "2002", AuthPassword: "pw-2002", Name: "pbx-2002-to-alice"})
+	if !r.OK() {
+		t.Fatalf("MESSAGE through the PBX:\n%s", exchange(r.Messages()))
+	}
+	e, ok := alice.Next(ctx, func(e peertest.XMPPEvent) bool { return e.Ev == "message" })
+	if !ok || e.Body != "hello alice, from the PBX" || bare(e.From) != "2002+pbx.localhost@matrix.localhost" {
+		t.Fatalf("alice got %+v", e)
+	}
+}

@@ -78,6 +78,9 @@ type stackSettings struct {
 	// comes from it for the domain sipPeerDomain.
 	sipProxy      string
 	sipPeerDomain string
+	// sipPort, when set, is the port of parley's SIP listeners (so that a
+	// proxy started first can point at it).
+	sipPort int
 }
 
 // The SIP side: parley serves parley.localhost, where these users may
@@ -98,7 +101,10 @@ func newStack(t testing.TB, s stackSettings) *stack {
 	asPort, adminPort := peertest.FreePort(t), peertest.FreePort(t)
 	st.asURL = fmt.Sprintf("http://127.0.0.1:%d", asPort)
 	st.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	st.sipAddr = fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
+	if s.sipPort == 0 {
+		s.sipPort = peertest.FreePort(t)
+	}
+	st.sipAddr = fmt.Sprintf("127.0.0.1:%d", s.sipPort)
 	st.config = filepath.Join(st.dir, "parley.yaml")
 	st.logPath = filepath.Join(st.dir, "parley.log")
 
