@@ -235,7 +235,7 @@ func TestSIPPeerMode(t *testing.T) {
 
 	// A PBX user → XMPP: the PBX authenticates its user and relays to parley.
 	r := peertest.RunSipp(t, peertest.SippOptions{Scenario: "uac_message.xml", Target: kam.Addr, Service: "xmpp_alice_localhost",
-		Vars: map[string]string{"domain": sipDomain, "from": "sip:2002@pbx.localhost", "body": "hello alice, from the PBX"},
+		Vars:     map[string]string{"domain": sipDomain, "from": "sip:2002@pbx.localhost", "body": "hello alice, from the PBX"},
 		AuthUser: "2002", AuthPassword: "pw-2002", Name: "pbx-2002-to-alice"})
 	if !r.OK() {
 		t.Fatalf("MESSAGE through the PBX:\n%s", exchange(r.Messages()))
