@@ -16,7 +16,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 export PARLEY_PEERS := $(PEERS)
 
-.PHONY: all build test unit lint fuzz bench bench-e2e demo peers docker clean
+.PHONY: all build test unit lint fuzz bench bench-e2e bench-sip demo peers docker clean
 
 all: build
 
@@ -59,6 +59,11 @@ bench:
 bench-e2e: peers
 	PARLEY_BENCH_SENDERS=$${SENDERS:-1} PARLEY_BENCH_RATE=$${RATE:-0} \
 	  $(GO) test ./e2e -run '^$$' -bench XMPPToMatrix -benchtime $${N:-1000}x -count=1 -timeout 20m
+
+# sipp MESSAGEs → Parley → Prosody: accepted/s, delivered/s, p50/p99, CPU/msg.
+bench-sip: peers
+	PARLEY_BENCH_RATE=$${RATE:-200} \
+	  $(GO) test ./e2e -run '^$$' -bench SIPToXMPP -benchtime $${N:-2000}x -count=1 -timeout 20m
 
 demo: peers build
 	$(GO) build -o $(BIN)/parley-demo ./internal/demo

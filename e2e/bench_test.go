@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sort"
@@ -30,7 +31,7 @@ func envInt(name string, def int) int {
 // the clients can) paces the total send rate in messages per second.
 func BenchmarkXMPPToMatrix(b *testing.B) {
 	senders, rate := max(1, envInt("PARLEY_BENCH_SENDERS", 1)), envInt("PARLEY_BENCH_RATE", 0)
-	st := newStack(b, stackSettings{homeserver: "synapse"})
+	st := newStack(b, stackSettings{homeserver: "synapse", logLevel: "info"})
 	st.start(true)
 	bob := peertest.ConnectMatrix(b, st.hs, "bob", "bobpassword")
 	clients := make([]*peertest.XMPPClient, senders)
@@ -91,4 +92,96 @@ func BenchmarkXMPPToMatrix(b *testing.B) {
 	b.Logf("%d messages XMPP→Matrix, %d senders, rate %s: %s, %.1f msgs/s, p50 %s, p99 %s", n, senders,
 		map[bool]string{true: "unpaced", false: strconv.Itoa(rate) + "/s"}[rate == 0], elapsed.Round(time.Millisecond),
 		float64(n)/elapsed.Seconds(), pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond))
+}
+
+// BenchmarkSIPToXMPP has sipp send b.N MESSAGEs at PARLEY_BENCH_RATE per
+// second (default 50) from phone 1001 (digest-authenticated: each MESSAGE
+// is challenged once) through parley to alice on real Prosody, and reports
+// the rate parley accepted them (202) and delivered them, with latency from
+// sipp's scheduled send time (sipp paces calls evenly) to alice's client.
+//
+//	go test ./e2e -run '^$' -bench SIPToXMPP -benchtime 1000x
+func BenchmarkSIPToXMPP(b *testing.B) {
+	rate := envInt("PARLEY_BENCH_RATE", 50)
+	if rate == 0 {
+		rate = 50
+	}
+	st := newStack(b, stackSettings{homeserver: "synapse", logLevel: "info"})
+	st.prosody.Register(b, "alice", "alicepass")
+	st.start(true)
+	alice := peertest.ConnectXMPP(b, st.prosody, "alice", "alicepass")
+	ctx := timeout(b, 20*time.Minute)
+
+	n := b.N
+	scenario := strings.ReplaceAll(peertest.SippScenario("uac_message.xml"), "[$body]", "[$body]-[call_number]")
+	type outcome struct {
+		r peertest.SippResult
+	}
+	done := make(chan outcome, 1)
+	cpu := func() (parley, prosody time.Duration) {
+		parley, _ = peertest.CPUTime(st.parley.Process.Pid)
+		prosody, _ = peertest.CPUTime(st.prosody.Pid())
+		return parley, prosody
+	}
+	parleyCPU0, prosodyCPU0 := cpu()
+	b.ResetTimer()
+	start := time.Now()
+	go func() {
+		r := peertest.RunSipp(b, peertest.SippOptions{Scenario: "bench", ScenarioXML: scenario, Target: st.sipAddr,
+			Service: "xmpp_alice_localhost", Vars: map[string]string{"domain": sipDomain, "from": "sip:1001@" + sipDomain, "body": "sipbench",
+				"ctype": "text/plain;charset=UTF-8"},
+			AuthUser: "1001", AuthPassword: sipUsers["1001"], Calls: n, Rate: float64(rate), Limit: 1000,
+			Timeout: time.Duration(n/rate+60) * time.Second, AllowFailure: true, Name: "sip-bench"})
+		done <- outcome{r}
+	}()
+	latencies := make([]time.Duration, 0, n)
+	interval := time.Second / time.Duration(rate)
+	var (
+		last time.Time
+		out  outcome
+		over bool
+	)
+	wait := ctx
+	for len(latencies) < n {
+		select {
+		case out = <-done:
+			// sipp is done: wait a little longer for what parley accepted.
+			over = true
+			c, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			wait = c
+		default:
+		}
+		e, ok := alice.Next(wait, func(e peertest.XMPPEvent) bool { return e.Ev == "message" && strings.HasPrefix(e.Body, "sipbench-") })
+		if !ok {
+			b.Fatalf("alice received %d of %d; sipp: %d accepted, %d failed\n%s", len(latencies), n, out.r.Successful, out.r.Failed, out.r.Diagnostics())
+		}
+		last = time.Now()
+		var i int
+		_, _ = fmt.Sscanf(e.Body, "sipbench-%d", &i)
+		latencies = append(latencies, last.Sub(start.Add(time.Duration(i-1)*interval)))
+	}
+	b.StopTimer()
+	parleyCPU1, prosodyCPU1 := cpu()
+	if !over {
+		out = <-done
+	}
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	pct := func(p float64) time.Duration { return latencies[min(len(latencies)-1, int(p*float64(len(latencies))))] }
+	accepted := float64(out.r.Successful) / out.r.Duration.Seconds()
+	delivered := float64(n) / last.Sub(start).Seconds()
+	b.ReportMetric(accepted, "accepted/s")
+	b.ReportMetric(delivered, "delivered/s")
+	b.ReportMetric(float64(pct(0.50).Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(pct(0.99).Microseconds())/1000, "p99-ms")
+	// Where the CPU went: parley's share per message, and the XMPP
+	// server's, measured apart.
+	parleyPer := (parleyCPU1 - parleyCPU0) / time.Duration(n)
+	prosodyPer := (prosodyCPU1 - prosodyCPU0) / time.Duration(n)
+	b.ReportMetric(float64(parleyPer.Microseconds()), "parley-cpu-µs/msg")
+	b.ReportMetric(float64(prosodyPer.Microseconds()), "prosody-cpu-µs/msg")
+	b.Logf("%d MESSAGEs SIP→XMPP at %d/s: %d accepted (202), %d failed, %.1f accepted/s, %.1f delivered/s, p50 %s, p99 %s; "+
+		"CPU per message: parley %s, prosody %s (parley alone would saturate one core at ~%.0f msgs/s)",
+		n, rate, out.r.Successful, out.r.Failed, accepted, delivered, pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
+		parleyPer, prosodyPer, float64(time.Second)/float64(max(parleyPer, time.Microsecond)))
 }

@@ -81,6 +81,9 @@ type stackSettings struct {
 	// sipPort, when set, is the port of parley's SIP listeners (so that a
 	// proxy started first can point at it).
 	sipPort int
+	// logLevel is parley's log level; "" is debug, which tests want and
+	// benchmarks do not.
+	logLevel string
 }
 
 // The SIP side: parley serves parley.localhost, where these users may
@@ -151,8 +154,12 @@ func (st *stack) writeConfig(hsURL string, asPort, adminPort int, asToken string
     - {name: pbx, addresses: [%s/32], domains: [%s]}
 `, p, host, st.settings.sipPeerDomain)
 	}
+	level := st.settings.logLevel
+	if level == "" {
+		level = "debug"
+	}
 	cfg := fmt.Sprintf(`store: %s
-log: {level: debug, format: text}
+log: {level: %s, format: text}
 admin: {listen: "127.0.0.1:%d"}
 shutdown_timeout: 5s
 xmpp:
@@ -174,7 +181,7 @@ sip:
     "1002": {password: %s}
     "1003": {password: %s}
   max_message_size: 2048
-  rate_limit: {per_second: 1000, burst: 2000}
+  rate_limit: {per_second: 10000, burst: 20000}
 %smapping:
   ghosts:
     matrix: {xmpp: "@_xmpp_{user}_{domain}:localhost", sip: "@_sip_{user}_{domain}:localhost"}
@@ -187,7 +194,7 @@ sip:
     - name: carol
       display_name: Carol Matrix
       accounts: ["matrix:@carol:localhost"]
-`, filepath.Join(st.dir, "parley.db"), adminPort, st.prosody.ComponentAddr, componentDomain, secret,
+`, filepath.Join(st.dir, "parley.db"), level, adminPort, st.prosody.ComponentAddr, componentDomain, secret,
 		hsURL, asPort, asToken, st.hsToken,
 		sipDomain, st.sipAddr, st.sipAddr, sipUsers["1001"], sipUsers["1002"], sipUsers["1003"], peer,
 		sipDomain, sipDomain, sipDomain)

@@ -113,7 +113,7 @@ func TestTLS(t *testing.T) {
 		c.TLSCert, c.TLSKey = certFile, keyFile
 	})
 	addr := strings.TrimPrefix(a.Addrs()[0], "tls:")
-	phone := newPeerUA(t, sipgo.WithUserAgenTLSConfig(&tls.Config{InsecureSkipVerify: true})) //nolint:gosec // a test against a self-signed certificate
+	phone := newPeerUA(t, sipgo.WithUserAgenTLSConfig(&tls.Config{InsecureSkipVerify: true})) // the adapter's certificate is self-signed
 	register(t, phone, "TLS", addr, "bob", bobPassword, "<sip:bob@127.0.0.1:9;transport=tls>")
 	if _, err := a.Send(context.Background(), ghostMessage("tls-1", "over TLS")); err != nil {
 		t.Fatalf("Send: %v", err)

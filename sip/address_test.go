@@ -26,16 +26,16 @@ func TestAddressCodecSplit(t *testing.T) {
 		{id: "sip:alice=40example.org+xmpp@parley.localhost", user: "alice=40example.org+xmpp", host: "parley.localhost"},
 		{id: "sip:o'hara-(x)_y.z!~*&$,/@example.org", user: "o'hara-(x)_y.z!~*&$,/", host: "example.org"},
 		{id: "sip:bob@[2001:db8::1]", user: "bob", host: "[2001:db8::1]"},
-		{id: "sip:alice@Example.org", wantErr: true},              // host not lowercase
-		{id: "SIP:alice@example.org", wantErr: true},              // scheme not lowercase
-		{id: "sips:alice@example.org", wantErr: true},             // sips: is stored as sip:
-		{id: "sip:alice@example.org:5060", wantErr: true},         // port
+		{id: "sip:alice@Example.org", wantErr: true},               // host not lowercase
+		{id: "SIP:alice@example.org", wantErr: true},               // scheme not lowercase
+		{id: "sips:alice@example.org", wantErr: true},              // sips: is stored as sip:
+		{id: "sip:alice@example.org:5060", wantErr: true},          // port
 		{id: "sip:alice@example.org;transport=tcp", wantErr: true}, // parameters
-		{id: "sip:alice@example.org?subject=x", wantErr: true},    // headers
-		{id: "sip:alice:secret@example.org", wantErr: true},       // password
-		{id: "sip:alice%2dx@example.org", wantErr: true},          // lowercase escape
-		{id: "sip:alice%2Dx@example.org", wantErr: true},          // escaped safe byte
-		{id: "sip:alice%2@example.org", wantErr: true},            // truncated escape
+		{id: "sip:alice@example.org?subject=x", wantErr: true},     // headers
+		{id: "sip:alice:secret@example.org", wantErr: true},        // password
+		{id: "sip:alice%2dx@example.org", wantErr: true},           // lowercase escape
+		{id: "sip:alice%2Dx@example.org", wantErr: true},           // escaped safe byte
+		{id: "sip:alice%2@example.org", wantErr: true},             // truncated escape
 		{id: "sip:a b@example.org", wantErr: true},
 		{id: "sip:a;b@example.org", wantErr: true},
 		{id: "sip:%00@example.org", wantErr: true},

@@ -1,8 +1,6 @@
 package sip
 
 import (
-	"context"
-	"log/slog"
 	"math"
 	"net"
 	"net/netip"
@@ -91,11 +89,8 @@ func (a *Adapter) respond(req *sip.Request, tx sip.ServerTransaction, r *reply) 
 	if err := tx.Respond(res); err != nil {
 		a.log.Debug("sip respond failed", "method", string(req.Method), "status", r.code, "source", req.Source(), "err", err)
 	}
-	level := slog.LevelDebug
-	if r.code >= 500 {
-		level = slog.LevelWarn
-	}
-	a.log.Log(context.Background(), level, "sip request answered", "method", string(req.Method), "status", r.code, "reason", r.reason, "source", req.Source())
+	// Debug only: a remote party decides how many requests there are.
+	a.log.Debug("sip request answered", "method", string(req.Method), "status", r.code, "reason", r.reason, "source", req.Source())
 }
 
 // sourceIP returns the IP address req came from, or the invalid address.
@@ -159,24 +154,10 @@ func checkRequest(req *sip.Request) (request, *reply) {
 	if req.Recipient.Host == "" {
 		return in, newReply(400, "Bad Request-URI")
 	}
+	if r := checkHeaders(req); r != nil {
+		return in, r
+	}
 	from, to := req.From(), req.To()
-	if from == nil {
-		return in, newReply(400, "Missing or Malformed From")
-	}
-	if to == nil {
-		return in, newReply(400, "Missing or Malformed To")
-	}
-	callID := req.CallID()
-	if callID == nil || strings.TrimSpace(callID.Value()) == "" {
-		return in, newReply(400, "Missing Call-ID")
-	}
-	cseq := req.CSeq()
-	if cseq == nil {
-		return in, newReply(400, "Missing or Malformed CSeq")
-	}
-	if cseq.MethodName != req.Method {
-		return in, newReply(400, "CSeq Method Does Not Match")
-	}
 	aor, user, err := aorOf(&from.Address)
 	if err != nil {
 		return in, newReply(400, "Bad From URI")
@@ -190,9 +171,31 @@ func checkRequest(req *sip.Request) (request, *reply) {
 		fromUser: user,
 		fromHost: host,
 		fromName: displayName(from.DisplayName),
-		callID:   callID.Value(),
-		cseq:     cseq.SeqNo,
+		callID:   req.CallID().Value(),
+		cseq:     req.CSeq().SeqNo,
 	}, nil
+}
+
+// checkHeaders checks that req has From, To, Call-ID and a CSeq of its
+// method (400 otherwise).
+func checkHeaders(req *sip.Request) *reply {
+	if req.From() == nil {
+		return newReply(400, "Missing or Malformed From")
+	}
+	if req.To() == nil {
+		return newReply(400, "Missing or Malformed To")
+	}
+	if callID := req.CallID(); callID == nil || strings.TrimSpace(callID.Value()) == "" {
+		return newReply(400, "Missing Call-ID")
+	}
+	cseq := req.CSeq()
+	if cseq == nil {
+		return newReply(400, "Missing or Malformed CSeq")
+	}
+	if cseq.MethodName != req.Method {
+		return newReply(400, "CSeq Method Does Not Match")
+	}
+	return nil
 }
 
 // displayName returns a display name as the user wrote it: quoted-pairs
@@ -293,9 +296,11 @@ func (a *Adapter) peerMayAuthenticate(domain string) bool {
 	return false
 }
 
-// onOptions answers OPTIONS with what the adapter supports (RFC 3261 §11).
+// onOptions answers OPTIONS with what the adapter supports (RFC 3261 §11),
+// to anyone: it is what keep-alive and monitoring probes send, with whatever
+// From they like.
 func (a *Adapter) onOptions(req *sip.Request, _ netip.Addr, _ *peer) *reply {
-	if _, r := checkRequest(req); r != nil {
+	if r := checkHeaders(req); r != nil {
 		return r
 	}
 	return newReply(200, "OK",

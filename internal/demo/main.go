@@ -1,8 +1,10 @@
 // Command demo runs Parley for real, the way `make demo` shows it: a local
-// Prosody and Synapse on 127.0.0.1, Parley between them, a scripted
-// conversation between a real XMPP client (slixmpp) and a real Matrix client
-// (mautrix) with the transcript printed, and then everything stays up, with
-// accounts for your own clients, until SIGINT or SIGTERM stops it all.
+// Prosody and Synapse on 127.0.0.1, Parley between them and serving the SIP
+// domain parley.localhost, a scripted conversation between a real XMPP client
+// (slixmpp), a real Matrix client (mautrix) and a real SIP phone (a sipp user
+// agent) with the transcript printed, and then everything stays up, with
+// accounts for your own clients (a softphone too), until SIGINT or SIGTERM
+// stops it all.
 //
 //	demo -parley bin/parley [-keep-going=false] [-dir DIR]
 //
@@ -35,8 +37,9 @@ import (
 	"github.com/parleygw/parley/internal/peertest"
 )
 
-// The accounts and addresses of the demo. alice is on XMPP, bob on Matrix;
-// "you" exists on both for the user's own clients.
+// The accounts and addresses of the demo. alice is on XMPP, bob on Matrix,
+// the phone is extension 1001 of Parley's SIP domain; "you" exists on XMPP
+// and Matrix, and the extension 1002, for the user's own clients.
 const (
 	xmppDomain      = "localhost"
 	componentDomain = "matrix.localhost"
@@ -53,9 +56,26 @@ const (
 	bobAliasJID    = "bob@matrix.localhost"
 	bobGhostJID    = "bob%localhost@matrix.localhost"
 
+	// SIP: Parley is the registrar of sipDomain, where the scripted phone
+	// (1001) and the user's softphone (1002) register.
+	sipDomain         = "parley.localhost"
+	phoneUser         = "1001"
+	phonePassword     = "phone-password"
+	softphoneUser     = "1002"
+	softphonePassword = "softphone-password"
+
+	phoneURI       = "sip:" + phoneUser + "@" + sipDomain
+	phoneGhostJID  = phoneUser + "+" + sipDomain + "@" + componentDomain
+	phoneGhostMXID = "@_sip_" + phoneUser + "_" + sipDomain + ":" + serverName
+	aliceSIPUser   = "xmpp_alice_localhost"
+	aliceSIPURI    = "sip:" + aliceSIPUser + "@" + sipDomain
+	bobSIPURI      = "sip:matrix_bob_localhost@" + sipDomain
+	bobAliasSIPURI = "sip:bob@" + sipDomain
+
 	// Ports Parley prefers, as in config.example.yaml; free ones otherwise.
 	preferredAdminPort = 9090
 	preferredASPort    = 29328
+	preferredSIPPort   = 5060
 
 	waitTimeout = 30 * time.Second
 )
@@ -116,7 +136,8 @@ func main() {
 		}
 	}()
 
-	fmt.Println("Parley demo: Prosody (XMPP) and Synapse (Matrix) on 127.0.0.1, bridged by Parley.")
+	fmt.Println("Parley demo: Prosody (XMPP) and Synapse (Matrix) on 127.0.0.1, bridged by Parley,")
+	fmt.Println("which is also the SIP server of " + sipDomain + " for phones.")
 	if remove {
 		fmt.Printf("scratch directory: %s (removed at a clean exit; -dir DIR keeps one)\n", scratch)
 	} else {
@@ -150,6 +171,7 @@ type demo struct {
 	logPath string // parley's standard output and error
 	admin   string // admin base URL
 	asPort  int
+	sipAddr string // 127.0.0.1:port of parley's SIP listeners (UDP and TCP)
 
 	timings []timing
 }
@@ -196,6 +218,7 @@ func (d *demo) start() {
 	adminPort := portOr(r, preferredAdminPort)
 	d.asPort = portOr(r, preferredASPort)
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
+	d.sipAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(sipPortOr(r, preferredSIPPort)))
 	asToken, hsToken := randomToken(), randomToken()
 	d.writeConfig("http://127.0.0.1:1", adminPort, asToken, hsToken)
 	reg := filepath.Join(d.dir, "registration.yaml")
@@ -213,12 +236,15 @@ func (d *demo) start() {
 	d.writeConfig(d.hs.URL, adminPort, asToken, hsToken)
 
 	fmt.Printf("starting Parley: %s run -config %s\n", d.bin, d.config)
+	r.Logf("SIP: domain %s on %s, UDP and TCP; extensions %s (the scripted phone) and %s (yours)",
+		sipDomain, d.sipAddr, phoneUser, softphoneUser)
 	r.Logf("log: %s", d.logPath)
 	d.timed("parley", d.startParley)
 }
 
 // writeConfig writes parley.yaml: the shape of the end-to-end tests', with
-// bob as a YAML identity reachable from XMPP by his alias.
+// bob as a YAML identity reachable from XMPP and SIP by his alias, and
+// Parley as the SIP registrar of sipDomain for the extensions 1001 and 1002.
 func (d *demo) writeConfig(hsURL string, adminPort int, asToken, hsToken string) {
 	cfg := fmt.Sprintf(`# written by internal/demo
 store: %s
@@ -236,12 +262,20 @@ matrix:
   listen: "127.0.0.1:%d"
   as_token: %s
   hs_token: %s
+sip:
+  domain: %s
+  listen: ["udp:%s", "tcp:%s"]
+  users:
+    %q: {password: %q}
+    %q: {password: %q}
 mapping:
   ghosts:
-    matrix: {xmpp: "@_xmpp_{user}_{domain}:%s"}
-    xmpp: {matrix: "{user}%%{domain}@%s"}
+    matrix: {xmpp: "@_xmpp_{user}_{domain}:%s", sip: "@_sip_{user}_{domain}:%s"}
+    xmpp: {matrix: "{user}%%{domain}@%s", sip: "{user}+{domain}@%s"}
+    sip: {xmpp: "sip:xmpp_{user}_{domain}@%s", matrix: "sip:matrix_{user}_{domain}@%s"}
   aliases:
     xmpp: "{name}@%s"
+    sip: "sip:{name}@%s"
   identities:
     - name: bob
       display_name: Bob Matrix
@@ -249,7 +283,9 @@ mapping:
 `, filepath.Join(d.dir, "parley.db"), adminPort,
 		d.prosody.ComponentAddr, componentDomain, d.prosody.ComponentSecret, xmppDomain,
 		hsURL, serverName, d.asPort, asToken, hsToken,
-		serverName, componentDomain, componentDomain, bobMXID)
+		sipDomain, d.sipAddr, d.sipAddr, phoneUser, phonePassword, softphoneUser, softphonePassword,
+		serverName, serverName, componentDomain, componentDomain, sipDomain, sipDomain,
+		componentDomain, sipDomain, bobMXID)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		d.r.Fatalf("write %s: %v", d.config, err)
 	}
@@ -336,8 +372,8 @@ func readyz(client *http.Client, admin string) (bool, string, error) {
 
 // converse runs the scripted conversation: alice (slixmpp) writes to bob by
 // his alias, bob (mautrix) receives her messages from her ghost in the DM the
-// ghost opened, and answers; alice gets his answers and her receipts. The
-// two clients log out at the end.
+// ghost opened, and answers; alice gets his answers and her receipts. Then
+// the phone joins in (see phoneCall). The two clients log out at the end.
 func (d *demo) converse() {
 	fmt.Println("\nconnecting alice (slixmpp, XMPP) and bob (mautrix, Matrix)")
 	clients := d.r.scope()
@@ -409,6 +445,8 @@ func (d *demo) converse() {
 		say("xmpp", "%s%s → %s: %s  [%s]", bare(e.From), nick, aliceJID, e.Body, round(time.Since(sent)))
 	}
 	d.timings = append(d.timings, timing{"conversation", time.Since(t0)})
+
+	d.phoneCall(clients, alice, xmppEvents, bob)
 	fmt.Println("\nthe conversation went through; alice's and bob's clients log out")
 	clients.close()
 }
@@ -458,36 +496,48 @@ func (d *demo) fail(format string, args ...any) {
 // printConnect tells how to use the running stack with one's own clients.
 func (d *demo) printConnect() {
 	_, c2sPort, _ := net.SplitHostPort(d.prosody.C2SAddr)
-	fmt.Printf(`
-Everything is up. Connect your own clients:
+	_, sipPort, _ := net.SplitHostPort(d.sipAddr)
+	youJID := "you@" + xmppDomain
+	youMXID := "@you:" + serverName
+	softphoneURI := "sip:" + softphoneUser + "@" + sipDomain
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	to := func(addr, what string) { p("    %-42s to reach %s", addr, what) }
 
-  XMPP (Prosody)    server 127.0.0.1, port %[1]s, domain %[2]s
-                    no TLS: turn TLS/STARTTLS off and allow plain-text (PLAIN) authentication
-                    accounts  you@%[2]s / %[3]s
-                              %[4]s / %[5]s
-  Matrix (Synapse)  homeserver %[6]s (plain HTTP)
-                    accounts  @you:%[7]s / %[8]s
-                              %[9]s / %[10]s
-
-  From XMPP, write to
-    %-34[11]s to reach %[9]s (his alias; his name shows as "Bob Matrix")
-    %-34[12]s to reach %[9]s (his ghost JID)
-    %-34[13]s to reach @you:%[7]s
-  From Matrix, start a direct chat and invite
-    %-34[14]s to reach %[4]s
-    %-34[15]s to reach you@%[2]s
-
-  Logs: parley   %[16]s
-        prosody  %[17]s
-        synapse  %[18]s
-  Parley's admin listener: %[19]s/readyz and %[19]s/metrics
-`,
-		c2sPort, xmppDomain, youXMPPPassword, aliceJID, alicePassword,
-		d.hs.URL, serverName, youMXPassword, bobMXID, bobPassword,
-		bobAliasJID, bobGhostJID, "you%"+xmppDomain+"@"+componentDomain,
-		aliceGhostMXID, "@_xmpp_you_"+xmppDomain+":"+serverName,
-		d.logPath, filepath.Join(d.prosody.Dir, "prosody.log"), filepath.Join(d.hs.Dir, "homeserver.log"),
-		d.admin)
+	p("\nEverything is up. Connect your own clients:\n")
+	p("  XMPP (Prosody)    server 127.0.0.1, port %s, domain %s", c2sPort, xmppDomain)
+	p("                    no TLS: turn TLS/STARTTLS off and allow plain-text (PLAIN) authentication")
+	p("                    accounts  %s / %s", youJID, youXMPPPassword)
+	p("                              %s / %s", aliceJID, alicePassword)
+	p("  Matrix (Synapse)  homeserver %s (plain HTTP)", d.hs.URL)
+	p("                    accounts  %s / %s", youMXID, youMXPassword)
+	p("                              %s / %s", bobMXID, bobPassword)
+	p("  SIP (Parley)      a softphone with SIP MESSAGE chat (Linphone, baresip, ...): registrar and")
+	p("                    proxy 127.0.0.1, port %s, UDP or TCP (no TLS, no STUN/ICE), domain %s", sipPort, sipDomain)
+	p("                    account   %s / %s (digest user %s, realm %s)", softphoneUser, softphonePassword, softphoneUser, sipDomain)
+	p("                    (%s / %s is the scripted phone's)", phoneUser, phonePassword)
+	p("")
+	p("  From XMPP, write to")
+	to(bobAliasJID, bobMXID+` (his alias; his name shows as "Bob Matrix")`)
+	to(bobGhostJID, bobMXID+" (his ghost JID)")
+	to("you%"+xmppDomain+"@"+componentDomain, youMXID)
+	to(softphoneUser+"+"+sipDomain+"@"+componentDomain, "your softphone, "+softphoneURI)
+	p("  From Matrix, start a direct chat and invite")
+	to(aliceGhostMXID, aliceJID)
+	to("@_xmpp_you_"+xmppDomain+":"+serverName, youJID)
+	to("@_sip_"+softphoneUser+"_"+sipDomain+":"+serverName, "your softphone, "+softphoneURI)
+	p("  From your softphone, send a message (SIP MESSAGE) to")
+	to(aliceSIPURI, aliceJID)
+	to("sip:xmpp_you_"+xmppDomain+"@"+sipDomain, youJID)
+	to(bobAliasSIPURI, bobMXID+" (his alias)")
+	to(bobSIPURI, bobMXID+" (his ghost URI)")
+	to("sip:matrix_you_"+serverName+"@"+sipDomain, youMXID)
+	p("")
+	p("  Logs: parley   %s", d.logPath)
+	p("        prosody  %s", filepath.Join(d.prosody.Dir, "prosody.log"))
+	p("        synapse  %s", filepath.Join(d.hs.Dir, "homeserver.log"))
+	p("  Parley's admin listener: %[1]s/readyz and %[1]s/metrics", d.admin)
+	fmt.Print(b.String())
 }
 
 // say prints one transcript line, tagged with its network.

@@ -118,6 +118,13 @@ func (r *runner) scope() *runner {
 	return s
 }
 
+// quiet returns a scope of r (see scope) that prints no progress lines.
+func (r *runner) quiet() *runner {
+	s := r.scope()
+	s.out = io.Discard
+	return s
+}
+
 // close runs r's cleanups, newest first. Calling it again does nothing.
 func (r *runner) close() {
 	r.mu.Lock()

@@ -174,3 +174,11 @@ func (p *Prosody) Register(t TB, user, password string) {
 	cmd.Dir = p.Dir
 	runCmd(t, "prosody register "+user, cmd)
 }
+
+// Pid returns the process ID of the running Prosody, or 0.
+func (p *Prosody) Pid() int {
+	if p.proc == nil || p.proc.exited() {
+		return 0
+	}
+	return p.proc.cmd.Process.Pid
+}
