@@ -44,9 +44,13 @@ type Router struct {
 
 	mu       sync.Mutex
 	queues   map[conversation]*queue
-	states   map[event.Network]Status
-	stopping bool
-	drained  chan struct{} // closed when stopping and no queue is left
+	presence map[conversation]*presenceSlot
+	// lastPresence is the latest state each real account reported, for
+	// merging an identity's presence.
+	lastPresence map[event.Address]presenceOf
+	states       map[event.Network]Status
+	stopping     bool
+	drained      chan struct{} // closed when stopping and no queue is left
 
 	// runCtx lives from Start to the end of Stop: it bounds the workers'
 	// Sends and backoff waits. Cancelling it is how Stop interrupts them.
@@ -76,16 +80,18 @@ type queue struct {
 // then Start.
 func NewRouter(st store.Store, m *mapping.Map, opts ...Option) *Router {
 	r := &Router{
-		store:    st,
-		networks: map[event.Network]Network{},
-		links:    map[event.Network]Links{},
-		log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-		metrics:  nopMetrics{},
-		now:      time.Now,
-		retry:    Backoff{Min: 500 * time.Millisecond, Max: time.Minute},
-		maxAge:   24 * time.Hour,
-		queues:   map[conversation]*queue{},
-		states:   map[event.Network]Status{},
+		store:        st,
+		networks:     map[event.Network]Network{},
+		links:        map[event.Network]Links{},
+		log:          slog.New(slog.NewTextHandler(io.Discard, nil)),
+		metrics:      nopMetrics{},
+		now:          time.Now,
+		retry:        Backoff{Min: 500 * time.Millisecond, Max: time.Minute},
+		maxAge:       24 * time.Hour,
+		queues:       map[conversation]*queue{},
+		presence:     map[conversation]*presenceSlot{},
+		lastPresence: map[event.Address]presenceOf{},
+		states:       map[event.Network]Status{},
 	}
 	r.mapping.Store(m)
 	for _, o := range opts {
@@ -177,15 +183,17 @@ func (r *Router) conversations() int {
 func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 	h := evt.Head()
 	origin := *h
-	switch evt.(type) {
+	if r.isStopping() {
+		return ErrStopping
+	}
+	switch e := evt.(type) {
 	case *event.Message:
+	case *event.Presence:
+		return r.dispatchPresence(e, r.mapping.Load())
 	case *event.Failure:
 		return fmt.Errorf("dispatch from %s: failure events are not accepted from adapters", h.From)
 	default:
 		return fmt.Errorf("dispatch from %s: unknown event kind %s", h.From, evt.Kind())
-	}
-	if r.isStopping() {
-		return ErrStopping
 	}
 	m := r.mapping.Load()
 	from, to, err := m.Resolve(h.From, h.To)

@@ -10,12 +10,13 @@ type Kind uint8
 const (
 	KindMessage Kind = iota + 1
 	KindFailure
+	KindPresence
 )
 
-var kindNames = [...]string{KindMessage: "message", KindFailure: "failure"}
+var kindNames = [...]string{KindMessage: "message", KindFailure: "failure", KindPresence: "presence"}
 
 // Kinds lists every Kind, for metrics and exhaustive tests.
-var Kinds = []Kind{KindMessage, KindFailure}
+var Kinds = []Kind{KindMessage, KindFailure, KindPresence}
 
 // String returns the lowercase name of k, as used in metrics and the store.
 func (k Kind) String() string {

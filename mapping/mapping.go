@@ -261,6 +261,15 @@ func (m *Map) Serves(a event.Address) bool {
 	return false
 }
 
+// Accounts returns every account of the identity that owns a, most
+// preferred first, or nil when a belongs to no identity.
+func (m *Map) Accounts(a event.Address) []event.Address {
+	if id := m.byAccount[a]; id != nil {
+		return id.accounts
+	}
+	return nil
+}
+
 // DisplayName returns the display name of the identity that owns a, or "".
 func (m *Map) DisplayName(a event.Address) string {
 	if id := m.byAccount[a]; id != nil {

@@ -29,6 +29,8 @@ func decodeEvent(kind string, payload []byte) (event.Event, error) {
 		evt = new(event.Message)
 	case event.KindFailure:
 		evt = new(event.Failure)
+	case event.KindPresence:
+		evt = new(event.Presence)
 	default:
 		return nil, fmt.Errorf("decode event: kind %q has no decoder", kind)
 	}

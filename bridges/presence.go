@@ -1,0 +1,145 @@
+package bridges
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/mapping"
+)
+
+// presenceRetries bounds the Sends of one presence update: presence is state,
+// and the next update makes a lost one moot.
+const presenceRetries = 3
+
+// presenceSlot holds the latest undelivered presence of one conversation.
+// Presence is coalesced: a newer update replaces a pending one, so a flood
+// of changes costs one Send per conversation at a time, and it never waits
+// behind (or holds up) the chat messages of the conversation.
+type presenceSlot struct {
+	pending *event.Presence
+}
+
+// dispatchPresence resolves and coalesces an inbound presence update. It is
+// not stored: after a restart, networks send presence afresh.
+func (r *Router) dispatchPresence(p *event.Presence, m *mapping.Map) error {
+	origin := p.Header
+	from, to, err := m.Resolve(p.From, p.To)
+	switch {
+	case errors.Is(err, mapping.ErrNoRoute):
+		return fmt.Errorf("%w: %w", ErrNoRoute, err)
+	case errors.Is(err, mapping.ErrLoop):
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	case err != nil:
+		return err
+	}
+	p.From, p.To = from, to
+	if name := m.DisplayName(origin.From); name != "" {
+		p.FromName = name
+	}
+	if p.Time.IsZero() {
+		p.Time = r.now()
+	}
+	p.State, p.Status = r.mergePresence(origin.From, p.State, p.Status, m)
+	r.metrics.Received(origin.From.Network, event.KindPresence)
+
+	key := conversation{from, to}
+	r.mu.Lock()
+	slot, busy := r.presence[key]
+	if !busy {
+		slot = &presenceSlot{}
+		r.presence[key] = slot
+	}
+	slot.pending = p
+	r.mu.Unlock()
+	if !busy {
+		r.workers.Add(1)
+		go r.workPresence(key, slot)
+	}
+	return nil
+}
+
+// mergePresence records state as the latest of account a and returns the
+// state to show for its person: for an identity with several accounts,
+// event.Merge of all of them (with the status text of the account that
+// decided it); otherwise state itself.
+func (r *Router) mergePresence(a event.Address, state event.PresenceState, status string, m *mapping.Map) (event.PresenceState, string) {
+	accounts := m.Accounts(a)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lastPresence[a] = presenceOf{state, status}
+	if len(accounts) < 2 {
+		return state, status
+	}
+	states := make([]event.PresenceState, 0, len(accounts))
+	for _, acc := range accounts {
+		states = append(states, r.lastPresence[acc].state)
+	}
+	merged := event.Merge(states...)
+	for _, acc := range accounts {
+		if p := r.lastPresence[acc]; p.state == merged {
+			return merged, p.status
+		}
+	}
+	return merged, ""
+}
+
+type presenceOf struct {
+	state  event.PresenceState
+	status string
+}
+
+// workPresence delivers the latest presence of one conversation until none
+// is pending. A transient failure is retried a few times unless a newer
+// update arrives; a permanent one is dropped (no failure report: the sender
+// did not send a message).
+func (r *Router) workPresence(key conversation, slot *presenceSlot) {
+	defer r.workers.Done()
+	ctx := r.runCtx
+	for attempt := 0; ; {
+		r.mu.Lock()
+		p := slot.pending
+		if p == nil {
+			delete(r.presence, key)
+			r.mu.Unlock()
+			return
+		}
+		r.mu.Unlock()
+
+		dst, ok := r.networks[p.To.Network]
+		var err error
+		if ok {
+			_, err = dst.Send(ctx, p)
+		} else {
+			err = Permanent(fmt.Errorf("network %s is not enabled", p.To.Network))
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		r.mu.Lock()
+		newer := slot.pending != p
+		if err == nil || IsPermanent(err) || newer || attempt+1 >= presenceRetries {
+			if !newer {
+				slot.pending = nil
+			}
+			attempt = 0
+		} else {
+			attempt++
+		}
+		r.mu.Unlock()
+		switch {
+		case err == nil:
+			r.metrics.Delivered(p.To.Network, event.KindPresence, r.now().Sub(p.Time))
+		case newer:
+		case IsPermanent(err) || attempt == 0:
+			r.log.Debug("presence not delivered", "network", p.To.Network, "to", p.To.ID, "err", err)
+		default:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(r.retry.Delay(attempt - 1)):
+			}
+		}
+	}
+}
