@@ -11,12 +11,13 @@ const (
 	KindMessage Kind = iota + 1
 	KindFailure
 	KindPresence
+	KindSubscription
 )
 
-var kindNames = [...]string{KindMessage: "message", KindFailure: "failure", KindPresence: "presence"}
+var kindNames = [...]string{KindMessage: "message", KindFailure: "failure", KindPresence: "presence", KindSubscription: "subscription"}
 
 // Kinds lists every Kind, for metrics and exhaustive tests.
-var Kinds = []Kind{KindMessage, KindFailure, KindPresence}
+var Kinds = []Kind{KindMessage, KindFailure, KindPresence, KindSubscription}
 
 // String returns the lowercase name of k, as used in metrics and the store.
 func (k Kind) String() string {

@@ -4,6 +4,13 @@ package event
 // as the routing core merged it from all their accounts. Presence is state,
 // not history: a newer Presence from the same sender replaces an older one
 // not yet delivered.
+//
+// An adapter dispatches presence either directed (To is a ghost or alias,
+// as an XMPP server delivers a user's presence to each subscribed contact)
+// or broadcast (To is zero, as a Matrix presence change or a SIP PUBLISH
+// concerns everyone): the core then sends it to every recorded watcher of
+// From. Either way the core delivers it to each watcher's adapter with To
+// set.
 type Presence struct {
 	Header
 	State PresenceState
@@ -73,3 +80,17 @@ func Merge(states ...PresenceState) PresenceState {
 
 // Kind implements Event.
 func (*Presence) Kind() Kind { return KindPresence }
+
+// Subscription says that From, a watcher, starts (Active) or stops watching
+// the presence of To, addressed as the watcher's network shows it (a ghost
+// or an alias). The routing core records watchers durably, answers a new
+// subscription with the last known presence, and tells the presentity's
+// network so that its adapter can ask for that presence where the protocol
+// needs it (an XMPP subscription request from the watcher's ghost).
+type Subscription struct {
+	Header
+	Active bool
+}
+
+// Kind implements Event.
+func (*Subscription) Kind() Kind { return KindSubscription }

@@ -31,6 +31,8 @@ func decodeEvent(kind string, payload []byte) (event.Event, error) {
 		evt = new(event.Failure)
 	case event.KindPresence:
 		evt = new(event.Presence)
+	case event.KindSubscription:
+		evt = new(event.Subscription)
 	default:
 		return nil, fmt.Errorf("decode event: kind %q has no decoder", kind)
 	}
