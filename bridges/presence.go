@@ -1,6 +1,7 @@
 package bridges
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -21,9 +22,16 @@ type presenceSlot struct {
 	pending *event.Presence
 }
 
-// dispatchPresence resolves and coalesces an inbound presence update. It is
-// not stored: after a restart, networks send presence afresh.
-func (r *Router) dispatchPresence(p *event.Presence, m *mapping.Map) error {
+// dispatchPresence resolves and coalesces an inbound presence update: a
+// directed one to its one recipient, a broadcast one (To zero) to every
+// watcher. It is not stored: after a restart, networks send presence afresh.
+func (r *Router) dispatchPresence(ctx context.Context, p *event.Presence, m *mapping.Map) error {
+	if p.Time.IsZero() {
+		p.Time = r.now()
+	}
+	if p.To.IsZero() {
+		return r.broadcastPresence(ctx, p, m)
+	}
 	origin := p.Header
 	from, to, err := m.Resolve(p.From, p.To)
 	switch {
@@ -38,13 +46,16 @@ func (r *Router) dispatchPresence(p *event.Presence, m *mapping.Map) error {
 	if name := m.DisplayName(origin.From); name != "" {
 		p.FromName = name
 	}
-	if p.Time.IsZero() {
-		p.Time = r.now()
-	}
-	p.State, p.Status = r.mergePresence(origin.From, p.State, p.Status, m)
+	p.State, p.Status = r.recordPresence(origin.From, p.State, p.Status, m)
 	r.metrics.Received(origin.From.Network, event.KindPresence)
+	r.queuePresence(p, m)
+	return nil
+}
 
-	key := conversation{from, to}
+// queuePresence puts p, addressed on its destination network, in the slot of
+// its conversation, replacing any update still pending there.
+func (r *Router) queuePresence(p *event.Presence, _ *mapping.Map) {
+	key := conversation{p.From, p.To}
 	r.mu.Lock()
 	slot, busy := r.presence[key]
 	if !busy {
@@ -57,21 +68,28 @@ func (r *Router) dispatchPresence(p *event.Presence, m *mapping.Map) error {
 		r.workers.Add(1)
 		go r.workPresence(key, slot)
 	}
-	return nil
 }
 
-// mergePresence records state as the latest of account a and returns the
-// state to show for its person: for an identity with several accounts,
+// recordPresence records state as the latest of account a and returns the
+// state to show for its person (see mergedPresence).
+func (r *Router) recordPresence(a event.Address, state event.PresenceState, status string, m *mapping.Map) (event.PresenceState, string) {
+	r.mu.Lock()
+	r.lastPresence[a] = presenceOf{state, status}
+	r.mu.Unlock()
+	return r.mergedPresence(a, presenceOf{state, status}, m)
+}
+
+// mergedPresence returns the state to show for the person of account a,
+// whose own latest state is own: for an identity with several accounts,
 // event.Merge of all of them (with the status text of the account that
-// decided it); otherwise state itself.
-func (r *Router) mergePresence(a event.Address, state event.PresenceState, status string, m *mapping.Map) (event.PresenceState, string) {
+// decided it); otherwise own.
+func (r *Router) mergedPresence(a event.Address, own presenceOf, m *mapping.Map) (event.PresenceState, string) {
 	accounts := m.Accounts(a)
+	if len(accounts) < 2 {
+		return own.state, own.status
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.lastPresence[a] = presenceOf{state, status}
-	if len(accounts) < 2 {
-		return state, status
-	}
 	states := make([]event.PresenceState, 0, len(accounts))
 	for _, acc := range accounts {
 		states = append(states, r.lastPresence[acc].state)

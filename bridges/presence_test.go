@@ -3,6 +3,7 @@ package bridges_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -126,5 +127,91 @@ func TestPresenceOfAnIdentityIsMerged(t *testing.T) {
 		if last := got[i]; last.State != s.want {
 			t.Errorf("step %d (%s reports %s): shown %s, want %s", i, s.from, s.state, last.State, s.want)
 		}
+	}
+}
+
+func subscription(from, to string, active bool) *event.Subscription {
+	return &event.Subscription{Header: event.Header{From: event.Address{Network: event.XMPP, ID: from},
+		To: event.Address{Network: event.XMPP, ID: to}}, Active: active}
+}
+
+func broadcast(from string, s event.PresenceState) *event.Presence {
+	return &event.Presence{Header: event.Header{From: event.Address{Network: event.Matrix, ID: from}}, State: s}
+}
+
+// waitPresences waits until net has delivered n presences.
+func waitPresences(t *testing.T, net *bridgestest.Network, n int) []*event.Presence {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ps := presences(net.Sent())
+		if len(ps) >= n || time.Now().After(deadline) {
+			return ps
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// A watcher subscribes; the subscription reaches the presentity's network;
+// the presentity's broadcast presence reaches the watcher; after
+// unsubscribing it no longer does; and the registry survives a restart.
+func TestSubscriptionsAndBroadcastPresence(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "parley.db")
+	st, err := store.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, st)
+	ctx := context.Background()
+	const ghost = "carol%hs.example@matrix.example.org"
+
+	if err := h.router.Dispatch(ctx, subscription("bob@example.org", ghost, true)); err != nil {
+		t.Fatal(err)
+	}
+	sent := h.matrix.WaitSent(waitCtx(t), 1)
+	sub, ok := sent[0].(*event.Subscription)
+	if !ok || !sub.Active || sub.To.ID != "carol@hs.example" || sub.From.ID != "_xmpp_bob_example.org@hs.example" {
+		t.Fatalf("presentity's network got %+v", sent[0])
+	}
+	if err := h.router.Dispatch(ctx, broadcast("carol@hs.example", event.Away)); err != nil {
+		t.Fatal(err)
+	}
+	ps := waitPresences(t, h.xmpp, 1)
+	if len(ps) != 1 || ps[0].From.ID != ghost || ps[0].To.ID != "bob@example.org" || ps[0].State != event.Away {
+		t.Fatalf("watcher got %+v", ps)
+	}
+
+	// A second watcher is answered at once with the last known state.
+	if err := h.router.Dispatch(ctx, subscription("dave@example.org", ghost, true)); err != nil {
+		t.Fatal(err)
+	}
+	ps = waitPresences(t, h.xmpp, 2)
+	if len(ps) != 2 || ps[1].To.ID != "dave@example.org" || ps[1].State != event.Away {
+		t.Fatalf("new watcher got %+v", ps)
+	}
+
+	// bob unsubscribes: the next broadcast reaches dave only.
+	if err := h.router.Dispatch(ctx, subscription("bob@example.org", ghost, false)); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.router.Dispatch(ctx, broadcast("carol@hs.example", event.Available)); err != nil {
+		t.Fatal(err)
+	}
+	waitPresences(t, h.xmpp, 3)
+	time.Sleep(20 * time.Millisecond)
+	ps = presences(h.xmpp.Sent())
+	if len(ps) != 3 || ps[2].To.ID != "dave@example.org" || ps[2].State != event.Available {
+		t.Fatalf("after bob unsubscribed: %+v", ps)
+	}
+
+	// A new router on the same store still knows dave watches carol.
+	_ = h.router.Stop(ctx)
+	h2 := start(t, st)
+	if err := h2.router.Dispatch(ctx, broadcast("carol@hs.example", event.DoNotDisturb)); err != nil {
+		t.Fatal(err)
+	}
+	ps = waitPresences(t, h2.xmpp, 1)
+	if len(ps) != 1 || ps[0].To.ID != "dave@example.org" || ps[0].State != event.DoNotDisturb {
+		t.Fatalf("after a restart: %+v", ps)
 	}
 }

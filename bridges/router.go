@@ -48,6 +48,7 @@ type Router struct {
 	// lastPresence is the latest state each real account reported, for
 	// merging an identity's presence.
 	lastPresence map[event.Address]presenceOf
+	watchers     *watchers
 	states       map[event.Network]Status
 	stopping     bool
 	drained      chan struct{} // closed when stopping and no queue is left
@@ -93,6 +94,7 @@ func NewRouter(st store.Store, m *mapping.Map, opts ...Option) *Router {
 		lastPresence: map[event.Address]presenceOf{},
 		states:       map[event.Network]Status{},
 	}
+	r.watchers = newWatchers(st)
 	r.mapping.Store(m)
 	for _, o := range opts {
 		o(r)
@@ -189,7 +191,9 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 	switch e := evt.(type) {
 	case *event.Message:
 	case *event.Presence:
-		return r.dispatchPresence(e, r.mapping.Load())
+		return r.dispatchPresence(ctx, e, r.mapping.Load())
+	case *event.Subscription:
+		return r.dispatchSubscription(ctx, e, r.mapping.Load())
 	case *event.Failure:
 		return fmt.Errorf("dispatch from %s: failure events are not accepted from adapters", h.From)
 	default:

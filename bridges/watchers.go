@@ -1,0 +1,186 @@
+package bridges
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/mapping"
+	"github.com/parleygw/parley/store"
+)
+
+// watchersNS is the store namespace of the watcher registry: for each
+// presentity (a real address), the real addresses watching it.
+const watchersNS = "watchers"
+
+// watchers is the durable registry of who watches whose presence, cached in
+// memory and written through to the store on every change. It has its own
+// lock, so store I/O here never holds up message routing.
+type watchers struct {
+	mu    sync.Mutex
+	st    store.Links
+	cache map[event.Address]map[event.Address]struct{}
+}
+
+func newWatchers(st store.Links) *watchers {
+	return &watchers{st: st, cache: map[event.Address]map[event.Address]struct{}{}}
+}
+
+// list returns the watchers of p.
+func (w *watchers) list(ctx context.Context, p event.Address) ([]event.Address, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	set, err := w.of(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]event.Address, 0, len(set))
+	for a := range set {
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// of returns the watchers of p, loading them from the store the first time.
+// w.mu is held.
+func (w *watchers) of(ctx context.Context, p event.Address) (map[event.Address]struct{}, error) {
+	if set, ok := w.cache[p]; ok {
+		return set, nil
+	}
+	set := map[event.Address]struct{}{}
+	raw, ok, err := w.st.GetLink(ctx, watchersNS, p.String())
+	if err != nil {
+		return nil, fmt.Errorf("read watchers of %s: %w", p, err)
+	}
+	if ok {
+		var list []string
+		if err := json.Unmarshal([]byte(raw), &list); err != nil {
+			return nil, fmt.Errorf("read watchers of %s: %w", p, err)
+		}
+		for _, s := range list {
+			if a, ok := event.ParseAddress(s); ok {
+				set[a] = struct{}{}
+			}
+		}
+	}
+	w.cache[p] = set
+	return set, nil
+}
+
+// set records that watcher does (or no longer does) watch p, and reports
+// whether that changed anything.
+func (w *watchers) set(ctx context.Context, p, watcher event.Address, active bool) (bool, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	set, err := w.of(ctx, p)
+	if err != nil {
+		return false, err
+	}
+	_, had := set[watcher]
+	if had == active {
+		return false, nil
+	}
+	if active {
+		set[watcher] = struct{}{}
+	} else {
+		delete(set, watcher)
+	}
+	list := make([]string, 0, len(set))
+	for a := range set {
+		list = append(list, a.String())
+	}
+	sort.Strings(list)
+	if len(list) == 0 {
+		return true, w.st.DeleteLink(ctx, watchersNS, p.String())
+	}
+	b, _ := json.Marshal(list)
+	return true, w.st.PutLink(ctx, watchersNS, p.String(), string(b))
+}
+
+// subscriptionSeq makes IDs for subscriptions that came without one.
+var subscriptionSeq atomic.Uint64
+
+// dispatchSubscription records a watcher, answers it with the presentity's
+// last known presence, and forwards the subscription to the presentity's
+// network through the outbox (an XMPP user must approve the watcher's
+// ghost before their server shares presence with it).
+func (r *Router) dispatchSubscription(ctx context.Context, s *event.Subscription, m *mapping.Map) error {
+	origin := s.Header
+	if origin.ID == "" {
+		origin.ID = fmt.Sprintf("subscription/%d/%d", time.Now().UnixNano(), subscriptionSeq.Add(1))
+		s.ID = origin.ID
+	}
+	ghost, presentity, err := m.Resolve(s.From, s.To)
+	switch {
+	case errors.Is(err, mapping.ErrNoRoute):
+		return fmt.Errorf("%w: %w", ErrNoRoute, err)
+	case errors.Is(err, mapping.ErrLoop):
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	case err != nil:
+		return err
+	}
+	changed, err := r.watchers.set(ctx, presentity, origin.From, s.Active)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	last, known := r.lastPresence[presentity]
+	r.mu.Unlock()
+	if s.Active && known {
+		// The presence the watcher's network shows, on behalf of the
+		// presentity: merged for an identity.
+		state, status := r.mergedPresence(presentity, last, m)
+		r.queuePresence(&event.Presence{Header: event.Header{From: origin.To, To: origin.From, Time: r.now()}, State: state, Status: status}, m)
+	}
+	if !changed {
+		return nil
+	}
+	s.From, s.To = ghost, presentity
+	e := store.Entry{Origin: origin, Event: s, Accepted: r.now()}
+	dup, err := r.store.Enqueue(ctx, &e)
+	if err != nil {
+		return fmt.Errorf("accept subscription of %s to %s: %w", origin.From, origin.To, err)
+	}
+	if !dup {
+		r.metrics.Received(origin.From.Network, event.KindSubscription)
+		r.push(e)
+	}
+	return nil
+}
+
+// broadcastPresence sends a presentity's presence to each of its watchers
+// (and to the watchers of the other accounts of its identity), each as its
+// own network shows the presentity.
+func (r *Router) broadcastPresence(ctx context.Context, p *event.Presence, m *mapping.Map) error {
+	presentity := p.From
+	accounts := m.Accounts(presentity)
+	if accounts == nil {
+		accounts = []event.Address{presentity}
+	}
+	state, status := r.recordPresence(presentity, p.State, p.Status, m)
+	var targets []event.Address
+	for _, acc := range accounts {
+		ws, err := r.watchers.list(ctx, acc)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, ws...)
+	}
+	r.metrics.Received(presentity.Network, event.KindPresence)
+	for _, w := range targets {
+		from, err := m.Appearance(presentity, w.Network)
+		if err != nil {
+			r.log.Debug("presence has no appearance for a watcher", "presentity", presentity, "watcher", w, "err", err)
+			continue
+		}
+		r.queuePresence(&event.Presence{Header: event.Header{From: from, To: w, FromName: m.DisplayName(presentity), Time: p.Time},
+			State: state, Status: status}, m)
+	}
+	return nil
+}
