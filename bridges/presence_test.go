@@ -2,6 +2,7 @@ package bridges_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync/atomic"
@@ -213,5 +214,21 @@ func TestSubscriptionsAndBroadcastPresence(t *testing.T) {
 	ps = waitPresences(t, h2.xmpp, 1)
 	if len(ps) != 1 || ps[0].To.ID != "dave@example.org" || ps[0].State != event.DoNotDisturb {
 		t.Fatalf("after a restart: %+v", ps)
+	}
+}
+
+// A subscription the presentity's network refuses is dropped quietly: the
+// watcher sent no message, so there is nothing to report to them.
+func TestRefusedSubscriptionIsNotReportedAsAFailedMessage(t *testing.T) {
+	h := start(t, store.NewMemory())
+	h.matrix.SendFunc = func(context.Context, event.Event) (string, error) {
+		return "", bridges.Permanent(errors.New("not supported"))
+	}
+	if err := h.router.Dispatch(context.Background(), subscription("bob@example.org", "carol%hs.example@matrix.example.org", true)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	if sent := h.xmpp.Sent(); len(sent) != 0 {
+		t.Fatalf("the watcher got %v", sent)
 	}
 }

@@ -340,8 +340,8 @@ func (r *Router) fail(ctx context.Context, e store.Entry, cause error) {
 	r.metrics.Failed(h.To.Network, e.Event.Kind())
 	r.log.Warn("event not delivered", "network", h.To.Network, "to", h.To.ID, "event", e.Origin.ID, "err", cause)
 	r.done(ctx, e)
-	if _, isFailure := e.Event.(*event.Failure); isFailure {
-		return
+	if _, isMessage := e.Event.(*event.Message); !isMessage {
+		return // only a message has a sender waiting to hear of it
 	}
 	f := &event.Failure{
 		Header: event.Header{
