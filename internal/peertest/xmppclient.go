@@ -18,10 +18,15 @@ import (
 var xmppClientScript []byte
 
 // XMPPEvent is one thing an XMPPClient saw: Ev is "online", "message",
-// "error", "receipt" or "disconnected".
+// "error", "receipt", "presence" or "disconnected".
 type XMPPEvent struct {
-	Ev        string `json:"ev"`
-	From      string `json:"from"`
+	Ev   string `json:"ev"`
+	From string `json:"from"`
+	// Type, Show and Status describe a presence stanza ("" type is
+	// available; "subscribe", "subscribed", "unavailable", ...).
+	Type      string `json:"type"`
+	Show      string `json:"show"`
+	Status    string `json:"status"`
 	ID        string `json:"id"`
 	Body      string `json:"body"`
 	Nick      string `json:"nick"`
@@ -96,11 +101,29 @@ func ConnectXMPP(t TB, p *Prosody, user, password string) *XMPPClient {
 // for an XEP-0184 delivery receipt.
 func (c *XMPPClient) Send(t TB, to, id, body string, receipt bool) {
 	t.Helper()
-	line, _ := json.Marshal(map[string]any{"cmd": "send", "to": to, "id": id, "body": body, "receipt": receipt})
+	c.command(t, map[string]any{"cmd": "send", "to": to, "id": id, "body": body, "receipt": receipt})
+}
+
+// SetPresence sends the client's presence: show is "" (available), "away",
+// "xa", "dnd", "chat" or "unavailable".
+func (c *XMPPClient) SetPresence(t TB, show, status string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "presence", "show": show, "status": status})
+}
+
+// Subscribe asks to, in the roster sense, to share its presence.
+func (c *XMPPClient) Subscribe(t TB, to string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "subscribe", "to": to})
+}
+
+func (c *XMPPClient) command(t TB, cmd map[string]any) {
+	t.Helper()
+	line, _ := json.Marshal(cmd)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, err := c.stdin.Write(append(line, '\n')); err != nil {
-		t.Fatalf("send to slixmpp: %v", err)
+		t.Fatalf("command slixmpp: %v", err)
 	}
 }
 

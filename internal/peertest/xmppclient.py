@@ -7,9 +7,13 @@ Prints one JSON object per line on stdout:
   {"ev": "message", "from": ..., "id": ..., "body": ..., "nick": ...}
   {"ev": "error", "from": ..., "id": ..., "condition": ..., "text": ...}
   {"ev": "receipt", "from": ..., "id": ...}
+  {"ev": "presence", "from": ..., "type": ..., "show": ..., "status": ...}
   {"ev": "disconnected"}
 Reads commands from stdin:
   {"cmd": "send", "to": ..., "id": ..., "body": ..., "receipt": true}
+  {"cmd": "presence", "show": "away", "status": "..."}   (show "" = available, "unavailable")
+  {"cmd": "subscribe", "to": ...}
+Subscription requests to this client are approved automatically.
   {"cmd": "quit"}
 """
 import json
@@ -41,6 +45,9 @@ class Client(slixmpp.ClientXMPP):
         # The "message" event only fires for stanzas with a body; receipts
         # and errors have none, so take every <message/> raw.
         self.register_handler(Callback("all messages", StanzaPath("message"), self.on_message))
+        self.register_handler(Callback("all presence", StanzaPath("presence"), self.on_presence))
+        self.auto_authorize = True
+        self.auto_subscribe = True
 
     async def start(self, _):
         self.send_presence()
@@ -72,6 +79,10 @@ class Client(slixmpp.ClientXMPP):
             emit(ev="message", **{"from": frm}, id=msg["id"], body=body,
                  nick=(nick.text if nick is not None else ""))
 
+    def on_presence(self, pres):
+        emit(ev="presence", **{"from": str(pres["from"])}, type=pres["type"],
+             show=pres["show"], status=pres["status"])
+
     def on_stdin(self):
         # Read what is there and act on every complete line: several
         # commands may arrive in one read, and the fd will not become
@@ -90,6 +101,15 @@ class Client(slixmpp.ClientXMPP):
     def run(self, cmd):
         if cmd["cmd"] == "quit":
             self.disconnect()
+            return
+        if cmd["cmd"] == "presence":
+            if cmd.get("show") == "unavailable":
+                self.send_presence(ptype="unavailable", pstatus=cmd.get("status") or None)
+            else:
+                self.send_presence(pshow=cmd.get("show") or None, pstatus=cmd.get("status") or None)
+            return
+        if cmd["cmd"] == "subscribe":
+            self.send_presence_subscription(pto=cmd["to"])
             return
         msg = self.make_message(mto=cmd["to"], mbody=cmd["body"], mtype="chat")
         msg["id"] = cmd["id"]
