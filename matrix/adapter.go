@@ -5,7 +5,10 @@
 // (transaction.go); DMs between a Matrix user and a ghost are dispatched to
 // the routing core as event.Message. Events from the core are sent into
 // Matrix as the ghost, in a DM room the adapter creates or learned
-// (room.go). mautrix-go provides the client-server calls and the Matrix
+// (room.go). Presence goes both ways: a ghost's presence is set from the
+// core's, and users' presence pushed by the homeserver is dispatched
+// (presence.go, which also says what Synapse and Dendrite deliver).
+// mautrix-go provides the client-server calls and the Matrix
 // types; the appservice HTTP API is served here, so that the hs_token check,
 // the error answers and the durable transaction de-duplication are Parley's.
 package matrix
@@ -59,9 +62,11 @@ type Adapter struct {
 	srv        *http.Server
 	addr       net.Addr
 	cancel     context.CancelFunc
-	done       chan struct{} // closed when the connect loop has returned
+	done       chan struct{} // closed when the connect and presence refresh loops have returned
 	clients    map[id.UserID]*mautrix.Client
 	registered map[id.UserID]bool
+	presence   map[id.UserID]presenceOf // what each ghost's presence was set to
+	refreshing time.Duration            // how often ghosts' presence is set again
 
 	kick  chan struct{} // asks the connect loop to check the homeserver again
 	txnMu sync.Mutex    // one transaction at a time, in the order they come
@@ -115,6 +120,8 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		backoff:    defaultBackoff,
 		clients:    make(map[id.UserID]*mautrix.Client),
 		registered: make(map[id.UserID]bool),
+		presence:   make(map[id.UserID]presenceOf),
+		refreshing: presenceRefresh,
 		kick:       make(chan struct{}, 1),
 	}
 	for _, o := range opts {
@@ -160,8 +167,16 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 	}()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
-	a.done = make(chan struct{})
-	go a.connect(loopCtx, host, a.done)
+	done := make(chan struct{})
+	a.done = done
+	connectDone, refreshDone := make(chan struct{}), make(chan struct{})
+	go a.connect(loopCtx, host, connectDone)
+	go a.refreshPresence(loopCtx, refreshDone)
+	go func() {
+		<-connectDone
+		<-refreshDone
+		close(done)
+	}()
 	a.log.Info("appservice listening", "addr", ln.Addr().String(), "homeserver", a.hsURL.String())
 	return nil
 }
@@ -192,7 +207,9 @@ func (a *Adapter) Stop(ctx context.Context) error {
 // Send delivers evt, whose addresses are Matrix user IDs: From a ghost, To a
 // real user. A Message is sent as the ghost into their DM room (created on
 // first use); a Failure becomes an m.notice there. It returns the Matrix
-// event ID. Errors that retrying cannot fix are marked bridges.Permanent.
+// event ID. A Presence sets the ghost's own presence (presence.go); a
+// Subscription does nothing, as Matrix has no subscription handshake.
+// Errors that retrying cannot fix are marked bridges.Permanent.
 func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 	if _, links := a.started(); links == nil {
 		return "", errors.New("send to matrix: adapter not started")
@@ -210,6 +227,14 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 			return "", bridges.Permanent(fmt.Errorf("send to matrix: kind %s with type %T", evt.Kind(), evt))
 		}
 		return a.sendFailure(ctx, f)
+	case event.KindPresence:
+		p, ok := evt.(*event.Presence)
+		if !ok {
+			return "", bridges.Permanent(fmt.Errorf("send to matrix: kind %s with type %T", evt.Kind(), evt))
+		}
+		return a.sendPresence(ctx, p)
+	case event.KindSubscription:
+		return "", nil
 	default:
 		return "", bridges.Permanent(fmt.Errorf("send to matrix: unsupported event kind %s", evt.Kind()))
 	}

@@ -267,6 +267,12 @@ func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 			hs.sent[key] = evt
 		}
 		reply(http.StatusOK, fmt.Sprintf(`{"event_id":%q}`, evt))
+	case req.Method == http.MethodPut && len(parts) == 3 && parts[0] == "presence" && parts[2] == "status":
+		if parts[1] != req.Query["user_id"] {
+			reply(http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"cannot set the presence of another user"}`)
+			return
+		}
+		reply(http.StatusOK, `{}`)
 	case req.Method == http.MethodPut && len(parts) == 3 && parts[0] == "profile":
 		reply(http.StatusOK, `{}`)
 	case req.Method == http.MethodPost && len(parts) == 3 && parts[0] == "rooms" && parts[2] == "join":

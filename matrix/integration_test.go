@@ -34,45 +34,9 @@ func TestIntegrationDendrite(t *testing.T) {
 }
 
 func testIntegration(t *testing.T, start func(t *testing.T, registration string) *peertest.Homeserver) {
-	if testing.Short() {
-		t.Skip("integration test: skipped with -short")
-	}
-	cfg := Config{
-		HomeserverURL: "http://127.0.0.1:1", // known once the homeserver runs
-		ServerName:    "localhost",
-		Listen:        fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t)),
-		ASToken:       "as-" + rand.Text(),
-		HSToken:       "hs-" + rand.Text(),
-		Namespaces:    []string{`@_xmpp_.*:localhost`},
-	}
-	reg, err := Registration(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	regPath := filepath.Join(t.TempDir(), "registration.yaml")
-	if err := os.WriteFile(regPath, reg, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	hs := start(t, regPath)
-	cfg.HomeserverURL = hs.URL
-
-	host := newFakeHost()
-	a, err := New(cfg, WithLogger(testLogger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.backoff = bridges.Backoff{Min: 100 * time.Millisecond, Max: time.Second}
+	a, host, hs, cfg := startIntegration(t, start)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := a.Start(ctx, host); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		_ = a.Stop(sctx)
-	})
-	host.waitState(t, bridges.Connected)
 
 	alice := peertest.ConnectMatrix(t, hs, "alice", "alice-password")
 	const bob = "@_xmpp_bob=40example.org:localhost"
@@ -166,6 +130,51 @@ func testIntegration(t *testing.T, start func(t *testing.T, registration string)
 			t.Errorf("no token: %d", status)
 		}
 	})
+}
+
+// startIntegration starts a homeserver with start (skipping the test with
+// -short) and an adapter registered with it, connected to a fakeHost. Both
+// stop when the test ends.
+func startIntegration(t *testing.T, start func(t *testing.T, registration string) *peertest.Homeserver) (*Adapter, *fakeHost, *peertest.Homeserver, Config) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: skipped with -short")
+	}
+	cfg := Config{
+		HomeserverURL: "http://127.0.0.1:1", // known once the homeserver runs
+		ServerName:    "localhost",
+		Listen:        fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t)),
+		ASToken:       "as-" + rand.Text(),
+		HSToken:       "hs-" + rand.Text(),
+		Namespaces:    []string{`@_xmpp_.*:localhost`},
+	}
+	reg, err := Registration(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	regPath := filepath.Join(t.TempDir(), "registration.yaml")
+	if err := os.WriteFile(regPath, reg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hs := start(t, regPath)
+	cfg.HomeserverURL = hs.URL
+
+	host := newFakeHost()
+	a, err := New(cfg, WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.backoff = bridges.Backoff{Min: 100 * time.Millisecond, Max: time.Second}
+	if err := a.Start(context.Background(), host); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		_ = a.Stop(sctx)
+	})
+	host.waitState(t, bridges.Connected)
+	return a, host, hs, cfg
 }
 
 // waitDispatched waits until host got a message with the given source ID.

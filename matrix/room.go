@@ -9,6 +9,8 @@ import (
 	"maunium.net/go/mautrix"
 	mevent "maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/parleygw/parley/event"
 )
 
 // DM rooms. A DM is a room with one ghost and one real user; the adapter
@@ -66,7 +68,23 @@ func (a *Adapter) storeDM(ctx context.Context, ghost, user id.UserID, room id.Ro
 		return fmt.Errorf("write link %s: %w", dmKey(ghost, user), err)
 	}
 	a.log.Info("dm room linked", "room", room.String(), "ghost", ghost.String(), "user", user.String())
+	a.watch(ctx, ghost, user, true)
 	return nil
+}
+
+// watch tells the core that user watches (or stops watching) the presence
+// of the person behind ghost: Matrix has no subscription handshake, so a
+// direct chat is what makes someone a watcher. Presence is not durable, so
+// a failure is only logged.
+func (a *Adapter) watch(ctx context.Context, ghost, user id.UserID, active bool) {
+	host, _ := a.started()
+	s := &event.Subscription{Header: event.Header{
+		From: event.Address{Network: event.Matrix, ID: user.String()},
+		To:   event.Address{Network: event.Matrix, ID: ghost.String()},
+	}, Active: active}
+	if err := host.Dispatch(ctx, s); err != nil {
+		a.log.Warn("presence subscription not recorded", "ghost", ghost.String(), "user", user.String(), "err", err)
+	}
 }
 
 // forgetDM drops the links of room, the DM between ghost and user.
@@ -86,6 +104,7 @@ func (a *Adapter) forgetDM(ctx context.Context, ghost, user id.UserID, room id.R
 		return fmt.Errorf("delete link %s: %w", roomKey(room), err)
 	}
 	a.log.Info("dm room unlinked", "room", room.String(), "ghost", ghost.String(), "user", user.String())
+	a.watch(ctx, ghost, user, false)
 	return nil
 }
 

@@ -39,8 +39,10 @@ var (
 type transaction struct {
 	// Events are the room events (PDUs) that could be decoded, in order.
 	Events []*mevent.Event
-	// Skipped says why the other entries of "events" were left out: their
-	// fields had the wrong JSON types.
+	// Presence are the m.presence ephemeral events (MSC2409), in order.
+	Presence []presenceEvent
+	// Skipped says why the other entries of "events" and "ephemeral" were
+	// left out: their fields had the wrong JSON types.
 	Skipped []error
 }
 
@@ -50,8 +52,11 @@ type transaction struct {
 // object. An event object whose fields have the wrong types is skipped (and
 // said in Skipped) rather than failing the transaction: a homeserver retries
 // a refused transaction forever, holding back everything after it.
-// Ephemeral and to-device events are not read: no Parley event comes from
-// them yet.
+// Of the ephemeral events ("ephemeral", or the unstable
+// "de.sorunome.msc2409.ephemeral" when the stable list is absent: Synapse
+// sends the same list under both), m.presence is read; any fault in them is
+// said in Skipped, never an error, since they are not durable. To-device
+// events are not read.
 func parseTransaction(body []byte) (*transaction, error) {
 	if !json.Valid(body) {
 		return nil, errNotJSON
@@ -60,12 +65,19 @@ func parseTransaction(body []byte) (*transaction, error) {
 		return nil, fmt.Errorf("%w: not a JSON object", errBadJSON)
 	}
 	var top struct {
-		Events json.RawMessage `json:"events"`
+		Events            json.RawMessage `json:"events"`
+		Ephemeral         json.RawMessage `json:"ephemeral"`
+		UnstableEphemeral json.RawMessage `json:"de.sorunome.msc2409.ephemeral"`
 	}
 	if err := json.Unmarshal(body, &top); err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadJSON, err)
 	}
 	txn := &transaction{}
+	ephemeral := top.Ephemeral
+	if len(ephemeral) == 0 || string(ephemeral) == "null" {
+		ephemeral = top.UnstableEphemeral
+	}
+	txn.Presence, txn.Skipped = parseEphemeral(ephemeral)
 	if len(top.Events) == 0 || string(top.Events) == "null" {
 		return txn, nil
 	}
@@ -144,7 +156,8 @@ func (a *Adapter) authenticate(next http.Handler) http.Handler {
 // 200 at once. Transactions are handled one at a time, in arrival order. A
 // failure to store (in Dispatch or Links) answers 500: the homeserver sends
 // the transaction again, and events already dispatched are recognised as
-// duplicates by the routing core.
+// duplicates by the routing core. Presence is dispatched after the room
+// events and never fails the transaction.
 func (a *Adapter) putTransaction(w http.ResponseWriter, r *http.Request) {
 	txnID := r.PathValue("txnID")
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxTransactionSize))
@@ -193,12 +206,15 @@ func (a *Adapter) putTransaction(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	for _, p := range txn.Presence {
+		a.handlePresence(ctx, p)
+	}
 	if err := links.Put(ctx, key, time.Now().UTC().Format(time.RFC3339)); err != nil {
 		log.Error("write transaction link", "err", err)
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "storage error")
 		return
 	}
-	log.Debug("transaction done", "events", len(txn.Events))
+	log.Debug("transaction done", "events", len(txn.Events), "presence", len(txn.Presence))
 	writeEmpty(w)
 }
 

@@ -582,6 +582,9 @@ func FuzzTransaction(f *testing.F) {
 		`{"events":[{"type":"m.room.message","content":null}]}`,
 		`{"events":[{"type":"m.room.member","state_key":"@x:y","content":{"membership":5}}]}`,
 		`{"events":[{"type":"m.room.message","content":{"msgtype":"m.text","m.relates_to":{"rel_type":"m.replace"},"m.new_content":7}}]}`,
+		`{"events":[],"ephemeral":[` + presenceEDU(testUser, "unavailable", "lunch") + `]}`,
+		`{"de.sorunome.msc2409.ephemeral":[` + presenceEDU(testUser, "online", "") + `,{"type":"m.typing","content":{"user_ids":[]}}]}`,
+		`{"ephemeral":[{"type":"m.presence","sender":1,"content":{"presence":{}}},2,null],"events":[]}`,
 	} {
 		f.Add(s)
 	}
@@ -595,6 +598,9 @@ func FuzzTransaction(f *testing.F) {
 		}
 		if !json.Valid([]byte(body)) {
 			t.Fatal("accepted invalid JSON")
+		}
+		for _, p := range txn.Presence {
+			_, _ = parleyPresence(p.Content.Presence)
 		}
 		for _, evt := range txn.Events {
 			if evt == nil {

@@ -13,7 +13,13 @@
 // Outbound, Send delivers the core's events as MESSAGE requests from the
 // ghost addresses: to every registered contact of a user of the domain, or
 // through the outbound proxy (or the recipient's domain) for anyone else.
-// Presence, SUBSCRIBE/NOTIFY and calls are not handled yet.
+// Parley is also the presence server of its domain (RFC 3856): a watcher
+// SUBSCRIBEs to a ghost or alias, the subscription goes to the core as an
+// event.Subscription, and the presence the core Sends for the pair goes to
+// the watcher in NOTIFYs with PIDF bodies. Subscriptions are kept in memory
+// only (see subscriptions). Users of the domain PUBLISH their own presence
+// (RFC 3903), which goes to the core as broadcast event.Presence. Calls are
+// not handled yet.
 package sip
 
 import (
@@ -81,6 +87,8 @@ type Adapter struct {
 	limiter    *rateLimiter
 	listeners  []listenSpec
 	aors       keyedMutex // one REGISTER per AOR at a time
+	subs       *subscriptions
+	pubs       *publications
 
 	// Set by New; tests replace them.
 	now         func() time.Time
@@ -142,6 +150,8 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		now:         time.Now,
 		backoff:     defaultBackoff,
 		sendTimeout: sendTimeout,
+		subs:        newSubscriptions(),
+		pubs:        newPublications(),
 	}
 	ha1s := make(map[string]string, len(cfg.Users))
 	for name, u := range cfg.Users {
@@ -231,6 +241,8 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 	srv.OnRegister(a.handle(a.onRegister))
 	srv.OnMessage(a.handle(a.onMessage))
 	srv.OnOptions(a.handle(a.onOptions))
+	srv.OnSubscribe(a.handle(a.onSubscribe))
+	srv.OnPublish(a.handle(a.onPublish))
 	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {}) // never answered
 	srv.OnNoRoute(a.handle(a.onOther))
 
@@ -251,14 +263,22 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 	return nil
 }
 
-// Stop implements bridges.Network. New requests are answered 503 from now
-// on; the listeners are closed, the requests being handled are given until
-// ctx is done to finish, then sipgo's transactions and connections are
-// closed. It reports bridges.Stopped. It returns ctx's error when ctx ended
-// first.
+// Stop implements bridges.Network. Presence subscriptions are ended with
+// a NOTIFY (see deactivateSubscriptions). New requests are answered 503
+// from then on; the listeners are closed, the requests being handled are
+// given until ctx is done to finish, then sipgo's transactions and
+// connections are closed. It reports bridges.Stopped. It returns ctx's
+// error when ctx ended first.
 func (a *Adapter) Stop(ctx context.Context) error {
 	a.mu.Lock()
 	if !a.started || a.stopping {
+		a.mu.Unlock()
+		return nil
+	}
+	a.mu.Unlock()
+	a.deactivateSubscriptions(ctx)
+	a.mu.Lock()
+	if a.stopping {
 		a.mu.Unlock()
 		return nil
 	}
@@ -271,6 +291,7 @@ func (a *Adapter) Stop(ctx context.Context) error {
 	}
 	ua, dispatchCancel := a.ua, a.dispatchCancel
 	a.mu.Unlock()
+	a.pubs.close()
 	defer a.setState(bridges.Stopped, nil)
 	defer dispatchCancel()
 
@@ -297,7 +318,9 @@ func (a *Adapter) Stop(ctx context.Context) error {
 // From must be an address under Config.Domain (a ghost or an alias), To any
 // SIP AOR. A *event.Message becomes a text/plain MESSAGE from evt.From,
 // with evt.FromName as display name. A *event.Failure becomes a MESSAGE to
-// the original sender, "Message not delivered: <reason>".
+// the original sender, "Message not delivered: <reason>". A
+// *event.Presence becomes NOTIFYs in the watcher's subscription dialogs
+// (see sendPresence); a *event.Subscription is accepted and ignored.
 //
 // To a user of the domain, the MESSAGE goes to each registered contact at
 // once; one 2xx is success. Without a contact, Send fails with an error that
@@ -334,6 +357,18 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		return a.deliver(ctx, &f.Header, outboundMessage{
 			from: f.From.ID, to: f.To.ID, fromName: f.FromName, body: failureText(f), sourceID: sourceID,
 		})
+	case event.KindPresence:
+		p, ok := evt.(*event.Presence)
+		if !ok {
+			return "", bridges.Permanent(fmt.Errorf("send SIP event: kind %s with type %T", evt.Kind(), evt))
+		}
+		return a.sendPresence(ctx, p)
+	case event.KindSubscription:
+		s, ok := evt.(*event.Subscription)
+		if !ok {
+			return "", bridges.Permanent(fmt.Errorf("send SIP event: kind %s with type %T", evt.Kind(), evt))
+		}
+		return a.sendSubscription(s)
 	default:
 		return "", bridges.Permanent(fmt.Errorf("send %s event: not supported by the SIP adapter", evt.Kind()))
 	}

@@ -73,9 +73,10 @@ type Config struct {
 	// registered contact waits for them to register (default 24h); after
 	// that, Send fails permanently and the sender is told.
 	OfflineTTL time.Duration `yaml:"offline_ttl"`
-	// MinExpires and MaxExpires bound the lifetime of a registration
-	// (defaults 60s and 3600s). Shorter requests are answered 423, longer
-	// ones are shortened.
+	// MinExpires and MaxExpires bound the lifetime of a registration, a
+	// presence subscription and a presence publication (defaults 60s and
+	// 3600s). Shorter requests are answered 423, longer ones are
+	// shortened.
 	MinExpires time.Duration `yaml:"min_expires"`
 	MaxExpires time.Duration `yaml:"max_expires"`
 	// UserAgent is sent in the User-Agent and Server headers (default

@@ -14,8 +14,10 @@ import (
 
 // What the adapter answers with in Allow and Accept headers.
 const (
-	allowMethods = "REGISTER, MESSAGE, OPTIONS"
+	allowMethods = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, PUBLISH"
 	acceptTypes  = "text/plain, message/cpim"
+	// allowEvents are the event packages SUBSCRIBE accepts (RFC 6665).
+	allowEvents = "presence"
 )
 
 // reply is the final response the adapter gives to a request.
@@ -23,6 +25,12 @@ type reply struct {
 	code    int
 	reason  string
 	headers []sip.Header
+	// toTag, when set, is added to the To header of the response: the
+	// adapter's tag of the dialog the request creates.
+	toTag string
+	// after, when set, runs once the response is sent, in the handler's
+	// goroutine (the NOTIFY that must follow a SUBSCRIBE's 200).
+	after func()
 }
 
 func newReply(code int, reason string, headers ...sip.Header) *reply {
@@ -86,11 +94,20 @@ func (a *Adapter) respond(req *sip.Request, tx sip.ServerTransaction, r *reply) 
 	for _, h := range r.headers {
 		res.AppendHeader(h)
 	}
+	if to := res.To(); r.toTag != "" && to != nil {
+		if to.Params == nil {
+			to.Params = sip.NewParams()
+		}
+		to.Params.Add("tag", r.toTag)
+	}
 	if err := tx.Respond(res); err != nil {
 		a.log.Debug("sip respond failed", "method", string(req.Method), "status", r.code, "source", req.Source(), "err", err)
 	}
 	// Debug only: a remote party decides how many requests there are.
 	a.log.Debug("sip request answered", "method", string(req.Method), "status", r.code, "reason", r.reason, "source", req.Source())
+	if r.after != nil {
+		r.after()
+	}
 }
 
 // sourceIP returns the IP address req came from, or the invalid address.
@@ -308,6 +325,7 @@ func (a *Adapter) onOptions(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 		sip.NewHeader("Accept", acceptTypes),
 		sip.NewHeader("Accept-Encoding", "identity"),
 		sip.NewHeader("Accept-Language", "en"),
+		sip.NewHeader("Allow-Events", allowEvents),
 	)
 }
 
@@ -318,7 +336,7 @@ func (a *Adapter) onOther(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 	switch req.Method {
 	case sip.CANCEL:
 		return newReply(481, "Call/Transaction Does Not Exist")
-	case sip.INVITE, sip.BYE, sip.SUBSCRIBE, sip.NOTIFY, sip.PUBLISH, sip.INFO, sip.REFER, sip.PRACK, sip.UPDATE:
+	case sip.INVITE, sip.BYE, sip.NOTIFY, sip.INFO, sip.REFER, sip.PRACK, sip.UPDATE:
 		return newReply(405, "Method Not Allowed", sip.NewHeader("Allow", allowMethods))
 	default:
 		return newReply(501, "Not Implemented", sip.NewHeader("Allow", allowMethods))

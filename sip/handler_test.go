@@ -56,8 +56,8 @@ func TestMethodsNotHandled(t *testing.T) {
 		method string
 		status string
 	}{
-		{"SUBSCRIBE", "405"},
-		{"PUBLISH", "405"},
+		{"NOTIFY", "405"},
+		{"BYE", "405"},
 		{"INFO", "405"},
 		{"FROBNICATE", "501"},
 		{"CANCEL", "481"},

@@ -128,3 +128,35 @@ func TestSippReceivesMessage(t *testing.T) {
 	sipp(t, "receive_message.xml", "", port)
 	<-done
 }
+
+// TestSippSubscribePresence: sipp subscribes to a ghost's presence as
+// alice, answering the 407; it gets the first NOTIFY (offline), then the
+// presence the test sends as the core would, then unsubscribes and gets
+// the terminating NOTIFY.
+func TestSippSubscribePresence(t *testing.T) {
+	a := startAdapter(t, nil, nil)
+	a.subs.interval = 100 * time.Millisecond
+	alice := "sip:alice@" + testDomain
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case evt := <-a.host.dispatchCh:
+			if s, ok := evt.(*event.Subscription); !ok || !s.Active || s.From.ID != alice || s.To.ID != ghost {
+				t.Errorf("dispatched %#v, want alice's subscription to the ghost", evt)
+				return
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("no subscription dispatched")
+			return
+		}
+		if _, err := a.Send(context.Background(), presence(ghost, alice, event.Available, "hello from Parley")); err != nil {
+			t.Errorf("Send presence: %v", err)
+		}
+	}()
+	sipp(t, "subscribe_presence.xml", a.udp, peertest.FreePort(t),
+		"-s", "alice", "-au", "alice", "-ap", alicePassword,
+		"-set", "domain", testDomain, "-set", "to", ghost)
+	<-done
+	waitSubscription(t, a.host, alice, ghost, false)
+}

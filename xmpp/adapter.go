@@ -7,7 +7,13 @@
 // with an XEP-0184 receipt once the core has stored the message, or with a
 // stanza error when the core refuses it. Outbound, it sends the core's
 // events as stanzas from the ghost JIDs. It answers XEP-0030 disco#info for
-// the gateway and its ghosts. Presence is not bridged yet.
+// the gateway and its ghosts.
+//
+// Presence (RFC 6121 §3–4): the presence users send to ghosts becomes
+// directed event.Presence, merged over the user's resources; their
+// subscription requests and probes become event.Subscription, approved on
+// the ghost's behalf. Outbound, event.Presence and event.Subscription become
+// presence stanzas from the ghost JIDs.
 //
 // The adapter never trusts a 'from' it has not checked: only users of
 // Config.ServerDomains may use the gateway.
@@ -67,6 +73,11 @@ type Adapter struct {
 	serverDomains map[string]struct{} // Config.ServerDomains, normalised
 	log           *slog.Logger
 	senders       *senders
+	presences     *presences
+	// subscribeLimiter and probeLimiter bound the subscription requests
+	// and probes of each sender.
+	subscribeLimiter *rateLimiter
+	probeLimiter     *rateLimiter
 
 	// Set by New; tests replace them.
 	dial    func(ctx context.Context, addr string) (net.Conn, error)
@@ -97,11 +108,14 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		return nil, fmt.Errorf("xmpp.domain: %w", err) // unreachable after Validate
 	}
 	a := &Adapter{
-		cfg:           cfg,
-		domain:        domain,
-		serverDomains: make(map[string]struct{}, len(cfg.ServerDomains)),
-		log:           slog.New(slog.DiscardHandler),
-		senders:       newSenders(sendersSize),
+		cfg:              cfg,
+		domain:           domain,
+		serverDomains:    make(map[string]struct{}, len(cfg.ServerDomains)),
+		log:              slog.New(slog.DiscardHandler),
+		senders:          newSenders(sendersSize),
+		presences:        newPresences(presencePairs),
+		subscribeLimiter: newRateLimiter(subscribeRate, subscribeBurst, limitersSize),
+		probeLimiter:     newRateLimiter(probeRate, probeBurst, limitersSize),
 		dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", addr)
@@ -179,7 +193,10 @@ func (a *Adapter) Stop(ctx context.Context) error {
 // A *event.Message becomes a chat message from the ghost JID evt.From, with
 // an XEP-0172 nick when evt.FromName is set. A *event.Failure becomes an
 // error message answering the stanza named by its EventID, with the error
-// condition of its Condition.
+// condition of its Condition. A *event.Presence becomes a presence from the
+// ghost JID evt.From (unavailable for Offline, <show/> and <status/>
+// otherwise), a *event.Subscription a subscription request (Active) or its
+// cancellation from the ghost JID evt.From.
 //
 // While the component is not connected, Send fails at once; the error is
 // not permanent, nor are write errors. Events the adapter cannot express
@@ -197,6 +214,12 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 	case *event.Failure:
 		to = e.To.ID
 		id, r, err = a.outboundFailure(e)
+	case *event.Presence:
+		to = e.To.ID
+		id, r, err = a.outboundPresence(e)
+	case *event.Subscription:
+		to = e.To.ID
+		id, r, err = a.outboundSubscription(e)
 	case nil:
 		return "", bridges.Permanent(errors.New("send XMPP event: event is nil"))
 	default:
@@ -303,6 +326,15 @@ func (a *Adapter) connectAndServe(ctx context.Context) (time.Duration, error) {
 		}
 		return 0, fmt.Errorf("handshake as component %s with %s: %w", a.domain, a.cfg.Server, err)
 	}
+
+	// What the last session learnt of the users' resources may be stale:
+	// forget it, and probe those users again. The prober ends with the
+	// session (the deferred call runs after the connection is closed).
+	probed := make(chan struct{})
+	pctx, stopProbes := context.WithCancel(ctx)
+	defer func() { stopProbes(); <-probed }()
+	stale := a.presences.reset()
+	go func() { defer close(probed); a.probeAgain(pctx, sess, stale) }()
 
 	a.mu.Lock()
 	a.sess, a.conn = sess, conn

@@ -36,8 +36,7 @@ func (a *Adapter) handler(ctx context.Context) xmpp.Handler {
 		case "iq":
 			return a.handleIQ(t, r)
 		case "presence":
-			// Presence is not bridged yet; Serve skips the stanza.
-			return nil
+			return a.handlePresence(ctx, t, r)
 		default:
 			a.log.Debug("xmpp unknown element ignored", "element", start.Name.Local)
 			return nil

@@ -77,6 +77,15 @@ type c2sClient struct {
 	jid  jid.JID // full JID, after binding
 	sess *xmpp.Session
 	msgs chan c2sMessage
+	pres chan c2sPresence
+}
+
+// c2sPresence is what the tests read of a presence a c2sClient got.
+type c2sPresence struct {
+	From   string `xml:"from,attr"`
+	Type   string `xml:"type,attr"`
+	Show   string `xml:"show"`
+	Status string `xml:"status"`
 }
 
 // c2sMessage is what the tests read of a message a c2sClient got.
@@ -113,11 +122,21 @@ func dialC2S(t *testing.T, p *peertest.Prosody, user, password string) *c2sClien
 		_ = conn.Close()
 		t.Fatalf("log in %s: %v", addr, err)
 	}
-	c := &c2sClient{jid: sess.LocalAddr(), sess: sess, msgs: make(chan c2sMessage, 64)}
+	c := &c2sClient{jid: sess.LocalAddr(), sess: sess, msgs: make(chan c2sMessage, 64), pres: make(chan c2sPresence, 64)}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
 		_ = sess.Serve(xmpp.HandlerFunc(func(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+			if start.Name.Local == "presence" {
+				var p c2sPresence
+				if err := xml.NewTokenDecoder(xmlstream.MultiReader(xmlstream.Token(*start), r)).Decode(&p); err == nil {
+					select {
+					case c.pres <- p:
+					default: // nobody reads presence: drop it
+					}
+				}
+				return nil
+			}
 			if start.Name.Local != "message" {
 				return nil
 			}
@@ -258,4 +277,127 @@ func TestProsodyRestart(t *testing.T) {
 	waitFor(t, h, bridges.Reconnecting)
 	p.Start(t)
 	waitFor(t, h, bridges.Connected, bridges.Reconnecting)
+}
+
+// nextPresence returns the next presence the client got that ok accepts.
+func (c *c2sClient) nextPresence(t *testing.T, ok func(c2sPresence) bool) c2sPresence {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case p := <-c.pres:
+			if ok(p) {
+				return p
+			}
+		case <-timeout:
+			t.Fatalf("%s got no such presence", c.jid)
+			return c2sPresence{}
+		}
+	}
+}
+
+// sendPresence sends a presence of type typ (with show, when set) to to
+// (broadcast when empty).
+func (c *c2sClient) sendPresence(t *testing.T, to string, typ stanza.PresenceType, show string) {
+	t.Helper()
+	p := stanza.Presence{Type: typ}
+	if to != "" {
+		p.To = jid.MustParse(to)
+	}
+	var payload xml.TokenReader
+	if show != "" {
+		payload = element(xml.Name{Local: "show"}, nil, xmlstream.Token(xml.CharData(show)))
+	}
+	if err := c.sess.Send(t.Context(), p.Wrap(payload)); err != nil {
+		t.Fatalf("send presence: %v", err)
+	}
+}
+
+// nextEvent returns the next event dispatched that ok accepts, skipping
+// others.
+func nextEvent(t *testing.T, h *fakeHost, ok func(event.Event) bool) event.Event {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case evt := <-h.dispatched:
+			if ok(evt) {
+				return evt
+			}
+		case <-timeout:
+			t.Fatal("no such event dispatched")
+			return nil
+		}
+	}
+}
+
+// TestProsodyPresence subscribes a real client to a ghost: the gateway
+// approves and asks back, the ghost's presence reaches the client, and the
+// client's presence reaches the core as directed presence.
+func TestProsodyPresence(t *testing.T) {
+	p := startProsody(t)
+	p.Register(t, "alice", "alicepass")
+	a, h := startAdapter(t, p.ComponentAddr, p.ComponentSecret)
+	waitFor(t, h, bridges.Connected, bridges.Starting, bridges.Reconnecting)
+	alice := dialC2S(t, p, "alice", "alicepass")
+	// Ask for the roster: only "interested" resources get subscription
+	// requests (RFC 6121 §2.1.6).
+	roster := stanza.IQ{ID: "r1", Type: stanza.GetIQ}.Wrap(element(xml.Name{Space: "jabber:iq:roster", Local: "query"}, nil))
+	if err := alice.sess.Send(t.Context(), roster); err != nil {
+		t.Fatal(err)
+	}
+
+	alice.sendPresence(t, integrationGhost, stanza.SubscribePresence, "")
+	evt := nextEvent(t, h, func(e event.Event) bool { _, ok := e.(*event.Subscription); return ok })
+	if s := evt.(*event.Subscription); !s.Active || s.From != xmppAddr("alice@localhost") || s.To != xmppAddr(integrationGhost) {
+		t.Fatalf("dispatched %+v", s)
+	}
+	alice.nextPresence(t, func(p c2sPresence) bool { return p.From == integrationGhost && p.Type == "subscribed" })
+	// The gateway asks back; alice approves and her presence flows.
+	alice.nextPresence(t, func(p c2sPresence) bool { return p.From == integrationGhost && p.Type == "subscribe" })
+	// (Prosody may first tell the ghost that alice is unavailable, from her
+	// bare JID, while the request is pending.)
+	alice.sendPresence(t, integrationGhost, stanza.SubscribedPresence, "")
+	evt = nextEvent(t, h, func(e event.Event) bool { p, ok := e.(*event.Presence); return ok && p.State != event.Offline })
+	if pr := evt.(*event.Presence); pr.State != event.Available || pr.From != xmppAddr("alice@localhost") || pr.To != xmppAddr(integrationGhost) {
+		t.Fatalf("dispatched %+v", pr)
+	}
+
+	// Parley → XMPP: the ghost's presence.
+	_, err := a.Send(t.Context(), &event.Presence{
+		Header: event.Header{ID: "pr1", From: xmppAddr(integrationGhost), To: xmppAddr("alice@localhost")},
+		State:  event.Away, Status: "lunch",
+	})
+	if err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	got := alice.nextPresence(t, func(p c2sPresence) bool { return p.From == integrationGhost && p.Type == "" })
+	if got.Show != "away" || got.Status != "lunch" {
+		t.Errorf("alice got %+v", got)
+	}
+
+	// XMPP → Parley: alice's broadcast presence reaches the ghost.
+	alice.sendPresence(t, "", "", "dnd")
+	evt = nextEvent(t, h, func(e event.Event) bool { _, ok := e.(*event.Presence); return ok })
+	if pr := evt.(*event.Presence); pr.State != event.DoNotDisturb || pr.From != xmppAddr("alice@localhost") || pr.To != xmppAddr(integrationGhost) {
+		t.Fatalf("dispatched %+v", pr)
+	}
+
+	// A second resource: the most available one is shown, and it going
+	// offline leaves the first one's.
+	phone := dialC2S(t, p, "alice", "alicepass")
+	wantPresence := func(want event.PresenceState) {
+		t.Helper()
+		evt := nextEvent(t, h, func(e event.Event) bool { _, ok := e.(*event.Presence); return ok })
+		if pr := evt.(*event.Presence); pr.State != want || pr.From != xmppAddr("alice@localhost") || pr.To != xmppAddr(integrationGhost) {
+			t.Fatalf("dispatched %+v, want %s", pr, want)
+		}
+	}
+	wantPresence(event.Available)
+	phone.sendPresence(t, "", "", "away")
+	wantPresence(event.Away)
+	if err := phone.sess.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantPresence(event.DoNotDisturb)
 }

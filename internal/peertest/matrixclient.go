@@ -53,13 +53,15 @@ func ConnectMatrix(t TB, h *Homeserver, user, password string) *MatrixClient {
 	return c
 }
 
+// sync syncs with set_presence=offline, so that syncing never overrides the
+// presence a test sets with SetPresence.
 func (c *MatrixClient) sync(ctx context.Context) {
 	since := ""
 	// A homeserver may repeat an event in a later sync (Dendrite does around
 	// a join); clients recognise it by its ID.
 	seen := map[id.EventID]bool{}
 	for ctx.Err() == nil {
-		resp, err := c.SyncRequest(ctx, 5000, since, "", false, event.PresenceOnline)
+		resp, err := c.SyncRequest(ctx, 5000, since, "", false, event.PresenceOffline)
 		if err != nil {
 			if !errors.Is(err, context.Canceled) {
 				time.Sleep(200 * time.Millisecond)

@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	mevent "maunium.net/go/mautrix/event"
+	mid "maunium.net/go/mautrix/id"
+
+	"github.com/parleygw/parley/internal/peertest"
+)
+
+func scenario(t *testing.T, name string) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// publish has phone user publish its presence with an RPID activity.
+func publish(t *testing.T, st *stack, user, activity, note string) {
+	t.Helper()
+	r := peertest.RunSipp(t, peertest.SippOptions{Scenario: scenario(t, "uac_publish.xml"), Target: st.sipAddr, Service: user,
+		Vars:     map[string]string{"domain": sipDomain, "activity": activity, "note": note, "expires": "600"},
+		AuthUser: user, AuthPassword: sipUsers[user], Name: "publish-" + user, AllowFailure: true})
+	if !r.OK() {
+		t.Fatalf("PUBLISH from %s:\n%s\nparley:\n%s", user, exchange(r.Messages()), tail(st.log(), 20))
+	}
+}
+
+// presenceKey is a phone's presence key: watcher subscribes to the presence
+// of the user part `of` of parley's domain and answers every NOTIFY.
+func presenceKey(t *testing.T, st *stack, watcher, of string) *peertest.SippProcess {
+	t.Helper()
+	return peertest.StartSipp(t, peertest.SippOptions{Scenario: scenario(t, "uac_subscribe.xml"), Target: st.sipAddr, Service: of,
+		Vars:     map[string]string{"domain": sipDomain, "watcher": watcher, "expires": "600"},
+		AuthUser: watcher, AuthPassword: sipUsers[watcher], Timeout: 2 * time.Minute, Name: "key-" + watcher + "-" + of})
+}
+
+// waitNotify waits for a NOTIFY whose PIDF body contains all of want.
+func waitNotify(t *testing.T, key *peertest.SippProcess, want ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, m := range key.Received("NOTIFY") {
+			ok := true
+			for _, w := range want {
+				ok = ok && strings.Contains(m.Body, w)
+			}
+			if ok {
+				return m.Body
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var bodies []string
+	for _, m := range key.Received("NOTIFY") {
+		bodies = append(bodies, m.Body)
+	}
+	t.Fatalf("no NOTIFY with %q; got %d:\n%s", want, len(bodies), strings.Join(bodies, "\n----\n"))
+	return ""
+}
+
+// waitMatrixPresence waits until a Matrix client sees user in state with a
+// status containing status.
+func waitMatrixPresence(t *testing.T, c *peertest.MatrixClient, user mid.UserID, state mevent.Presence, status string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		p, err := c.GetPresence(t.Context(), user)
+		if err == nil {
+			last = string(p.Presence) + " " + p.StatusMsg
+			if p.Presence == state && strings.Contains(p.StatusMsg, status) {
+				return
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s never showed %s %q on Matrix (last: %s)", user, state, status, last)
+}
+
+func waitXMPPPresence(t *testing.T, c *peertest.XMPPClient, from, show, status string) {
+	t.Helper()
+	ctx := timeout(t, 30*time.Second)
+	e, ok := c.Next(ctx, func(e peertest.XMPPEvent) bool {
+		return e.Ev == "presence" && bare(e.From) == from && e.Type != "subscribe" && e.Type != "subscribed" && e.Show == show &&
+			strings.Contains(e.Status, status)
+	})
+	if !ok {
+		t.Fatalf("%s never saw %s as %q %q", c.JID, from, show, status)
+	}
+	_ = e
+}
+
+// TestPresence carries presence every way between SIP, XMPP and Matrix,
+// with real clients: sipp phones (PUBLISH, and SUBSCRIBE as a presence
+// key), slixmpp on Prosody, mautrix on Synapse.
+func TestPresence(t *testing.T) {
+	st, alice, bob, _ := chat(t, "synapse")
+
+	t.Run("sip publish reaches xmpp", func(t *testing.T) {
+		alice.Subscribe(t, "1001+parley.localhost@matrix.localhost")
+		time.Sleep(500 * time.Millisecond) // the subscription is recorded
+		publish(t, st, "1001", "away", "at lunch")
+		waitXMPPPresence(t, alice, "1001+parley.localhost@matrix.localhost", "away", "at lunch")
+	})
+	t.Run("xmpp presence reaches a sip presence key and matrix", func(t *testing.T) {
+		key := presenceKey(t, st, "1002", "xmpp_alice_localhost")
+		alice.Subscribe(t, bobGhostJID) // bob's ghost shares and asks for alice's presence
+		time.Sleep(time.Second)
+		alice.SetPresence(t, "dnd", "deep in code")
+		body := waitNotify(t, key, "busy")
+		if !strings.Contains(body, "entity=\"sip:xmpp_alice_localhost@parley.localhost\"") {
+			t.Errorf("NOTIFY for the wrong presentity:\n%s", body)
+		}
+		waitMatrixPresence(t, bob, aliceGhostMXID, mevent.PresenceUnavailable, "deep in code")
+	})
+	t.Run("matrix presence reaches xmpp and sip watchers", func(t *testing.T) {
+		key := presenceKey(t, st, "1003", "matrix_bob_localhost")
+		if err := bob.SetPresence(t.Context(), mautrix.ReqPresence{Presence: mevent.PresenceUnavailable, StatusMsg: "in a meeting"}); err != nil {
+			t.Fatal(err)
+		}
+		waitXMPPPresence(t, alice, bobGhostJID, "away", "in a meeting")
+		waitNotify(t, key, "away")
+	})
+}
