@@ -104,11 +104,20 @@ func waitXMPPPresence(t *testing.T, c *peertest.XMPPClient, from, show, status s
 func TestPresence(t *testing.T) {
 	st, alice, bob, _ := chat(t, "synapse")
 
-	t.Run("sip publish reaches xmpp", func(t *testing.T) {
+	t.Run("sip publish reaches xmpp and matrix", func(t *testing.T) {
 		alice.Subscribe(t, "1001+parley.localhost@matrix.localhost")
-		time.Sleep(500 * time.Millisecond) // the subscription is recorded
+		// bob watches the phone by having a direct chat with its ghost.
+		const phoneGhost = mid.UserID("@_sip_1001_parley.localhost:localhost")
+		resp, err := bob.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Invite: []mid.UserID{phoneGhost}, IsDirect: true,
+			Preset: "trusted_private_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitJoined(t, bob, resp.RoomID, phoneGhost)
+		time.Sleep(500 * time.Millisecond) // the subscriptions are recorded
 		publish(t, st, "1001", "away", "at lunch")
 		waitXMPPPresence(t, alice, "1001+parley.localhost@matrix.localhost", "away", "at lunch")
+		waitMatrixPresence(t, bob, phoneGhost, mevent.PresenceUnavailable, "at lunch")
 	})
 	t.Run("xmpp presence reaches a sip presence key and matrix", func(t *testing.T) {
 		key := presenceKey(t, st, "1002", "xmpp_alice_localhost")
@@ -129,4 +138,38 @@ func TestPresence(t *testing.T) {
 		waitXMPPPresence(t, alice, bobGhostJID, "away", "in a meeting")
 		waitNotify(t, key, "away")
 	})
+}
+
+// TestMergedPresence: a phone's presence key on the alias of dana, who is on
+// XMPP and on Matrix, shows one state merged from both (on the phone wins,
+// otherwise the most available).
+func TestMergedPresence(t *testing.T) {
+	st := newStack(t, stackSettings{homeserver: "synapse"})
+	st.prosody.Register(t, "dana", "danapass")
+	st.prosody.Register(t, "alice", "alicepass")
+	st.start(true)
+	danaX := peertest.ConnectXMPP(t, st.prosody, "dana", "danapass")
+	danaM := peertest.ConnectMatrix(t, st.hs, "dana", "danapassword")
+	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
+	// Synapse tells the appservice of dana's Matrix presence only if she
+	// shares a room with a ghost: give her a DM with alice's ghost.
+	alice.Send(t, "dana%localhost@matrix.localhost", "hi-dana", "hi dana", false)
+	if _, ok := danaM.NextMessage(timeout(t, 30*time.Second), nil); !ok {
+		t.Fatal("dana's Matrix client got no DM")
+	}
+
+	key := presenceKey(t, st, "1002", "dana")
+	danaX.SetPresence(t, "dnd", "focus time")
+	waitNotify(t, key, "busy", "focus time") // XMPP dnd, Matrix not known yet: dnd
+	if err := danaM.SetPresence(t.Context(), mautrix.ReqPresence{Presence: mevent.PresenceUnavailable, StatusMsg: "coffee"}); err != nil {
+		t.Fatal(err)
+	}
+	// XMPP says dnd, Matrix says away: away is more available, so away.
+	body := waitNotify(t, key, "away", "coffee")
+	if strings.Contains(body, "busy") {
+		t.Errorf("merged state kept dnd:\n%s", body)
+	}
+	if !strings.Contains(body, `entity="sip:dana@parley.localhost"`) {
+		t.Errorf("NOTIFY is not for dana's alias:\n%s", body)
+	}
 }

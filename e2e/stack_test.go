@@ -194,6 +194,9 @@ sip:
     - name: carol
       display_name: Carol Matrix
       accounts: ["matrix:@carol:localhost"]
+    - name: dana
+      display_name: Dana Both
+      accounts: ["xmpp:dana@localhost", "matrix:@dana:localhost"]
 `, filepath.Join(st.dir, "parley.db"), level, adminPort, st.prosody.ComponentAddr, componentDomain, secret,
 		hsURL, asPort, asToken, st.hsToken,
 		sipDomain, st.sipAddr, st.sipAddr, sipUsers["1001"], sipUsers["1002"], sipUsers["1003"], peer,
