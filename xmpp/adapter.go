@@ -32,6 +32,8 @@ import (
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/ping"
+	"mellium.im/xmpp/stanza"
 	"mellium.im/xmpp/stream"
 
 	"github.com/parleygw/parley/bridges"
@@ -71,6 +73,7 @@ type Adapter struct {
 	cfg           Config
 	domain        jid.JID             // the component domain, normalised
 	serverDomains map[string]struct{} // Config.ServerDomains, normalised
+	server        jid.JID             // the first server domain, which answers barrier pings
 	log           *slog.Logger
 	senders       *senders
 	presences     *presences
@@ -123,9 +126,12 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		backoff: defaultBackoff,
 		now:     time.Now,
 	}
-	for _, s := range cfg.ServerDomains {
+	for i, s := range cfg.ServerDomains {
 		d, _ := parseDomain(s) // valid after Validate
 		a.serverDomains[d] = struct{}{}
+		if i == 0 {
+			a.server = jid.MustParse(d)
+		}
 	}
 	for _, o := range opts {
 		o(a)
@@ -228,10 +234,42 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 	if err == nil {
 		err = a.write(ctx, r)
 	}
+	if err == nil && evt.Kind() != event.KindPresence {
+		// Presence is not durable; everything else leaves the outbox
+		// when Send returns, so make sure the server has it.
+		err = a.barrier(ctx)
+	}
 	if err != nil {
 		return "", fmt.Errorf("send %s to %s: %w", evt.Kind(), to, err)
 	}
 	return id, nil
+}
+
+// barrier returns once the server has processed everything the adapter
+// wrote before it. XEP-0114 has no acknowledgements, and a stanza written to
+// the socket is not yet the server's: if Parley dies then, the kernel may
+// reset the connection and drop it. The stream is ordered, so the answer to
+// a ping (XEP-0199) sent after a stanza means the server has that stanza.
+// Any answer counts, an error too; no answer within writeTimeout is an
+// error, and the router sends the event again (with the same stanza id).
+func (a *Adapter) barrier(ctx context.Context) error {
+	a.mu.Lock()
+	sess := a.sess
+	a.mu.Unlock()
+	if sess == nil {
+		return errNotConnected
+	}
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	iq := ping.IQ{IQ: stanza.IQ{ID: randomID(), Type: stanza.GetIQ, From: a.domain, To: a.server}}
+	err := sess.UnmarshalIQ(ctx, iq.TokenReader(), nil)
+	if se := (stanza.Error{}); errors.As(err, &se) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("wait for the server to take the stanza: %w", err)
+	}
+	return nil
 }
 
 // write sends one stanza on the live session. A failed write may have left

@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -170,6 +171,7 @@ type fakeConn struct {
 	stanzas    chan rawStanza
 	ended      chan struct{} // closed when the component closed its stream
 	noCloseAck bool          // do not answer the component's </stream:stream>
+	pings      atomic.Int32  // delivery-barrier pings answered
 }
 
 // rawStanza is a stanza the component sent.
@@ -202,6 +204,13 @@ func (c *fakeConn) read(d *xml.Decoder) {
 			if err := d.DecodeElement(&r, &tok); err != nil {
 				_ = c.conn.Close()
 				return
+			}
+			if r.XMLName.Local == "iq" && r.attr("type") == "get" && strings.Contains(r.Inner, "urn:xmpp:ping") {
+				// Like a real server, answer the adapter's delivery
+				// barrier; tests see only the other stanzas.
+				c.pings.Add(1)
+				c.write(fmt.Sprintf(`<iq type="result" id=%q from=%q to=%q/>`, r.attr("id"), r.attr("to"), r.attr("from")))
+				continue
 			}
 			c.stanzas <- r
 		case xml.EndElement: // </stream:stream>
@@ -323,6 +332,9 @@ func TestAdapterExchange(t *testing.T) {
 	id, err := a.Send(t.Context(), m)
 	if err != nil || id != stableID(m.ID) {
 		t.Fatalf("Send = %q, %v; want %q", id, err, stableID(m.ID))
+	}
+	if c.pings.Load() == 0 {
+		t.Error("Send returned before the server answered the delivery barrier")
 	}
 	r = c.recv(t)
 	if r.XMLName.Space != "jabber:component:accept" || r.attr("id") != id || r.attr("from") != ghost || r.attr("to") != "alice@localhost" || r.attr("type") != "chat" ||
