@@ -42,11 +42,14 @@ func (r *Router) dispatchPresence(ctx context.Context, p *event.Presence, m *map
 	case err != nil:
 		return err
 	}
+	p.State, p.Status = r.recordPresence(origin.From, p.State, p.Status, m)
+	if !m.MayWatch(to, origin.From) {
+		return nil // the presence policy hides origin.From from this watcher
+	}
 	p.From, p.To = from, to
 	if name := m.DisplayName(origin.From); name != "" {
 		p.FromName = name
 	}
-	p.State, p.Status = r.recordPresence(origin.From, p.State, p.Status, m)
 	r.metrics.Received(origin.From.Network, event.KindPresence)
 	r.queuePresence(p, m)
 	return nil

@@ -232,3 +232,48 @@ func TestRefusedSubscriptionIsNotReportedAsAFailedMessage(t *testing.T) {
 		t.Fatalf("the watcher got %v", sent)
 	}
 }
+
+// The presence policy of the YAML decides who may watch whom.
+func TestWatchPolicy(t *testing.T) {
+	m, err := mapping.New(mapping.Config{
+		Ghosts: map[event.Network]map[event.Network]string{
+			event.Matrix: {event.XMPP: "_xmpp_{user}_{domain}@hs.example"},
+			event.XMPP:   {event.Matrix: "{user}%{domain}@matrix.example.org"},
+		},
+		Watch: []mapping.WatchRule{
+			{Watcher: "xmpp:*@example.org", Presentity: "matrix:boss@*", Allow: false},
+			{Watcher: "*", Presentity: "*", Allow: true},
+		},
+	}, map[event.Network]mapping.Codec{event.XMPP: bridgestest.Codec{}, event.Matrix: bridgestest.Codec{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	xmppNet, matrixNet := bridgestest.NewNetwork(event.XMPP), bridgestest.NewNetwork(event.Matrix)
+	r := bridges.NewRouter(store.NewMemory(), m)
+	r.Add(xmppNet)
+	r.Add(matrixNet)
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Stop(context.Background()) })
+	ctx := context.Background()
+	err = r.Dispatch(ctx, subscription("bob@example.org", "boss%hs.example@matrix.example.org", true))
+	if !errors.Is(err, bridges.ErrRefused) {
+		t.Fatalf("watching the boss: %v, want ErrRefused", err)
+	}
+	if err := r.Dispatch(ctx, subscription("bob@example.org", "carol%hs.example@matrix.example.org", true)); err != nil {
+		t.Fatalf("watching carol: %v", err)
+	}
+	if err := r.Dispatch(ctx, broadcast("boss@hs.example", event.Available)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Dispatch(ctx, broadcast("carol@hs.example", event.Away)); err != nil {
+		t.Fatal(err)
+	}
+	waitPresences(t, xmppNet, 1)
+	time.Sleep(20 * time.Millisecond)
+	ps := presences(xmppNet.Sent())
+	if len(ps) != 1 || ps[0].From.ID != "carol%hs.example@matrix.example.org" {
+		t.Fatalf("bob saw %+v", ps)
+	}
+}

@@ -125,6 +125,9 @@ func (r *Router) dispatchSubscription(ctx context.Context, s *event.Subscription
 	case err != nil:
 		return err
 	}
+	if s.Active && !m.MayWatch(origin.From, presentity) {
+		return fmt.Errorf("%w: the presence policy does not let %s watch %s", ErrRefused, origin.From, presentity)
+	}
 	changed, err := r.watchers.set(ctx, presentity, origin.From, s.Active)
 	if err != nil {
 		return err
@@ -174,6 +177,9 @@ func (r *Router) broadcastPresence(ctx context.Context, p *event.Presence, m *ma
 	}
 	r.metrics.Received(presentity.Network, event.KindPresence)
 	for _, w := range targets {
+		if !m.MayWatch(w, presentity) {
+			continue // recorded before the policy changed
+		}
 		from, err := m.Appearance(presentity, w.Network)
 		if err != nil {
 			r.log.Debug("presence has no appearance for a watcher", "presentity", presentity, "watcher", w, "err", err)

@@ -23,6 +23,10 @@ type Config struct {
 	// lets XMPP users write to alice@matrix.localhost to reach the identity
 	// named alice on her preferred other network.
 	Aliases map[event.Network]string `yaml:"aliases"`
+	// Watch is the presence policy: rules, tried in order, that decide who
+	// may watch whose presence (the first match decides; none matching
+	// allows).
+	Watch []WatchRule `yaml:"watch"`
 }
 
 // Identity is one person and their accounts.
@@ -80,6 +84,11 @@ func (c *Config) Validate() error {
 		}
 		if _, err := parseTemplate(raw, "{name}"); err != nil {
 			errs = append(errs, fmt.Errorf("mapping.aliases.%s: %w", on, err))
+		}
+	}
+	for i, r := range c.Watch {
+		if err := r.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("mapping.watch[%d]: %w", i, err))
 		}
 	}
 	return errors.Join(errs...)

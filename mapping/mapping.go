@@ -28,6 +28,7 @@ type Map struct {
 	byAccount  map[event.Address]*identity
 	ghosts     map[event.Network][]ghost // by the network the ghosts live on
 	aliases    map[event.Network]template
+	watch      []WatchRule
 }
 
 type identity struct {
@@ -54,6 +55,7 @@ func New(cfg Config, codecs map[event.Network]Codec) (*Map, error) {
 		byAccount: map[event.Address]*identity{},
 		ghosts:    map[event.Network][]ghost{},
 		aliases:   map[event.Network]template{},
+		watch:     cfg.Watch,
 	}
 	var errs []error
 	for i, c := range cfg.Identities {

@@ -143,3 +143,34 @@ func FuzzEscape(f *testing.F) {
 		}
 	})
 }
+
+func TestMayWatch(t *testing.T) {
+	c := testConfig()
+	c.Watch = []mapping.WatchRule{
+		{Watcher: "sip:*", Presentity: "*", Allow: false},
+		{Watcher: "xmpp:*@example.org", Presentity: "matrix:*", Allow: true},
+		{Watcher: "*", Presentity: "*", Allow: false},
+	}
+	m, err := mapping.New(c, codecs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := func(n event.Network, id string) event.Address { return event.Address{Network: n, ID: id} }
+	tests := []struct {
+		watcher, presentity event.Address
+		want                bool
+	}{
+		{a(event.SIP, "1001@x"), a(event.Matrix, "bob@hs"), false},
+		{a(event.XMPP, "bob@example.org"), a(event.Matrix, "carol@hs"), true},
+		{a(event.XMPP, "bob@elsewhere.org"), a(event.Matrix, "carol@hs"), false},
+	}
+	for _, tc := range tests {
+		if got := m.MayWatch(tc.watcher, tc.presentity); got != tc.want {
+			t.Errorf("MayWatch(%v, %v) = %v, want %v", tc.watcher, tc.presentity, got, tc.want)
+		}
+	}
+	c.Watch = []mapping.WatchRule{{Watcher: "[", Presentity: "*"}}
+	if _, err := mapping.New(c, codecs); err == nil || !strings.Contains(err.Error(), "mapping.watch[0]") {
+		t.Errorf("bad pattern: %v", err)
+	}
+}

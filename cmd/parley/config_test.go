@@ -46,7 +46,7 @@ func TestConfigErrorsNameFileLineAndKey(t *testing.T) {
 		{"invalid value", "  server_name: example.org", "  server_name: \"\"", "parley.yaml:38: matrix.server_name"},
 		{"missing secret", "env:PARLEY_HS_TOKEN", "env:PARLEY_NO_SUCH_VARIABLE",
 			"parley.yaml:44: matrix.hs_token: environment variable PARLEY_NO_SUCH_VARIABLE is not set"},
-		{"bad identity", "    - name: alice", "    - name: Alice", "parley.yaml:83: mapping.identities[0].name"},
+		{"bad identity", "    - name: alice", "    - name: Alice", "parley.yaml:91: mapping.identities[0].name"},
 		{"bad ghost template", `xmpp: "@_xmpp_{user}_{domain}:example.org"`, `xmpp: "@_xmpp_{user}.{domain}:example.org"`,
 			"parley.yaml:66: mapping.ghosts.matrix.xmpp"},
 		{"not yaml", "log:\n", "log: [\n", "parley.yaml: "},
