@@ -31,6 +31,7 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/keylock"
 )
 
 var _ bridges.Network = (*Adapter)(nil)
@@ -70,7 +71,7 @@ type Adapter struct {
 
 	kick  chan struct{} // asks the connect loop to check the homeserver again
 	txnMu sync.Mutex    // one transaction at a time, in the order they come
-	pairs keyedMutex    // one DM room operation per (ghost, user) at a time
+	pairs keylock.Set   // one DM room operation per (ghost, user) at a time
 }
 
 // Option configures an Adapter.
@@ -575,41 +576,4 @@ func isTokenError(err error) bool {
 // the probe: a token error, or 403 (the bot is not the appservice's).
 func isRefused(err error) bool {
 	return isTokenError(err) || status(err) == http.StatusForbidden
-}
-
-// keyedMutex is a set of mutexes by key, created on demand and dropped when
-// no one holds or waits for them.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	sync.Mutex
-	refs int
-}
-
-// lock locks key and returns its unlock function.
-func (k *keyedMutex) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = make(map[string]*keyedEntry)
-	}
-	e := k.m[key]
-	if e == nil {
-		e = &keyedEntry{}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	e.Lock()
-	return func() {
-		e.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
 }

@@ -133,7 +133,7 @@ func (a *Adapter) sendPresence(ctx context.Context, p *event.Presence) (string, 
 	}
 	want := matrixPresence(p.State, p.Status)
 
-	unlock := a.pairs.lock("presence:" + ghost.String())
+	unlock := a.pairs.Lock("presence:" + ghost.String())
 	defer unlock()
 	a.mu.Lock()
 	cur, known := a.presence[ghost]
@@ -200,7 +200,7 @@ func (a *Adapter) refreshPresence(ctx context.Context, done chan struct{}) {
 // refreshOne sets the presence of ghost to p again, unless a Send changed
 // it meanwhile.
 func (a *Adapter) refreshOne(ctx context.Context, ghost id.UserID, p presenceOf) {
-	unlock := a.pairs.lock("presence:" + ghost.String())
+	unlock := a.pairs.Lock("presence:" + ghost.String())
 	defer unlock()
 	a.mu.Lock()
 	cur, ok := a.presence[ghost]

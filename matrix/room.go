@@ -54,7 +54,7 @@ func (a *Adapter) roomPair(ctx context.Context, room id.RoomID) (ghost, user id.
 // learnDM stores room as the DM between ghost and user. A newer DM replaces
 // an older one for sending; the older room still maps to the pair.
 func (a *Adapter) learnDM(ctx context.Context, ghost, user id.UserID, room id.RoomID) error {
-	unlock := a.pairs.lock(dmKey(ghost, user))
+	unlock := a.pairs.Lock(dmKey(ghost, user))
 	defer unlock()
 	return a.storeDM(ctx, ghost, user, room)
 }
@@ -116,7 +116,7 @@ func (a *Adapter) forgetDM(ctx context.Context, ghost, user id.UserID, room id.R
 // and a retryable error returned: the next try creates a new room. Other
 // errors are classified for the router.
 func (a *Adapter) sendInDM(ctx context.Context, ghost, user id.UserID, content *mevent.MessageEventContent, txn string) (id.EventID, error) {
-	unlock := a.pairs.lock(dmKey(ghost, user))
+	unlock := a.pairs.Lock(dmKey(ghost, user))
 	defer unlock()
 	room, created, err := a.dmRoom(ctx, ghost, user)
 	if err != nil {

@@ -39,6 +39,7 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/keylock"
 )
 
 var _ bridges.Network = (*Adapter)(nil)
@@ -86,7 +87,7 @@ type Adapter struct {
 	proxy      *sip.Uri // Config.OutboundProxy with lr; nil when none
 	limiter    *rateLimiter
 	listeners  []listenSpec
-	aors       keyedMutex // one REGISTER per AOR at a time
+	aors       keylock.Set // one REGISTER per AOR at a time
 	subs       *subscriptions
 	pubs       *publications
 
@@ -523,43 +524,6 @@ func (a *Adapter) stack() (bridges.Host, bridges.Links, *sipgo.Client, *sipgo.Us
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.host, a.links, a.client, a.ua
-}
-
-// keyedMutex is a set of mutexes by key, created on demand and dropped when
-// no one holds or waits for them.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	sync.Mutex
-	refs int
-}
-
-// lock locks key and returns its unlock function.
-func (k *keyedMutex) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = make(map[string]*keyedEntry)
-	}
-	e := k.m[key]
-	if e == nil {
-		e = &keyedEntry{}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	e.Lock()
-	return func() {
-		e.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
 }
 
 // demote is a slog.Handler that logs every record at debug level: the

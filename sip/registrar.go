@@ -103,7 +103,7 @@ func (a *Adapter) onRegister(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 	host, links, _, _ := a.stack()
 	ctx, cancel := context.WithTimeout(a.dispatchCtx, linksTimeout)
 	defer cancel()
-	unlock := a.aors.lock(user)
+	unlock := a.aors.Lock(user)
 	reg, err := a.loadRegistration(ctx, links, user, now)
 	if err == nil {
 		reg, r = updateRegistration(reg, req, in, contacts, wildcard, now)
