@@ -3,6 +3,7 @@ package bridges_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -76,4 +77,24 @@ func BenchmarkPresenceFanout(b *testing.B) {
 	b.ReportMetric(float64(perChange.Microseconds())/1000, "ms/change")
 	b.ReportMetric(float64(2*perNetwork)/perChange.Seconds(), "presences/s")
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(2*perNetwork), "B/subscription")
+}
+
+// BenchmarkSubscribeSQLite records b.N watchers of one presentity in a
+// SQLite store: each subscription writes one row, so the cost per
+// subscription does not grow with the number of watchers.
+func BenchmarkSubscribeSQLite(b *testing.B) {
+	st, err := store.Open(context.Background(), filepath.Join(b.TempDir(), "parley.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = st.Close() }()
+	h := start(b, st)
+	h.matrix.SendFunc = func(context.Context, event.Event) (string, error) { return "", nil }
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := range b.N {
+		if err := h.router.Dispatch(ctx, subscription(fmt.Sprintf("w%d@example.org", i), "carol%hs.example@matrix.example.org", true)); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -2,10 +2,9 @@ package bridges
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,8 +14,8 @@ import (
 	"github.com/parleygw/parley/store"
 )
 
-// watchersNS is the store namespace of the watcher registry: for each
-// presentity (a real address), the real addresses watching it.
+// watchersNS is the store namespace of the watcher registry: one link per
+// (presentity, watcher) pair of real addresses.
 const watchersNS = "watchers"
 
 // watchers is the durable registry of who watches whose presence, cached in
@@ -53,20 +52,14 @@ func (w *watchers) of(ctx context.Context, p event.Address) (map[event.Address]s
 	if set, ok := w.cache[p]; ok {
 		return set, nil
 	}
-	set := map[event.Address]struct{}{}
-	raw, ok, err := w.st.GetLink(ctx, watchersNS, p.String())
+	links, err := w.st.ListLinks(ctx, watchersNS, watcherPrefix(p))
 	if err != nil {
 		return nil, fmt.Errorf("read watchers of %s: %w", p, err)
 	}
-	if ok {
-		var list []string
-		if err := json.Unmarshal([]byte(raw), &list); err != nil {
-			return nil, fmt.Errorf("read watchers of %s: %w", p, err)
-		}
-		for _, s := range list {
-			if a, ok := event.ParseAddress(s); ok {
-				set[a] = struct{}{}
-			}
+	set := make(map[event.Address]struct{}, len(links))
+	for key := range links {
+		if a, ok := event.ParseAddress(strings.TrimPrefix(key, watcherPrefix(p))); ok {
+			set[a] = struct{}{}
 		}
 	}
 	w.cache[p] = set
@@ -74,7 +67,8 @@ func (w *watchers) of(ctx context.Context, p event.Address) (map[event.Address]s
 }
 
 // set records that watcher does (or no longer does) watch p, and reports
-// whether that changed anything.
+// whether that changed anything. Each pair is its own link, so a change
+// writes one row however many watchers p has.
 func (w *watchers) set(ctx context.Context, p, watcher event.Address, active bool) (bool, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -86,22 +80,26 @@ func (w *watchers) set(ctx context.Context, p, watcher event.Address, active boo
 	if had == active {
 		return false, nil
 	}
+	key := watcherPrefix(p) + watcher.String()
+	if active {
+		err = w.st.PutLink(ctx, watchersNS, key, "1")
+	} else {
+		err = w.st.DeleteLink(ctx, watchersNS, key)
+	}
+	if err != nil {
+		return false, fmt.Errorf("record watcher of %s: %w", p, err)
+	}
 	if active {
 		set[watcher] = struct{}{}
 	} else {
 		delete(set, watcher)
 	}
-	list := make([]string, 0, len(set))
-	for a := range set {
-		list = append(list, a.String())
-	}
-	sort.Strings(list)
-	if len(list) == 0 {
-		return true, w.st.DeleteLink(ctx, watchersNS, p.String())
-	}
-	b, _ := json.Marshal(list)
-	return true, w.st.PutLink(ctx, watchersNS, p.String(), string(b))
+	return true, nil
 }
+
+// watcherPrefix is the key prefix of p's watchers: "network:id" and a
+// newline, which no address contains.
+func watcherPrefix(p event.Address) string { return p.String() + "\n" }
 
 // subscriptionSeq makes IDs for subscriptions that came without one.
 var subscriptionSeq atomic.Uint64

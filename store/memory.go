@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -104,6 +105,19 @@ func (m *Memory) DeleteLink(_ context.Context, ns, key string) error {
 	delete(m.links, [2]string{ns, key})
 	m.mu.Unlock()
 	return nil
+}
+
+// ListLinks implements Links.
+func (m *Memory) ListLinks(_ context.Context, ns, prefix string) (map[string]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]string{}
+	for k, v := range m.links {
+		if k[0] == ns && strings.HasPrefix(k[1], prefix) {
+			out[k[1]] = v
+		}
+	}
+	return out, nil
 }
 
 // Close implements Store.

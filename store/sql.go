@@ -190,6 +190,29 @@ func (s *SQL) PutLink(ctx context.Context, ns, key, value string) error {
 	return nil
 }
 
+// ListLinks implements Links. The prefix is compared with substr, which
+// both SQLite and PostgreSQL evaluate bytewise whatever the collation.
+func (s *SQL) ListLinks(ctx context.Context, ns, prefix string) (map[string]string, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT key, value FROM links WHERE ns = $1 AND substr(key, 1, length($2)) = $2`, ns, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("list links %s/%s*: %w", ns, prefix, err)
+	}
+	defer func() { _ = rows.Close() }()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return nil, fmt.Errorf("list links %s/%s*: %w", ns, prefix, err)
+		}
+		out[k] = v
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list links %s/%s*: %w", ns, prefix, err)
+	}
+	return out, nil
+}
+
 // DeleteLink implements Links.
 func (s *SQL) DeleteLink(ctx context.Context, ns, key string) error {
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM links WHERE ns = $1 AND key = $2`, ns, key); err != nil {

@@ -56,4 +56,6 @@ type Links interface {
 	GetLink(ctx context.Context, ns, key string) (value string, ok bool, err error)
 	PutLink(ctx context.Context, ns, key, value string) error
 	DeleteLink(ctx context.Context, ns, key string) error
+	// ListLinks returns the links of ns whose key starts with prefix.
+	ListLinks(ctx context.Context, ns, prefix string) (map[string]string, error)
 }

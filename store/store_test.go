@@ -121,6 +121,15 @@ func TestLinks(t *testing.T) {
 		if v, _, _ := s.GetLink(ctx, "xmpp", "dm:x"); v != "other namespace" {
 			t.Errorf("namespaces are not separate: %q", v)
 		}
+		for _, k := range []string{"w:a\nx", "w:a\ny", "w:ab\nz", "w:b\nx"} {
+			if err := s.PutLink(ctx, "bridges", k, "1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.ListLinks(ctx, "bridges", "w:a\n")
+		if err != nil || len(got) != 2 || got["w:a\nx"] != "1" || got["w:a\ny"] != "1" {
+			t.Errorf("ListLinks(w:a) = %v, %v", got, err)
+		}
 	})
 }
 
