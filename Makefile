@@ -16,7 +16,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 export PARLEY_PEERS := $(PEERS)
 
-.PHONY: all build test unit lint fuzz bench bench-e2e bench-sip demo peers docker clean
+.PHONY: all build test unit lint fuzz bench bench-e2e bench-sip bench-presence demo peers docker clean
 
 all: build
 
@@ -64,6 +64,12 @@ bench-e2e: peers
 bench-sip: peers
 	PARLEY_BENCH_RATE=$${RATE:-200} \
 	  $(GO) test ./e2e -run '^$$' -bench SIPToXMPP -benchtime $${N:-2000}x -count=1 -timeout 20m
+
+# WATCHERS SIP presence keys on a Matrix user: one change → every NOTIFY out.
+bench-presence: peers
+	PARLEY_BENCH_WATCHERS=$${WATCHERS:-5000} \
+	  $(GO) test ./e2e -run '^$$' -bench PresenceNotify -benchtime 3x -count=1 -timeout 20m
+	$(GO) test ./bridges -run '^$$' -bench 'PresenceFanout|SubscribeSQLite' -benchtime 20x -count 1
 
 demo: peers build
 	$(GO) build -o $(BIN)/parley-demo ./internal/demo

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"maunium.net/go/mautrix"
+	mevent "maunium.net/go/mautrix/event"
+
 	"github.com/parleygw/parley/internal/peertest"
 )
 
@@ -184,4 +187,90 @@ func BenchmarkSIPToXMPP(b *testing.B) {
 		"CPU per message: parley %s, prosody %s (parley alone would saturate one core at ~%.0f msgs/s)",
 		n, rate, out.r.Successful, out.r.Failed, accepted, delivered, pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
 		parleyPer, prosodyPer, float64(time.Second)/float64(max(parleyPer, time.Microsecond)))
+}
+
+// rssOf returns the resident memory of process pid.
+func rssOf(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// BenchmarkPresenceNotify: PARLEY_BENCH_WATCHERS (default 5000) SIP presence
+// keys (one sipp, a trusted peer) watch a Matrix user on real Synapse; the
+// user changes presence once per iteration; the time until parley has sent
+// every NOTIFY (and the watcher answered it) is measured through parley's
+// own delivery counter, with NOTIFY/s and parley's resident memory per
+// subscription.
+//
+//	go test ./e2e -run '^$' -bench PresenceNotify -benchtime 3x
+func BenchmarkPresenceNotify(b *testing.B) {
+	watchers := envInt("PARLEY_BENCH_WATCHERS", 5000)
+	st := newStack(b, stackSettings{homeserver: "synapse", logLevel: "info", sipTrustedDomain: "watchers.localhost"})
+	st.prosody.Register(b, "alice", "alicepass")
+	st.start(true)
+	alice := peertest.ConnectXMPP(b, st.prosody, "alice", "alicepass")
+	bob := peertest.ConnectMatrix(b, st.hs, "bob", "bobpassword")
+	dm(b, st, alice, bob) // bob shares a room with a ghost: Synapse pushes his presence
+
+	delivered := func() float64 {
+		_, m := st.get("/metrics")
+		return metricValue(m, `parley_events_delivered_total{kind="presence",network="sip"}`)
+	}
+	rss0 := rssOf(st.parley.Process.Pid)
+	keys := peertest.StartSipp(b, peertest.SippOptions{Scenario: scenario(b, "uac_subscribe_many.xml"), Target: st.sipAddr,
+		Service: "matrix_bob_localhost", Vars: map[string]string{"domain": "watchers.localhost", "target": sipDomain, "expires": "3600"},
+		Calls: watchers, Rate: 1000, Limit: watchers + 10, Timeout: 20 * time.Minute, Name: "presence-keys"})
+	// Every key got its initial NOTIFY from the adapter; wait until the
+	// core has recorded every watcher too (each gets bob's last state).
+	base := delivered()
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(keys.Received("NOTIFY")) < watchers {
+		if time.Now().After(deadline) {
+			b.Fatalf("only %d of %d keys subscribed", len(keys.Received("NOTIFY")), watchers)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	time.Sleep(6 * time.Second) // past the 5 s NOTIFY interval of every dialog
+	rss1 := rssOf(st.parley.Process.Pid)
+	base = delivered()
+
+	states := []mevent.Presence{mevent.PresenceUnavailable, mevent.PresenceOnline}
+	b.ResetTimer()
+	var elapsed time.Duration // changes only, not the pauses between them
+	for i := range b.N {
+		start := time.Now()
+		want := base + float64((i+1)*watchers)
+		if err := bob.SetPresence(b.Context(), mautrix.ReqPresence{Presence: states[i%2], StatusMsg: fmt.Sprint("change ", i)}); err != nil {
+			b.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for delivered() < want {
+			if time.Now().After(deadline) {
+				b.Fatalf("change %d: %v of %d NOTIFYs", i, delivered()-base-float64(i*watchers), watchers)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		elapsed += time.Since(start)
+		if i+1 < b.N {
+			b.StopTimer()
+			time.Sleep(6 * time.Second) // next change is not held back by the NOTIFY interval
+			b.StartTimer()
+		}
+	}
+	b.StopTimer()
+	perChange := elapsed / time.Duration(b.N)
+	b.ReportMetric(float64(perChange.Milliseconds()), "ms/change")
+	b.ReportMetric(float64(watchers)/perChange.Seconds(), "NOTIFY/s")
+	b.ReportMetric(float64(rss1-rss0)/float64(watchers), "parley-RSS-B/subscription")
+	b.Logf("%d SIP watchers of a Matrix user: one change → every NOTIFY answered in %s (%.0f NOTIFY/s); parley RSS %+.1f MiB for the subscriptions (%.0f B each)",
+		watchers, perChange.Round(time.Millisecond), float64(watchers)/perChange.Seconds(), float64(rss1-rss0)/(1<<20), float64(rss1-rss0)/float64(watchers))
 }

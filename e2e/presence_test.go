@@ -13,7 +13,7 @@ import (
 	"github.com/parleygw/parley/internal/peertest"
 )
 
-func scenario(t *testing.T, name string) string {
+func scenario(t testing.TB, name string) string {
 	t.Helper()
 	p, err := filepath.Abs(filepath.Join("testdata", name))
 	if err != nil {

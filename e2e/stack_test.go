@@ -84,6 +84,9 @@ type stackSettings struct {
 	// logLevel is parley's log level; "" is debug, which tests want and
 	// benchmarks do not.
 	logLevel string
+	// sipTrustedDomain, when set, makes 127.0.0.1 a trusted SIP peer for
+	// that domain (benchmarks with many SIP users and no digest each).
+	sipTrustedDomain string
 }
 
 // The SIP side: parley serves parley.localhost, where these users may
@@ -147,6 +150,11 @@ func (st *stack) writeConfig(hsURL string, asPort, adminPort int, asToken string
 		secret = st.settings.componentSecret
 	}
 	peer := ""
+	if d := st.settings.sipTrustedDomain; d != "" {
+		peer = fmt.Sprintf(`  trusted_peers:
+    - {name: bench, addresses: [127.0.0.1/32], domains: [%s]}
+`, d)
+	}
 	if p := st.settings.sipProxy; p != "" {
 		host, _, _ := strings.Cut(p, ":")
 		peer = fmt.Sprintf(`  outbound_proxy: "sip:%s"
