@@ -231,7 +231,6 @@ func BenchmarkPresenceNotify(b *testing.B) {
 		Calls: watchers, Rate: 1000, Limit: watchers + 10, Timeout: 20 * time.Minute, Name: "presence-keys"})
 	// Every key got its initial NOTIFY from the adapter; wait until the
 	// core has recorded every watcher too (each gets bob's last state).
-	base := delivered()
 	deadline := time.Now().Add(2 * time.Minute)
 	for len(keys.Received("NOTIFY")) < watchers {
 		if time.Now().After(deadline) {
@@ -241,7 +240,7 @@ func BenchmarkPresenceNotify(b *testing.B) {
 	}
 	time.Sleep(6 * time.Second) // past the 5 s NOTIFY interval of every dialog
 	rss1 := rssOf(st.parley.Process.Pid)
-	base = delivered()
+	base := delivered()
 
 	states := []mevent.Presence{mevent.PresenceUnavailable, mevent.PresenceOnline}
 	b.ResetTimer()
