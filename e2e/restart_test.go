@@ -39,6 +39,19 @@ func (t *tally) add(body, id string) {
 	t.received[body] = len(t.ids[body])
 }
 
+// missing lists the messages prefix-0 … prefix-(n-1) not received.
+func (t *tally) missing(prefix string, n int) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	for i := range n {
+		if b := fmt.Sprintf("%s-%d", prefix, i); t.received[b] == 0 {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // retransmissions counts arrivals of a body under an id it already had.
 func (t *tally) retransmissions() int {
 	t.mu.Lock()
@@ -152,8 +165,8 @@ func TestRestartDeliversExactlyOnce(t *testing.T) {
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("after 4 minutes: bob has %d of %d x2m, alice has %d of %d m2x (%d resends)\n%s",
-				xd, n, md, n, resends, tail(st.log(), 30))
+			t.Fatalf("after 4 minutes: bob has %d of %d x2m (missing %v), alice has %d of %d m2x (missing %v) (%d resends)\n%s",
+				xd, n, atBob.missing("x2m", n), md, n, atAlice.missing("m2x", n), resends, tail(st.log(), 30))
 		case <-time.After(3 * time.Second):
 		}
 		atAlice.mu.Lock()

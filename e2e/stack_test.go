@@ -136,6 +136,12 @@ func newStack(t testing.TB, s stackSettings) *stack {
 			if b, err := os.ReadFile(st.logPath); err == nil {
 				t.Logf("parley log:\n%s", tail(string(b), 60))
 			}
+			if keep := os.Getenv("PARLEY_KEEP_LOGS"); keep != "" {
+				_ = os.MkdirAll(keep, 0o755)
+				if b, err := os.ReadFile(st.logPath); err == nil {
+					_ = os.WriteFile(filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_")+".parley.log"), b, 0o644)
+				}
+			}
 			if b, err := os.ReadFile(filepath.Join(st.prosody.Dir, "prosody.log")); err == nil {
 				t.Logf("prosody log:\n%s", tail(string(b), 40))
 			}
