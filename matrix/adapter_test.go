@@ -73,11 +73,11 @@ func TestSendCreatesDM(t *testing.T) {
 		"room:!room1:localhost":            testGhost + "|" + testUser,
 		"name:" + testGhost:                "Bob",
 	} {
-		if v, _ := host.links.get(key); v != want {
+		if v, _ := host.links.Value(key); v != want {
 			t.Errorf("link %s = %q, want %q", key, v, want)
 		}
 	}
-	if _, ok := host.links.get("ghost:" + testGhost); !ok {
+	if _, ok := host.links.Value("ghost:" + testGhost); !ok {
 		t.Error("ghost registration not remembered")
 	}
 
@@ -116,8 +116,8 @@ func TestSendCreatesDM(t *testing.T) {
 
 func TestSendRegistrationRemembered(t *testing.T) {
 	a, hs, host := connectedAdapter(t)
-	host.links.set("ghost:"+testGhost, "2024-01-01T00:00:00Z")
-	host.links.set("dm:"+testGhost+"|"+testUser, testRoom)
+	host.links.Set("ghost:"+testGhost, "2024-01-01T00:00:00Z")
+	host.links.Set("dm:"+testGhost+"|"+testUser, testRoom)
 	msg := outMessage("m", "x")
 	msg.FromName = ""
 	if _, err := a.Send(context.Background(), msg); err != nil {
@@ -190,10 +190,10 @@ func TestSendForbiddenDropsRoom(t *testing.T) {
 	if err == nil || bridges.IsPermanent(err) {
 		t.Fatalf("Send() in a room the user left = %v, want a retryable error", err)
 	}
-	if _, ok := host.links.get("dm:" + testGhost + "|" + testUser); ok {
+	if _, ok := host.links.Value("dm:" + testGhost + "|" + testUser); ok {
 		t.Error("dm link kept")
 	}
-	if _, ok := host.links.get("room:" + testRoom); ok {
+	if _, ok := host.links.Value("room:" + testRoom); ok {
 		t.Error("room link kept")
 	}
 	// The retry creates a new room.
@@ -247,8 +247,8 @@ func TestSendErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			a, hs, host := connectedAdapter(t)
 			if tt.path == "/send/" {
-				host.links.set("ghost:"+testGhost, "x")
-				host.links.set("dm:"+testGhost+"|"+testUser, "!fresh:localhost")
+				host.links.Set("ghost:"+testGhost, "x")
+				host.links.Set("dm:"+testGhost+"|"+testUser, "!fresh:localhost")
 			}
 			hs.setOverride(func(r hsRequest) (int, string, bool) {
 				if strings.Contains(r.Path, tt.path) {

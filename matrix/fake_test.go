@@ -3,7 +3,6 @@ package matrix
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,16 +14,17 @@ import (
 	"time"
 
 	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/bridges/bridgestest"
 	"github.com/parleygw/parley/event"
 )
 
 // errStorage stands for a failing store.
-var errStorage = errors.New("disk on fire")
+var errStorage = bridgestest.ErrStorage
 
 // fakeHost is a bridges.Host that records what the adapter asks of it.
 type fakeHost struct {
 	mu         sync.Mutex
-	links      *memLinks
+	links      *bridgestest.Links
 	dispatched []event.Event
 	// dispatchErr, when set, decides what Dispatch returns for evt (the
 	// event is recorded only when it returns nil).
@@ -39,7 +39,7 @@ type stateChange struct {
 }
 
 func newFakeHost() *fakeHost {
-	return &fakeHost{links: &memLinks{m: map[string]string{}}, stateCh: make(chan stateChange, 100)}
+	return &fakeHost{links: bridgestest.NewLinks(), stateCh: make(chan stateChange, 100)}
 }
 
 func (h *fakeHost) Dispatch(ctx context.Context, evt event.Event) error {
@@ -102,62 +102,6 @@ func (h *fakeHost) waitState(t *testing.T, s bridges.State) stateChange {
 			t.Fatalf("state %s not reported; got %v", s, h.states)
 		}
 	}
-}
-
-// memLinks is an in-memory bridges.Links that can be made to fail.
-type memLinks struct {
-	mu   sync.Mutex
-	m    map[string]string
-	fail bool // every call fails with errStorage
-}
-
-func (l *memLinks) Get(ctx context.Context, key string) (string, bool, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.fail {
-		return "", false, errStorage
-	}
-	v, ok := l.m[key]
-	return v, ok, nil
-}
-
-func (l *memLinks) Put(ctx context.Context, key, value string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.fail {
-		return errStorage
-	}
-	l.m[key] = value
-	return nil
-}
-
-func (l *memLinks) Delete(ctx context.Context, key string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.fail {
-		return errStorage
-	}
-	delete(l.m, key)
-	return nil
-}
-
-func (l *memLinks) get(key string) (string, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	v, ok := l.m[key]
-	return v, ok
-}
-
-func (l *memLinks) set(key, value string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.m[key] = value
-}
-
-func (l *memLinks) setFail(fail bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.fail = fail
 }
 
 // hsRequest is one request the fake homeserver received.

@@ -107,7 +107,7 @@ func testIntegration(t *testing.T, start func(t *testing.T, registration string)
 		})
 		// The link is stored right after the join; then the message.
 		waitFor(t, "the dm is linked", func() bool {
-			v, _ := host.links.get("room:" + resp.RoomID.String())
+			v, _ := host.links.Value("room:" + resp.RoomID.String())
 			return v == carol+"|"+alice.UserID.String()
 		})
 		sent, err := alice.SendMessageEvent(ctx, resp.RoomID, mevent.EventMessage,

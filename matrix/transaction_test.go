@@ -85,8 +85,8 @@ func txnBody(events ...string) string {
 
 // linkDM makes testRoom the DM of testGhost and testUser.
 func linkDM(h *fakeHost) {
-	h.links.set("room:"+testRoom, testGhost+"|"+testUser)
-	h.links.set("dm:"+testGhost+"|"+testUser, testRoom)
+	h.links.Set("room:"+testRoom, testGhost+"|"+testUser)
+	h.links.Set("dm:"+testGhost+"|"+testUser, testRoom)
 }
 
 func TestTransactionAuth(t *testing.T) {
@@ -170,7 +170,7 @@ func TestTransactionBadBody(t *testing.T) {
 			if status != 400 || code != tt.wantCode {
 				t.Errorf("got %d %s, want 400 %s", status, code, tt.wantCode)
 			}
-			if _, done := host.links.get("txn:" + txn); done {
+			if _, done := host.links.Value("txn:" + txn); done {
 				t.Error("refused transaction recorded as done")
 			}
 		})
@@ -207,7 +207,7 @@ func TestTransactionDuplicate(t *testing.T) {
 	if got, ok := evts[0].(*event.Message); !ok || *got != *want {
 		t.Errorf("dispatched %+v, want %+v", evts[0], want)
 	}
-	if _, ok := host.links.get("txn:42"); !ok {
+	if _, ok := host.links.Value("txn:42"); !ok {
 		t.Error("transaction not recorded in links")
 	}
 }
@@ -230,7 +230,7 @@ func TestTransactionStorageError(t *testing.T) {
 	if status, code := putTxn(t, a, "7", body); status != 500 || code != "M_UNKNOWN" {
 		t.Fatalf("got %d %s, want 500 M_UNKNOWN", status, code)
 	}
-	if _, ok := host.links.get("txn:7"); ok {
+	if _, ok := host.links.Value("txn:7"); ok {
 		t.Fatal("failed transaction recorded as done")
 	}
 	// The retry processes it (the core recognises $1 as a duplicate).
@@ -247,11 +247,11 @@ func TestTransactionStorageError(t *testing.T) {
 	}
 
 	// Links failing: 500 too, and nothing dispatched.
-	host.links.setFail(true)
+	host.links.SetFail(true)
 	if status, _ := putTxn(t, a, "8", txnBody(textEvent("$3", testUser, testRoom, "x"))); status != 500 {
 		t.Errorf("links failing: %d, want 500", status)
 	}
-	host.links.setFail(false)
+	host.links.SetFail(false)
 	if n := len(host.events()); n != 3 {
 		t.Errorf("dispatched %d events, want 3", n)
 	}
@@ -412,8 +412,8 @@ func TestTransactionInvite(t *testing.T) {
 			if joined != tt.wantJoin {
 				t.Errorf("joined = %v, want %v (requests %v)", joined, tt.wantJoin, hs.requests())
 			}
-			dm, okDM := host.links.get("dm:" + testGhost + "|" + testUser)
-			room, okRoom := host.links.get("room:!r1:localhost")
+			dm, okDM := host.links.Value("dm:" + testGhost + "|" + testUser)
+			room, okRoom := host.links.Value("room:!r1:localhost")
 			if tt.wantLink {
 				if dm != "!r1:localhost" || room != testGhost+"|"+testUser {
 					t.Errorf("links dm=%q room=%q", dm, room)
@@ -448,7 +448,7 @@ func TestTransactionInviteJoinUnreachable(t *testing.T) {
 	if status, _ := putTxn(t, a, "j", body); status != 200 {
 		t.Errorf("join refused: %d, want 200", status)
 	}
-	if _, ok := host.links.get("room:!r1:localhost"); ok {
+	if _, ok := host.links.Value("room:!r1:localhost"); ok {
 		t.Error("room linked although the ghost could not join")
 	}
 }
@@ -464,10 +464,10 @@ func TestTransactionLeave(t *testing.T) {
 			if status, _ := putTxn(t, a, "l", txnBody(memberEvent("$l", who, testRoom, who, "leave", false))); status != 200 {
 				t.Fatalf("status %d", status)
 			}
-			if _, ok := host.links.get("room:" + testRoom); ok {
+			if _, ok := host.links.Value("room:" + testRoom); ok {
 				t.Error("room link kept")
 			}
-			if _, ok := host.links.get("dm:" + testGhost + "|" + testUser); ok {
+			if _, ok := host.links.Value("dm:" + testGhost + "|" + testUser); ok {
 				t.Error("dm link kept")
 			}
 			left := false
@@ -525,7 +525,7 @@ func TestQueries(t *testing.T) {
 	if got := strings.Join(registered, ","); got != "_xmpp_dan=40example.org,_xmpp_erin" {
 		t.Errorf("registered %q", got)
 	}
-	if _, ok := host.links.get("ghost:@_xmpp_erin:localhost"); !ok {
+	if _, ok := host.links.Value("ghost:@_xmpp_erin:localhost"); !ok {
 		t.Error("registered ghost not remembered")
 	}
 }

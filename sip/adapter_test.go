@@ -519,7 +519,7 @@ func TestRegistrationSurvivesRestart(t *testing.T) {
 	if err := first.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := host.links.get("aor:bob"); !ok {
+	if _, ok := host.links.Value("aor:bob"); !ok {
 		t.Fatal("no aor:bob link after REGISTER")
 	}
 

@@ -2,7 +2,6 @@ package sip
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -16,15 +15,16 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/bridges/bridgestest"
 	"github.com/parleygw/parley/event"
 )
 
 // errStorage stands for a failing store.
-var errStorage = errors.New("disk on fire")
+var errStorage = bridgestest.ErrStorage
 
 // fakeHost is a bridges.Host that records what the adapter asks of it.
 type fakeHost struct {
-	links *memLinks
+	links *bridgestest.Links
 
 	mu         sync.Mutex
 	dispatched []event.Event
@@ -46,7 +46,7 @@ type stateChange struct {
 
 func newFakeHost() *fakeHost {
 	return &fakeHost{
-		links:       &memLinks{m: map[string]string{}},
+		links:       bridgestest.NewLinks(),
 		stateCh:     make(chan stateChange, 100),
 		dispatchCh:  make(chan event.Event, 100),
 		reachableCh: make(chan event.Address, 100),
@@ -145,56 +145,6 @@ func (h *fakeHost) waitState(t *testing.T, s bridges.State) stateChange {
 			t.Fatalf("state %s not reported; got %v", s, h.states)
 		}
 	}
-}
-
-// memLinks is an in-memory bridges.Links that can be made to fail.
-type memLinks struct {
-	mu   sync.Mutex
-	m    map[string]string
-	fail bool // every call fails with errStorage
-}
-
-func (l *memLinks) Get(_ context.Context, key string) (string, bool, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.fail {
-		return "", false, errStorage
-	}
-	v, ok := l.m[key]
-	return v, ok, nil
-}
-
-func (l *memLinks) Put(_ context.Context, key, value string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.fail {
-		return errStorage
-	}
-	l.m[key] = value
-	return nil
-}
-
-func (l *memLinks) Delete(_ context.Context, key string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.fail {
-		return errStorage
-	}
-	delete(l.m, key)
-	return nil
-}
-
-func (l *memLinks) get(key string) (string, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	v, ok := l.m[key]
-	return v, ok
-}
-
-func (l *memLinks) setFail(fail bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.fail = fail
 }
 
 // Test accounts.

@@ -22,7 +22,7 @@ func contacts(res *sip.Response) []string {
 
 func storedBindings(t *testing.T, host *fakeHost, user string) []binding {
 	t.Helper()
-	v, ok := host.links.get("aor:" + user)
+	v, ok := host.links.Value("aor:" + user)
 	if !ok {
 		return nil
 	}
@@ -181,14 +181,14 @@ func TestRegisterRemoveAndQuery(t *testing.T) {
 	if res.StatusCode != 200 || len(contacts(res)) != 0 {
 		t.Fatalf("wildcard removal: %d, contacts %q", res.StatusCode, contacts(res))
 	}
-	if v, ok := a.host.links.get("aor:alice"); ok {
+	if v, ok := a.host.links.Value("aor:alice"); ok {
 		t.Errorf("aor:alice = %s after removing every binding", v)
 	}
 }
 
 func TestRegisterStorageFailure(t *testing.T) {
 	a := startAdapter(t, nil, nil)
-	a.host.links.setFail(true)
+	a.host.links.SetFail(true)
 	res := newPeerUA(t).doAuth(newRegister("UDP", a.udp, "alice", "<sip:alice@127.0.0.1:5999>", 600), "alice", alicePassword)
 	if res.StatusCode != 500 || res.GetHeader("Retry-After") == nil {
 		t.Fatalf("REGISTER with a failing store: %d %s, want 500 with Retry-After", res.StatusCode, res.Reason)

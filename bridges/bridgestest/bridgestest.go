@@ -119,3 +119,75 @@ func (n *Network) WaitSent(ctx context.Context, count int) []event.Event {
 		}
 	}
 }
+
+// ErrStorage is what a failing Links returns.
+var ErrStorage = errors.New("disk on fire")
+
+// Links is an in-memory bridges.Links that can be made to fail, for
+// adapters' tests.
+type Links struct {
+	mu   sync.Mutex
+	m    map[string]string
+	fail bool
+}
+
+var _ bridges.Links = (*Links)(nil)
+
+// NewLinks returns an empty Links.
+func NewLinks() *Links { return &Links{m: map[string]string{}} }
+
+// Get implements bridges.Links.
+func (l *Links) Get(_ context.Context, key string) (string, bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return "", false, ErrStorage
+	}
+	v, ok := l.m[key]
+	return v, ok, nil
+}
+
+// Put implements bridges.Links.
+func (l *Links) Put(_ context.Context, key, value string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return ErrStorage
+	}
+	l.m[key] = value
+	return nil
+}
+
+// Delete implements bridges.Links.
+func (l *Links) Delete(_ context.Context, key string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return ErrStorage
+	}
+	delete(l.m, key)
+	return nil
+}
+
+// Value returns the value of key, even while failing.
+func (l *Links) Value(key string) (string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v, ok := l.m[key]
+	return v, ok
+}
+
+// Set sets key to value, even while failing.
+func (l *Links) Set(key, value string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.m[key] = value
+}
+
+// SetFail makes every later Get, Put and Delete fail with ErrStorage, or
+// stop failing.
+func (l *Links) SetFail(fail bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.fail = fail
+}
