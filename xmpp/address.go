@@ -3,8 +3,10 @@ package xmpp
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
 )
 
 // AddressCodec splits and builds the IDs of Parley's XMPP addresses: bare JIDs
@@ -50,4 +52,34 @@ func parseBare(id string) (jid.JID, error) {
 		return jid.JID{}, fmt.Errorf("parse JID %q: has a resource; want a bare JID", id)
 	}
 	return j, nil
+}
+
+// inboundAddresses parses the from and to attributes of an inbound stanza
+// and checks what every stanza must satisfy before anything else is read:
+// a valid sender, a recipient under the component domain, and a sender not
+// under it (our own ghosts, or the server echoing our stanzas, are never
+// answered, lest we loop). reason says why a stanza fails; it is "" when
+// the addresses are fine.
+func (a *Adapter) inboundAddresses(rawFrom, rawTo string) (from, to jid.JID, reason string) {
+	from, err := jid.Parse(rawFrom)
+	if err != nil || rawFrom == "" {
+		return from, to, "no valid sender"
+	}
+	to, err = jid.Parse(rawTo)
+	if err != nil || rawTo == "" || to.Domainpart() != a.domain.Domainpart() {
+		return from, to, "not addressed to the component domain"
+	}
+	if from.Domainpart() == a.domain.Domainpart() {
+		return from, to, "sent from the component domain"
+	}
+	return from, to, ""
+}
+
+// notAllowed is the error for a sender outside the server's domains.
+func (a *Adapter) notAllowed() stanza.Error {
+	return stanza.Error{
+		Type:      stanza.Cancel,
+		Condition: stanza.NotAllowed,
+		Text:      map[string]string{"": "Only users of " + strings.Join(a.cfg.ServerDomains, ", ") + " may use this gateway."},
+	}
 }

@@ -121,23 +121,12 @@ type inbound struct {
 // recipient a JID under the component domain.
 func (a *Adapter) translateMessage(m messageStanza, now time.Time) inbound {
 	in := inbound{id: m.ID, typ: messageType(m.Type)}
-	from, err := jid.Parse(m.From)
-	if err != nil || m.From == "" {
-		in.reason = "no valid sender"
-		return in
-	}
-	to, err := jid.Parse(m.To)
-	if err != nil || m.To == "" || to.Domainpart() != a.domain.Domainpart() {
-		in.reason = "not addressed to the component domain"
+	from, to, reason := a.inboundAddresses(m.From, m.To)
+	if reason != "" {
+		in.reason = reason
 		return in
 	}
 	in.from, in.to = from, to
-	if from.Domainpart() == a.domain.Domainpart() {
-		// Our own ghosts (or the server echoing our stanzas): never answer,
-		// lest we loop.
-		in.reason = "sent from the component domain"
-		return in
-	}
 
 	switch in.typ {
 	case stanza.ErrorMessage:
@@ -152,11 +141,7 @@ func (a *Adapter) translateMessage(m messageStanza, now time.Time) inbound {
 
 	if !a.allowedSender(from) {
 		in.action, in.reason = refuse, "sender is not a user of the server's domains"
-		in.err = stanza.Error{
-			Type:      stanza.Cancel,
-			Condition: stanza.NotAllowed,
-			Text:      map[string]string{"": "Only users of " + strings.Join(a.cfg.ServerDomains, ", ") + " may use this gateway."},
-		}
+		in.err = a.notAllowed()
 		return in
 	}
 	if to.Localpart() == "" {

@@ -176,21 +176,12 @@ type inboundPresence struct {
 // server's domains and the recipient a ghost under the component domain.
 func (a *Adapter) translatePresence(p presenceStanza) inboundPresence {
 	in := inboundPresence{id: p.ID, typ: stanza.PresenceType(p.Type)}
-	from, err := jid.Parse(p.From)
-	if err != nil || p.From == "" {
-		in.reason = "no valid sender"
-		return in
-	}
-	to, err := jid.Parse(p.To)
-	if err != nil || p.To == "" || to.Domainpart() != a.domain.Domainpart() {
-		in.reason = "not addressed to the component domain"
+	from, to, reason := a.inboundAddresses(p.From, p.To)
+	if reason != "" {
+		in.reason = reason
 		return in
 	}
 	in.from, in.to = from, to.Bare()
-	if from.Domainpart() == a.domain.Domainpart() {
-		in.reason = "sent from the component domain"
-		return in
-	}
 	if in.typ == stanza.ErrorPresence {
 		// Never answer an error with an error.
 		in.reason = "presence error"
@@ -203,11 +194,7 @@ func (a *Adapter) translatePresence(p presenceStanza) inboundPresence {
 	}
 	if !a.allowedSender(from) {
 		in.action, in.reason = presenceRefuse, "sender is not a user of the server's domains"
-		in.err = stanza.Error{
-			Type:      stanza.Cancel,
-			Condition: stanza.NotAllowed,
-			Text:      map[string]string{"": "Only users of " + strings.Join(a.cfg.ServerDomains, ", ") + " may use this gateway."},
-		}
+		in.err = a.notAllowed()
 		return in
 	}
 	switch in.typ {
