@@ -54,13 +54,15 @@ type subscription struct {
 	// eventID is the id parameter of the Event header, if any.
 	eventID string
 	// watcherURI is the From URI of the SUBSCRIBE, the To of NOTIFYs;
-	// remote is the watcher's Contact, the Request-URI of NOTIFYs;
-	// routes is the route set (the Record-Route of the SUBSCRIBE, in
-	// order); contact is the adapter's Contact in the dialog.
-	watcherURI, remote, contact sip.Uri
-	routes                      []sip.Uri
+	// remote is the watcher's Contact, the Request-URI of NOTIFYs; routes
+	// is the route set (the Record-Route of the SUBSCRIBE, in order). They
+	// are kept as text and parsed for each NOTIFY: a subscription mostly
+	// waits, and its size is what thousands of presence keys cost.
+	watcherURI, remote string
+	routes             []string
 	// transport and source are where the SUBSCRIBE came from, and whether
-	// NOTIFYs go back there (see binding.Symmetric).
+	// NOTIFYs go back there (see binding.Symmetric). The adapter's Contact
+	// in the dialog follows from transport (localContact).
 	transport, source string
 	symmetric         bool
 
@@ -327,15 +329,16 @@ func (a *Adapter) onSubscribe(req *sip.Request, src netip.Addr, p *peer) *reply 
 	if contact == nil || contact.Address.Wildcard || contact.Address.Host == "" {
 		return newReply(400, "Missing or Malformed Contact")
 	}
+	// Cloned: parsed header values may share the memory of the whole
+	// request, which the subscription must not keep alive.
 	sub := &subscription{
-		key:        dialogKey{callID: in.callID, localTag: sip.GenerateTagN(16), remoteTag: fromTag},
+		key:        dialogKey{callID: strings.Clone(in.callID), localTag: sip.GenerateTagN(16), remoteTag: strings.Clone(fromTag)},
 		pair:       pairKey{presentity: presentity, watcher: in.from},
-		eventID:    eventID,
-		watcherURI: *req.From().Address.Clone(),
-		remote:     *contact.Address.Clone(),
-		contact:    a.localContact(req, presentity),
+		eventID:    strings.Clone(eventID),
+		watcherURI: req.From().Address.String(),
+		remote:     contact.Address.String(),
 		transport:  sip.NetworkToUpper(req.Transport()),
-		source:     req.Source(),
+		source:     strings.Clone(req.Source()),
 		remoteCSeq: in.cseq,
 	}
 	sub.symmetric = sip.IsReliable(sub.transport)
@@ -344,12 +347,12 @@ func (a *Adapter) onSubscribe(req *sip.Request, src netip.Addr, p *peer) *reply 
 	}
 	for _, h := range req.GetHeaders("Record-Route") {
 		if rr, ok := h.(*sip.RecordRouteHeader); ok {
-			sub.routes = append(sub.routes, *rr.Address.Clone())
+			sub.routes = append(sub.routes, rr.Address.String())
 		}
 	}
 	ok200 := func(expires time.Duration, after func()) *reply {
 		r := newReply(200, "OK",
-			&sip.ContactHeader{Address: sub.contact},
+			&sip.ContactHeader{Address: a.localContact(sub.transport, presentity)},
 			sip.NewHeader("Expires", strconv.FormatInt(int64(expires/time.Second), 10)))
 		r.toTag, r.after = sub.key.localTag, after
 		return r
@@ -406,7 +409,7 @@ func (a *Adapter) refreshSubscription(key dialogKey, in request, expires time.Du
 	}
 	s.mu.Unlock()
 	r := newReply(200, "OK",
-		&sip.ContactHeader{Address: sub.contact},
+		&sip.ContactHeader{Address: a.localContact(sub.transport, sub.pair.presentity)},
 		sip.NewHeader("Expires", strconv.FormatInt(int64(expires/time.Second), 10)))
 	if expires == 0 {
 		r.after = func() { a.endSubscription(sub, "timeout", true) }
@@ -502,17 +505,22 @@ func (a *Adapter) notify(ctx context.Context, sub *subscription, state string, n
 	}
 	sub.sendMu.Lock()
 	defer sub.sendMu.Unlock()
+	// Each of these parsed when the SUBSCRIBE came.
+	var remote, presURI, watcherURI sip.Uri
+	_ = sip.ParseUri(sub.remote, &remote)
+	_ = sip.ParseUri(sub.pair.presentity, &presURI)
+	_ = sip.ParseUri(sub.watcherURI, &watcherURI)
 	sub.localCSeq++
-	req := sip.NewRequest(sip.NOTIFY, sub.remote)
+	req := sip.NewRequest(sip.NOTIFY, remote)
 	for _, r := range sub.routes {
-		req.AppendHeader(&sip.RouteHeader{Address: *r.Clone()})
+		var route sip.Uri
+		_ = sip.ParseUri(r, &route)
+		req.AppendHeader(&sip.RouteHeader{Address: route})
 	}
-	var presURI sip.Uri
-	_ = sip.ParseUri(sub.pair.presentity, &presURI) // canonical AORs parse
 	from := &sip.FromHeader{Address: presURI, Params: sip.NewParams()}
 	from.Params.Add("tag", sub.key.localTag)
 	req.AppendHeader(from)
-	to := &sip.ToHeader{Address: *sub.watcherURI.Clone(), Params: sip.NewParams()}
+	to := &sip.ToHeader{Address: watcherURI, Params: sip.NewParams()}
 	to.Params.Add("tag", sub.key.remoteTag)
 	req.AppendHeader(to)
 	callID := sip.CallIDHeader(sub.key.callID)
@@ -526,12 +534,12 @@ func (a *Adapter) notify(ctx context.Context, sub *subscription, state string, n
 	}
 	req.AppendHeader(sip.NewHeader("Event", ev))
 	req.AppendHeader(sip.NewHeader("Subscription-State", state))
-	req.AppendHeader(&sip.ContactHeader{Address: sub.contact})
+	req.AppendHeader(&sip.ContactHeader{Address: a.localContact(sub.transport, sub.pair.presentity)})
 	req.AppendHeader(sip.NewHeader("User-Agent", a.cfg.UserAgent))
 	req.AppendHeader(sip.NewHeader("Content-Type", presenceMediaType))
 	req.SetBody(buildPIDF(sub.pair.presentity, n.state, n.status, sub.pair.presentity))
 	if len(sub.routes) == 0 {
-		t, err := a.contactTarget(ua, binding{Contact: sub.remote.String(), Transport: sub.transport, Source: sub.source, Symmetric: sub.symmetric})
+		t, err := a.contactTarget(ua, binding{Contact: sub.remote, Transport: sub.transport, Source: sub.source, Symmetric: sub.symmetric})
 		if err != nil {
 			return fmt.Errorf("send NOTIFY to %s: %w", sub.pair.watcher, err)
 		}
@@ -621,11 +629,12 @@ func (a *Adapter) subscribeExpires(req *sip.Request) (time.Duration, *reply) {
 	return min(d, a.cfg.MaxExpires), nil
 }
 
-// localContact returns the adapter's Contact for a dialog that req creates
-// with presentity: the presentity's user at the address of the listener of
-// req's transport (the domain when it listens on every address).
-func (a *Adapter) localContact(req *sip.Request, presentity string) sip.Uri {
-	network := strings.ToLower(req.Transport())
+// localContact returns the adapter's Contact for a dialog with presentity
+// whose requests came over transport: the presentity's user at the address
+// of the listener of that transport (the domain when it listens on every
+// address).
+func (a *Adapter) localContact(transport, presentity string) sip.Uri {
+	network := strings.ToLower(transport)
 	u := sip.Uri{Scheme: "sip", Host: a.domain}
 	if rest, ok := strings.CutPrefix(presentity, "sip:"); ok {
 		u.User, _, _ = strings.Cut(rest, "@")

@@ -25,7 +25,11 @@ type metrics struct {
 
 func newMetrics() *metrics {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The runtime's GC metrics add go_gc_heap_live_bytes, the heap the
+	// last collection found live: what sessions, subscriptions and queues
+	// really hold, apart from garbage not yet collected.
+	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	byKind := func(name, help string) map[event.Network]map[event.Kind]prometheus.Counter {
 		vec := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "parley", Name: name, Help: help}, []string{"network", "kind"})
 		reg.MustRegister(vec)
