@@ -87,6 +87,8 @@ type stackSettings struct {
 	// sipTrustedDomain, when set, makes 127.0.0.1 a trusted SIP peer for
 	// that domain (benchmarks with many SIP users and no digest each).
 	sipTrustedDomain string
+	// dendritePresence turns presence on in Dendrite (off by default there).
+	dendritePresence bool
 }
 
 // The SIP side: parley serves parley.localhost, where these users may
@@ -125,7 +127,7 @@ func newStack(t testing.TB, s stackSettings) *stack {
 	}
 	switch s.homeserver {
 	case "dendrite":
-		st.hs = peertest.StartDendrite(t, peertest.HomeserverOptions{Registration: reg})
+		st.hs = peertest.StartDendrite(t, peertest.HomeserverOptions{Registration: reg, Presence: s.dendritePresence})
 	default:
 		st.hs = peertest.StartSynapse(t, peertest.HomeserverOptions{Registration: reg})
 	}

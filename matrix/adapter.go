@@ -63,11 +63,12 @@ type Adapter struct {
 	srv        *http.Server
 	addr       net.Addr
 	cancel     context.CancelFunc
-	done       chan struct{} // closed when the connect and presence refresh loops have returned
+	done       chan struct{} // closed when the connect, presence refresh and presence poll loops have returned
 	clients    map[id.UserID]*mautrix.Client
 	registered map[id.UserID]bool
 	presence   map[id.UserID]presenceOf // what each ghost's presence was set to
 	refreshing time.Duration            // how often ghosts' presence is set again
+	poll       *presencePoll            // users' presence: polling and de-duplication
 
 	kick  chan struct{} // asks the connect loop to check the homeserver again
 	txnMu sync.Mutex    // one transaction at a time, in the order they come
@@ -123,6 +124,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		registered: make(map[id.UserID]bool),
 		presence:   make(map[id.UserID]presenceOf),
 		refreshing: presenceRefresh,
+		poll:       newPresencePoll(cfg),
 		kick:       make(chan struct{}, 1),
 	}
 	for _, o := range opts {
@@ -170,12 +172,14 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 	a.cancel = cancel
 	done := make(chan struct{})
 	a.done = done
-	connectDone, refreshDone := make(chan struct{}), make(chan struct{})
+	connectDone, refreshDone, pollDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go a.connect(loopCtx, host, connectDone)
 	go a.refreshPresence(loopCtx, refreshDone)
+	go a.pollPresence(loopCtx, pollDone)
 	go func() {
 		<-connectDone
 		<-refreshDone
+		<-pollDone
 		close(done)
 	}()
 	a.log.Info("appservice listening", "addr", ln.Addr().String(), "homeserver", a.hsURL.String())

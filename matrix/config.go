@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 )
@@ -37,6 +38,17 @@ type Config struct {
 	// BotLocalpart is the localpart of the appservice's own user (the
 	// registration's sender_localpart). Default: "parley".
 	BotLocalpart string `yaml:"bot_localpart"`
+	// PresencePollInterval says whether and how often the adapter reads the
+	// presence of the Matrix users who have a DM with a ghost
+	// (GET /presence/{userId}/status), for homeservers that do not push it
+	// to appservices (presence.go says which):
+	//   - "auto" (the default): every 30 s, until the homeserver pushes a
+	//     first m.presence ephemeral event; from then on pushes only
+	//     (Synapse pushes, Dendrite 0.15 never does);
+	//   - a duration ("10s", "1m", at least 1s): always at that interval,
+	//     besides pushes;
+	//   - "off" (or "0"): never.
+	PresencePollInterval string `yaml:"presence_poll_interval"`
 	// Namespaces are regular expressions of the user IDs Parley owns
 	// exclusively (its ghosts), e.g. `@_xmpp_.*:example\.org`. They are not
 	// read from YAML: cmd derives them from the ghost templates. A user ID
@@ -46,8 +58,15 @@ type Config struct {
 
 // Defaults of the optional fields.
 const (
-	DefaultID           = "parley"
-	DefaultBotLocalpart = "parley"
+	DefaultID                   = "parley"
+	DefaultBotLocalpart         = "parley"
+	DefaultPresencePollInterval = "auto"
+)
+
+// Presence polling: the interval of "auto", and the shortest explicit one.
+const (
+	autoPollInterval = 30 * time.Second
+	minPollInterval  = time.Second
 )
 
 // withDefaults returns c with the defaults of empty optional fields filled in.
@@ -61,7 +80,33 @@ func (c Config) withDefaults() Config {
 	if c.URL == "" && c.Listen != "" {
 		c.URL = "http://" + c.Listen
 	}
+	if c.PresencePollInterval == "" {
+		c.PresencePollInterval = DefaultPresencePollInterval
+	}
 	return c
+}
+
+// presencePoll reads PresencePollInterval (after defaults): every is 0 when
+// polling is off; auto says polling stops once the homeserver pushes
+// presence.
+func (c Config) presencePoll() (every time.Duration, auto bool, err error) {
+	switch v := strings.TrimSpace(c.PresencePollInterval); v {
+	case "auto":
+		return autoPollInterval, true, nil
+	case "off", "0":
+		return 0, false, nil
+	default:
+		d, err := time.ParseDuration(v)
+		switch {
+		case err != nil:
+			return 0, false, fmt.Errorf("%q is not auto, off or a duration", c.PresencePollInterval)
+		case d == 0:
+			return 0, false, nil
+		case d < minPollInterval:
+			return 0, false, fmt.Errorf("%s is shorter than %s (use off to turn polling off)", d, minPollInterval)
+		}
+		return d, false, nil
+	}
 }
 
 // Validate reports every problem of c (after defaults), one line each,
@@ -125,6 +170,10 @@ func (c Config) Validate() error {
 		bad("bot_localpart", "%q is not a valid user ID localpart (allowed: a-z 0-9 . _ = - / +)", c.BotLocalpart)
 	} else if serverOK && len(botID(c)) > id.UserIDMaxLength {
 		bad("bot_localpart", "user ID %s is longer than %d bytes", botID(c), id.UserIDMaxLength)
+	}
+
+	if _, _, err := c.presencePoll(); err != nil {
+		bad("presence_poll_interval", "%v", err)
 	}
 
 	for i, ns := range c.Namespaces {

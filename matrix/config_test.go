@@ -3,6 +3,7 @@ package matrix
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -52,6 +53,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "bot_localpart upper case", modify: func(c *Config) { c.BotLocalpart = "Parley" }, want: []string{`matrix.bot_localpart: "Parley" is not a valid user ID localpart`}},
 		{name: "namespace regexp", modify: func(c *Config) { c.Namespaces = []string{"ok", "@(x:y"} }, want: []string{"matrix.namespaces[1]: invalid regular expression"}},
 		{name: "namespace empty", modify: func(c *Config) { c.Namespaces = []string{""} }, want: []string{"matrix.namespaces[0]: must not be empty"}},
+		{name: "presence_poll_interval word", modify: func(c *Config) { c.PresencePollInterval = "sometimes" }, want: []string{`matrix.presence_poll_interval: "sometimes" is not auto, off or a duration`}},
+		{name: "presence_poll_interval too short", modify: func(c *Config) { c.PresencePollInterval = "100ms" }, want: []string{"matrix.presence_poll_interval: 100ms is shorter than 1s"}},
+		{name: "presence_poll_interval negative", modify: func(c *Config) { c.PresencePollInterval = "-5s" }, want: []string{"matrix.presence_poll_interval: -5s is shorter than 1s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -132,5 +136,34 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 	c.HSToken = ""
 	if _, err := New(c); err == nil || !strings.Contains(err.Error(), "matrix.hs_token: must be set") {
 		t.Errorf("New() error = %v", err)
+	}
+}
+
+func TestConfigPresencePoll(t *testing.T) {
+	tests := []struct {
+		value     string
+		wantEvery time.Duration
+		wantAuto  bool
+	}{
+		{"", 30 * time.Second, true},
+		{"auto", 30 * time.Second, true},
+		{"off", 0, false},
+		{"0", 0, false},
+		{"0s", 0, false},
+		{"10s", 10 * time.Second, false},
+		{" 2m ", 2 * time.Minute, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.value, func(t *testing.T) {
+			c := validConfig()
+			c.PresencePollInterval = tt.value
+			if err := c.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			every, auto, err := c.withDefaults().presencePoll()
+			if err != nil || every != tt.wantEvery || auto != tt.wantAuto {
+				t.Errorf("presencePoll() = %s, %v, %v; want %s, %v", every, auto, err, tt.wantEvery, tt.wantAuto)
+			}
+		})
 	}
 }

@@ -259,6 +259,9 @@ func testConfig(hsURL string) Config {
 		ASToken:       "as-secret",
 		HSToken:       "hs-secret",
 		Namespaces:    []string{`@_xmpp_.*:localhost`},
+		// Polls would add requests to those the tests expect; the tests
+		// of polling turn it on (newPollAdapter).
+		PresencePollInterval: "off",
 	}
 }
 

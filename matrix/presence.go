@@ -26,8 +26,9 @@ import (
 // a room with the ghost sees its presence, so a Subscription is a no-op.
 //
 // Inbound: the homeserver pushes m.presence as an ephemeral event of a
-// transaction; the adapter dispatches it broadcast (To zero) and the core
-// sends it to every recorded watcher of the user. What each homeserver does,
+// transaction, or, where it does not, the adapter polls it; the adapter
+// dispatches it broadcast (To zero) and the core sends it to every
+// recorded watcher of the user. What each homeserver does,
 // measured against the real servers (TestIntegration*Presence) and read in
 // their source:
 //
@@ -51,21 +52,36 @@ import (
 //     set online again by their next /sync right after a PUT of
 //     unavailable: Parley sees (and dispatches) both changes.
 //   - Dendrite (0.15) pushes no ephemeral events to appservices at all
-//     (measured with presence enabled: no "ephemeral" in any transaction),
-//     so the presence of Matrix users does not reach Parley there. With its
-//     default config (no global.presence.enable_outbound, as in
-//     internal/peertest) it also answers a presence PUT with 200 and drops
-//     it (a ghost's presence then reads as ""), and /sync carries no
-//     presence. With enable_outbound, a ghost's PUT works (read back as set)
-//     and a /sync masqueraded as a ghost carries the presence of the users
-//     it shares a DM with, while the bot's /sync carries only its own. So
-//     the /sync fallback would have to run one loop per ghost with a DM (or
-//     the bot would have to join every DM), and each such /sync sets the
-//     syncing ghost's presence (per syncapi/sync/requestpool.go: online by
-//     default; set_presence=offline turns it offline unless it was online
-//     or unavailable in the last 10 s), clobbering what Parley set. It is
-//     not implemented: on Dendrite, presence goes from Parley to Matrix
-//     only, and only with enable_outbound.
+//     (measured with presence enabled: no "ephemeral" in any transaction).
+//     With its default config (global.presence.enable_outbound false, as
+//     in internal/peertest unless HomeserverOptions.Presence) it answers a
+//     presence PUT with 200 and drops it, and a /sync sets nothing, so
+//     every user's presence reads as "" and /sync carries none.
+//     With enable_outbound (enable_inbound only concerns federation), a PUT
+//     is stored and read back by GET /presence/{userId}/status, and a /sync
+//     with set_presence=online sets the user online; a /sync with
+//     set_presence=offline does not undo a PUT (measured 12 s after an
+//     unavailable PUT: still unavailable; per syncapi/sync/requestpool.go
+//     a sync only publishes a change of what syncs set). A PUT without
+//     status_msg keeps the previous one. Dendrite answers that GET to any
+//     user of the appservice, shared room or not
+//     (clientapi/routing/presence.go), reads a user who never had presence
+//     as "", and a remote user as "unavailable" (measured with federation
+//     off: the answer of its error path), so remote users are not polled.
+//     So Parley polls (presencepoll.go): for each real user of the
+//     homeserver's server with a DM with a ghost, it GETs the presence as
+//     that ghost (Synapse would refuse the bot: it answers 403 to users who
+//     share no room, synapse/rest/client/presence.py) every
+//     Config.PresencePollInterval, and a change of
+//     presence or status_msg is dispatched like a pushed m.presence. "auto"
+//     (the default) polls every 30 s until the first m.presence push, so
+//     on Synapse it stops as soon as presence is pushed, and on Dendrite it
+//     never stops; observePresence de-duplicates what is both pushed and
+//     polled. A /sync per ghost was the other way: Dendrite gives a ghost's
+//     /sync the presence of the users it shares a DM with, but it needs
+//     one long-poll per ghost and each sets the syncing ghost's presence,
+//     clobbering what Parley set.
+//     e2e/presence_dendrite_test.go carries it to XMPP and SIP watchers.
 
 // presenceRefresh is how often the adapter sets the presence of its ghosts
 // that are not offline again, below Synapse's default
@@ -215,11 +231,15 @@ func (a *Adapter) refreshOne(ctx context.Context, ghost id.UserID, p presenceOf)
 
 // presenceEvent is an m.presence ephemeral event as a homeserver pushes it.
 type presenceEvent struct {
-	Sender  id.UserID `json:"sender"`
-	Content struct {
-		Presence  mevent.Presence `json:"presence"`
-		StatusMsg *string         `json:"status_msg"`
-	} `json:"content"`
+	Sender  id.UserID       `json:"sender"`
+	Content presenceContent `json:"content"`
+}
+
+// presenceContent is the content of an m.presence event, and the body of
+// GET /presence/{userId}/status.
+type presenceContent struct {
+	Presence  mevent.Presence `json:"presence"`
+	StatusMsg *string         `json:"status_msg"`
 }
 
 // parseEphemeral reads the m.presence events of a transaction's ephemeral
@@ -254,11 +274,26 @@ func parseEphemeral(raw json.RawMessage) (presence []presenceEvent, skipped []er
 	return presence, skipped
 }
 
-// handlePresence dispatches the presence of a real Matrix user as broadcast
-// presence. Presence of our ghosts and bot (Synapse pushes it too) is
-// ignored. Presence is not durable: a Dispatch error is logged, never
-// returned, so that it does not hold the transaction back.
+// handlePresence dispatches the presence of a real Matrix user, pushed by
+// the homeserver, as broadcast presence (observePresence). Any m.presence
+// pushed, even of our own ghosts, tells the poller that the homeserver
+// pushes presence.
 func (a *Adapter) handlePresence(ctx context.Context, p presenceEvent) {
+	a.poll.pushed.Store(true)
+	a.observePresence(ctx, p, true, 0)
+}
+
+// observePresence dispatches the presence of a real Matrix user as
+// broadcast presence, when it differs from the one last dispatched for the
+// user: the same change pushed and polled (Synapse with polling on) is
+// dispatched once. pushed says the homeserver pushed p; otherwise a poll
+// read it with a request that began after push number since, and p is
+// dropped when a push of the user came meanwhile (it may be older).
+// Presence of our ghosts and bot (Synapse pushes it too) is ignored.
+// Presence is not durable: a Dispatch error is logged, never returned, so
+// that it does not hold a transaction back; the same presence is then
+// dispatched again when next seen.
+func (a *Adapter) observePresence(ctx context.Context, p presenceEvent, pushed bool, since uint64) {
 	if a.owns(p.Sender) {
 		a.log.Debug("ignored presence of our own user", "user", p.Sender.String(), "presence", string(p.Content.Presence))
 		return
@@ -272,21 +307,49 @@ func (a *Adapter) handlePresence(ctx context.Context, p presenceEvent) {
 		a.log.Warn("skipped presence with an unknown state", "sender", p.Sender.String(), "presence", string(p.Content.Presence))
 		return
 	}
+	got := presenceOf{presence: p.Content.Presence}
+	if p.Content.StatusMsg != nil {
+		got.status = *p.Content.StatusMsg
+	}
+	unlock := a.pairs.Lock("presence-of:" + p.Sender.String())
+	defer unlock()
+	pp := a.poll
+	pp.mu.Lock()
+	last := pp.seen[p.Sender]
+	switch {
+	case pushed:
+		pp.seq++
+		last.pushSeq = pp.seq
+		pp.seen[p.Sender] = last
+	case last.pushSeq > since:
+		pp.mu.Unlock()
+		a.log.Debug("polled presence dropped: pushed meanwhile", "from", p.Sender.String())
+		return
+	}
+	pp.mu.Unlock()
+	if last.known && last.p == got {
+		a.log.Debug("presence unchanged", "from", p.Sender.String(), "pushed", pushed)
+		return
+	}
 	evt := &event.Presence{
 		Header: event.Header{From: event.Address{Network: event.Matrix, ID: p.Sender.String()}},
 		State:  state,
-	}
-	if p.Content.StatusMsg != nil {
-		evt.Status = *p.Content.StatusMsg
+		Status: got.status,
 	}
 	host, _ := a.started()
 	err := host.Dispatch(ctx, evt)
 	switch {
 	case err == nil:
-		a.log.Debug("presence dispatched", "from", p.Sender.String(), "state", state.String())
+		a.log.Debug("presence dispatched", "from", p.Sender.String(), "state", state.String(), "pushed", pushed)
 	case errors.Is(err, bridges.ErrNoRoute), errors.Is(err, bridges.ErrRefused):
 		a.log.Debug("presence not routed", "from", p.Sender.String(), "err", err)
 	default:
 		a.log.Warn("presence not dispatched", "from", p.Sender.String(), "err", err)
+		return
 	}
+	pp.mu.Lock()
+	cur := pp.seen[p.Sender]
+	cur.p, cur.known = got, true
+	pp.seen[p.Sender] = cur
+	pp.mu.Unlock()
 }

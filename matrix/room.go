@@ -48,6 +48,9 @@ func (a *Adapter) roomPair(ctx context.Context, room id.RoomID) (ghost, user id.
 		return "", "", false, nil
 	}
 	ghost, user, ok = parsePair(v)
+	if ok {
+		a.trackDM(ctx, ghost, user, true)
+	}
 	return ghost, user, ok, nil
 }
 
@@ -74,9 +77,11 @@ func (a *Adapter) storeDM(ctx context.Context, ghost, user id.UserID, room id.Ro
 
 // watch tells the core that user watches (or stops watching) the presence
 // of the person behind ghost: Matrix has no subscription handshake, so a
-// direct chat is what makes someone a watcher. Presence is not durable, so
-// a failure is only logged.
+// direct chat is what makes someone a watcher. It also starts (or stops)
+// polling user's presence through this DM (presencepoll.go). Presence is
+// not durable, so a failure is only logged.
 func (a *Adapter) watch(ctx context.Context, ghost, user id.UserID, active bool) {
+	a.trackDM(ctx, ghost, user, active)
 	host, _ := a.started()
 	s := &event.Subscription{Header: event.Header{
 		From: event.Address{Network: event.Matrix, ID: user.String()},
@@ -149,6 +154,7 @@ func (a *Adapter) dmRoom(ctx context.Context, ghost, user id.UserID) (room id.Ro
 		return "", false, fmt.Errorf("read link %s: %w", key, err)
 	}
 	if ok && v != "" {
+		a.trackDM(ctx, ghost, user, true)
 		return id.RoomID(v), false, nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, requestTimeout)

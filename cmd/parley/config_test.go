@@ -46,9 +46,11 @@ func TestConfigErrorsNameFileLineAndKey(t *testing.T) {
 		{"invalid value", "  server_name: example.org", "  server_name: \"\"", "parley.yaml:38: matrix.server_name"},
 		{"missing secret", "env:PARLEY_HS_TOKEN", "env:PARLEY_NO_SUCH_VARIABLE",
 			"parley.yaml:44: matrix.hs_token: environment variable PARLEY_NO_SUCH_VARIABLE is not set"},
-		{"bad identity", "    - name: alice", "    - name: Alice", "parley.yaml:91: mapping.identities[0].name"},
+		{"bad presence poll interval", "  presence_poll_interval: auto", "  presence_poll_interval: often",
+			`parley.yaml:48: matrix.presence_poll_interval: "often" is not auto, off or a duration`},
+		{"bad identity", "    - name: alice", "    - name: Alice", "parley.yaml:95: mapping.identities[0].name"},
 		{"bad ghost template", `xmpp: "@_xmpp_{user}_{domain}:example.org"`, `xmpp: "@_xmpp_{user}.{domain}:example.org"`,
-			"parley.yaml:66: mapping.ghosts.matrix.xmpp"},
+			"parley.yaml:70: mapping.ghosts.matrix.xmpp"},
 		{"not yaml", "log:\n", "log: [\n", "parley.yaml: "},
 	}
 	for _, tc := range tests {

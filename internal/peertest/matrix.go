@@ -38,6 +38,10 @@ type HomeserverOptions struct {
 	// load (app_service_config_files / app_service_api.config_files); "" for
 	// none. The file must exist and be valid when the server starts.
 	Registration string
+	// Presence turns Dendrite's presence on (global.presence.enable_outbound
+	// and enable_inbound; both are off by default, and then Dendrite drops
+	// every presence update). Synapse always runs with presence enabled.
+	Presence bool
 }
 
 // SynapsePython is the interpreter StartSynapse uses: the venv that
@@ -159,7 +163,8 @@ func StartSynapse(t TB, opts HomeserverOptions) *Homeserver {
 // the server with t.Cleanup. The log is Dir/dendrite.log.
 //
 // Unlike Synapse, Dendrite does not push typing, receipts or presence to
-// appservices (no MSC2409); tests that need those must /sync.
+// appservices (no MSC2409); tests that need those must /sync, or poll
+// presence with GET /presence/{userId}/status (opts.Presence).
 func StartDendrite(t TB, opts HomeserverOptions) *Homeserver {
 	t.Helper()
 	bin, err := lookBinary(DendriteBin("dendrite"))
@@ -207,6 +212,7 @@ func StartDendrite(t TB, opts HomeserverOptions) *Homeserver {
 			},
 			"report_stats": map[string]any{"enabled": false},
 			"metrics":      map[string]any{"enabled": false},
+			"presence":     map[string]any{"enable_inbound": opts.Presence, "enable_outbound": opts.Presence},
 		},
 		"app_service_api": map[string]any{"config_files": appservices},
 		"client_api": map[string]any{
