@@ -93,7 +93,8 @@ func (a *Adapter) polled(user id.UserID) bool {
 }
 
 // trackDM records that ghost and user have a DM (active) or no longer have
-// this one, in memory and in the "presence:dms" link. It costs one map
+// one (the pair's "dm:" link is gone), in memory and in the "presence:dms"
+// link. It costs one map
 // look-up when nothing changes. Store failures are logged: the next change
 // writes the whole list again.
 func (a *Adapter) trackDM(ctx context.Context, ghost, user id.UserID, active bool) {
@@ -106,6 +107,13 @@ func (a *Adapter) trackDM(ctx context.Context, ghost, user id.UserID, active boo
 	pp.mu.Unlock()
 	if unchanged {
 		return
+	}
+	_, links := a.started()
+	if !active {
+		// An older room of the pair ended; a newer one may remain.
+		if v, ok, err := links.Get(ctx, dmKey(ghost, user)); err == nil && ok && v != "" {
+			return
+		}
 	}
 	pp.writeMu.Lock()
 	defer pp.writeMu.Unlock()
@@ -136,7 +144,6 @@ func (a *Adapter) trackDM(ctx context.Context, ghost, user id.UserID, active boo
 	if !changed || !loaded {
 		return
 	}
-	_, links := a.started()
 	if err := links.Put(ctx, dmsKey, value); err != nil {
 		a.log.Warn("presence polling: dm list not stored", "err", err)
 	}

@@ -453,3 +453,30 @@ func TestPollPresenceNewDMAtOnce(t *testing.T) {
 		t.Errorf("%d polls, want 1", n)
 	}
 }
+
+func TestPollPresenceOlderDMEnds(t *testing.T) {
+	hs := newFakeHS(t, "as-secret")
+	newPresenceServer(hs)
+	host := newFakeHost()
+	a := newPollAdapter(t, hs, host, time.Hour, false)
+	ctx := context.Background()
+	if err := a.learnDM(ctx, testGhost, testUser, "!old:localhost"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.learnDM(ctx, testGhost, testUser, "!new:localhost"); err != nil {
+		t.Fatal(err)
+	}
+	// The user leaves the older room: the newer DM is still polled.
+	if err := a.forgetDM(ctx, testGhost, testUser, "!old:localhost"); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := host.links.Value(dmsKey); v != testGhost+"|"+testUser {
+		t.Errorf("link %s = %q, want the pair kept", dmsKey, v)
+	}
+	if err := a.forgetDM(ctx, testGhost, testUser, "!new:localhost"); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := host.links.Value(dmsKey); v != "" {
+		t.Errorf("link %s = %q, want empty once no DM is left", dmsKey, v)
+	}
+}
