@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
-	"maunium.net/go/mautrix"
 	mevent "maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -53,35 +53,36 @@ import (
 //     unavailable: Parley sees (and dispatches) both changes.
 //   - Dendrite (0.15) pushes no ephemeral events to appservices at all
 //     (measured with presence enabled: no "ephemeral" in any transaction).
-//     With its default config (global.presence.enable_outbound false, as
-//     in internal/peertest unless HomeserverOptions.Presence) it answers a
-//     presence PUT with 200 and drops it, and a /sync sets nothing, so
-//     every user's presence reads as "" and /sync carries none.
-//     With enable_outbound (enable_inbound only concerns federation), a PUT
-//     is stored and read back by GET /presence/{userId}/status, and a /sync
-//     with set_presence=online sets the user online; a /sync with
-//     set_presence=offline does not undo a PUT (measured 12 s after an
-//     unavailable PUT: still unavailable; per syncapi/sync/requestpool.go
-//     a sync only publishes a change of what syncs set). A PUT without
-//     status_msg keeps the previous one. Dendrite answers that GET to any
-//     user of the appservice, shared room or not
-//     (clientapi/routing/presence.go), reads a user who never had presence
-//     as "", and a remote user as "unavailable" (measured with federation
-//     off: the answer of its error path), so remote users are not polled.
-//     So Parley polls (presencepoll.go): for each real user of the
-//     homeserver's server with a DM with a ghost, it GETs the presence as
-//     that ghost (Synapse would refuse the bot: it answers 403 to users who
-//     share no room, synapse/rest/client/presence.py) every
-//     Config.PresencePollInterval, and a change of
-//     presence or status_msg is dispatched like a pushed m.presence. "auto"
-//     (the default) polls every 30 s until the first m.presence push, so
-//     on Synapse it stops as soon as presence is pushed, and on Dendrite it
-//     never stops; observePresence de-duplicates what is both pushed and
-//     polled. A /sync per ghost was the other way: Dendrite gives a ghost's
-//     /sync the presence of the users it shares a DM with, but it needs
-//     one long-poll per ghost and each sets the syncing ghost's presence,
-//     clobbering what Parley set.
-//     e2e/presence_dendrite_test.go carries it to XMPP and SIP watchers.
+//     With its default config (global.presence.enable_outbound false, as in
+//     internal/peertest unless HomeserverOptions.Presence) it answers a
+//     presence PUT with 200 and drops it, and a /sync sets nothing, so every
+//     user's presence reads as "" and /sync carries none. With enable_outbound
+//     (enable_inbound only concerns federation), a PUT is stored and read back
+//     by GET /presence/{userId}/status, and a /sync with set_presence=online
+//     sets the user online; a /sync with set_presence=offline does not undo a
+//     PUT (measured 12 s after an unavailable PUT: still unavailable; per
+//     syncapi/sync/requestpool.go a sync only publishes a change of what syncs
+//     set), except the first /sync of a user since Dendrite started, which
+//     publishes its state (measured: a PUT before it was lost). A PUT without status_msg (or with null) keeps the previous one, so
+//     the adapter always sends one, "" to clear it. A PUT is applied
+//     asynchronously: a GET right after it may still read the previous state.
+//     Dendrite answers that GET to any user of the appservice, shared room or
+//     not (clientapi/routing/presence.go), reads a user who never had presence
+//     as "", and a remote user as "unavailable" (measured with federation off:
+//     the answer of its error path), so remote users are not polled. So Parley
+//     polls (presencepoll.go): for each real user of the homeserver's server
+//     with a DM with a ghost, it GETs the presence as that ghost (Synapse
+//     would refuse the bot: it answers 403 to users who share no room,
+//     synapse/rest/client/presence.py) every Config.PresencePollInterval, and
+//     a change of presence or status_msg is dispatched like a pushed
+//     m.presence. "auto" (the default) polls every 30 s until the first
+//     m.presence push, so on Synapse it stops as soon as presence is pushed,
+//     and on Dendrite it never stops; observePresence de-duplicates what is
+//     both pushed and polled. A /sync per ghost was the other way: Dendrite
+//     gives a ghost's /sync the presence of the users it shares a DM with, but
+//     it needs one long-poll per ghost and each sets the syncing ghost's
+//     presence, clobbering what Parley set. e2e/presence_dendrite_test.go
+//     carries it to XMPP and SIP watchers.
 
 // presenceRefresh is how often the adapter sets the presence of its ghosts
 // that are not offline again, below Synapse's default
@@ -175,7 +176,14 @@ func (a *Adapter) sendPresence(ctx context.Context, p *event.Presence) (string, 
 func (a *Adapter) setPresence(ctx context.Context, ghost id.UserID, p presenceOf) error {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	err := a.client(ghost).SetPresence(ctx, mautrix.ReqPresence{Presence: p.presence, StatusMsg: p.status})
+	// status_msg is always sent, "" included: Dendrite keeps the previous
+	// one when it is absent (mautrix's ReqPresence omits an empty one).
+	c := a.client(ghost)
+	body := struct {
+		Presence  mevent.Presence `json:"presence"`
+		StatusMsg string          `json:"status_msg"`
+	}{p.presence, p.status}
+	_, err := c.MakeRequest(ctx, http.MethodPut, c.BuildClientURL("v3", "presence", ghost, "status"), body, nil)
 	if err != nil {
 		return fmt.Errorf("set presence of %s: %w", ghost, err)
 	}

@@ -42,9 +42,9 @@ func TestSendPresence(t *testing.T) {
 		state      event.PresenceState
 		status     string
 		wantState  string
-		wantStatus any // nil: no status_msg in the body
+		wantStatus any // always in the body: Dendrite keeps the old one when absent
 	}{
-		{"available", event.Available, "", "online", nil},
+		{"available", event.Available, "", "online", ""},
 		{"available with status", event.Available, "at my desk", "online", "at my desk"},
 		{"away", event.Away, "", "unavailable", "Away"},
 		{"away with status", event.Away, "lunch", "unavailable", "lunch"},
@@ -52,7 +52,7 @@ func TestSendPresence(t *testing.T) {
 		{"dnd", event.DoNotDisturb, "", "unavailable", "Do not disturb"},
 		{"on the phone", event.OnThePhone, "", "unavailable", "On the phone"},
 		{"on the phone with status", event.OnThePhone, "with the bank", "unavailable", "with the bank"},
-		{"offline", event.Offline, "", "offline", nil},
+		{"offline", event.Offline, "", "offline", ""},
 	}
 	hs := newFakeHS(t, "as-secret")
 	host := newFakeHost()
@@ -109,7 +109,7 @@ func TestSendPresenceDedup(t *testing.T) {
 	for _, r := range presenceRequests(hs) {
 		got = append(got, fmt.Sprintf("%v/%v", r.Body["presence"], r.Body["status_msg"]))
 	}
-	want := "unavailable/Away,unavailable/lunch,unavailable/Do not disturb,offline/<nil>"
+	want := "unavailable/Away,unavailable/lunch,unavailable/Do not disturb,offline/"
 	if strings.Join(got, ",") != want {
 		t.Errorf("presence requests %v, want %s", got, want)
 	}
@@ -396,13 +396,72 @@ func TestIntegrationSynapsePresence(t *testing.T) {
 	}, true)
 }
 
-// TestIntegrationDendritePresence records what Dendrite does: Send
-// succeeds, but Dendrite (with presence disabled, its default) drops the
+// TestIntegrationDendritePresence records what Dendrite does with its
+// default config (presence disabled): Send succeeds, but Dendrite drops the
 // PUT, and it pushes no presence to appservices.
 func TestIntegrationDendritePresence(t *testing.T) {
 	testIntegrationPresence(t, func(t *testing.T, reg string) *peertest.Homeserver {
 		return peertest.StartDendrite(t, peertest.HomeserverOptions{Registration: reg})
 	}, false)
+}
+
+// TestIntegrationDendritePresenceEnabled checks a ghost's presence on
+// Dendrite with global.presence.enable_outbound, where a real client reads
+// what the ghost set, status_msg cleared included, and that the user of a
+// new DM has their presence polled at once (Dendrite pushes none).
+func TestIntegrationDendritePresenceEnabled(t *testing.T) {
+	a, host, hs, _ := startIntegration(t, func(t *testing.T, reg string) *peertest.Homeserver {
+		return peertest.StartDendrite(t, peertest.HomeserverOptions{Registration: reg, Presence: true})
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	alice := peertest.ConnectMatrix(t, hs, "alice", "alice-password")
+	self := func(want mevent.Presence, status string) func() bool {
+		return func() bool {
+			got, err := alice.GetPresence(ctx, alice.UserID)
+			return err == nil && got.Presence == want && got.StatusMsg == status
+		}
+	}
+	// The first /sync of alice's client (set_presence=offline) sets her
+	// offline, and would undo a PUT made before it.
+	waitFor(t, "alice's first sync", self(mevent.PresenceOffline, ""))
+	if err := alice.SetPresence(ctx, mautrix.ReqPresence{Presence: mevent.PresenceUnavailable, StatusMsg: "brb"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "alice's presence stored", self(mevent.PresenceUnavailable, "brb"))
+	aliceAddr := event.Address{Network: event.Matrix, ID: alice.UserID.String()}
+	bobAddr := event.Address{Network: event.Matrix, ID: testGhost}
+	if _, err := a.Send(ctx, &event.Message{Header: event.Header{ID: "p-1", From: bobAddr, To: aliceAddr}, Body: "hi"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "alice's presence polled when her DM appeared", func() bool {
+		for _, e := range host.events() {
+			if p, ok := e.(*event.Presence); ok && p.From == aliceAddr && p.State == event.Away && p.Status == "brb" {
+				return true
+			}
+		}
+		return false
+	})
+	for _, tt := range []struct {
+		state      event.PresenceState
+		status     string
+		wantState  mevent.Presence
+		wantStatus string
+	}{
+		{event.Away, "lunch", mevent.PresenceUnavailable, "lunch"},
+		{event.Available, "", mevent.PresenceOnline, ""},
+		{event.OnThePhone, "", mevent.PresenceUnavailable, "On the phone"},
+		{event.Offline, "", mevent.PresenceOffline, ""},
+	} {
+		p := &event.Presence{Header: event.Header{From: bobAddr, To: aliceAddr}, State: tt.state, Status: tt.status}
+		if _, err := a.Send(ctx, p); err != nil {
+			t.Fatalf("send %s: %v", tt.state, err)
+		}
+		waitFor(t, fmt.Sprintf("alice sees bob %s %q", tt.wantState, tt.wantStatus), func() bool {
+			got, err := alice.GetPresence(ctx, id.UserID(testGhost))
+			return err == nil && got.Presence == tt.wantState && got.StatusMsg == tt.wantStatus
+		})
+	}
 }
 
 func testIntegrationPresence(t *testing.T, start func(t *testing.T, registration string) *peertest.Homeserver, synapse bool) {

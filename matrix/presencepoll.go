@@ -197,9 +197,12 @@ func (pp *presencePoll) dmsValue() string {
 type pollTarget struct{ user, ghost id.UserID }
 
 // targets returns the users to poll, each with the first of their ghosts.
+// The users waiting to be polled at once are among them: that list is
+// emptied.
 func (pp *presencePoll) targets() []pollTarget {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
+	pp.fresh = nil
 	out := make([]pollTarget, 0, len(pp.dms))
 	for user, ghosts := range pp.dms {
 		var first id.UserID
