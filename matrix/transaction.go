@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -214,7 +215,14 @@ func (a *Adapter) putTransaction(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "storage error")
 		return
 	}
-	log.Debug("transaction done", "events", len(txn.Events), "presence", len(txn.Presence))
+	if log.Enabled(ctx, slog.LevelDebug) {
+		// The event IDs tell whether an event ever reached Parley.
+		ids := make([]string, len(txn.Events))
+		for i, evt := range txn.Events {
+			ids[i] = evt.ID.String()
+		}
+		log.Debug("transaction done", "events", len(txn.Events), "event_ids", ids, "presence", len(txn.Presence))
+	}
 	writeEmpty(w)
 }
 
