@@ -86,6 +86,9 @@ type Adapter struct {
 	dial    func(ctx context.Context, addr string) (net.Conn, error)
 	backoff backoff
 	now     func() time.Time
+	// afterWrite, when set (by tests), runs in Send between the write of
+	// a stanza and its delivery barrier.
+	afterWrite func()
 
 	// host is set by Start, before the connection goroutine begins.
 	host bridges.Host
@@ -231,13 +234,17 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 	default:
 		return "", bridges.Permanent(fmt.Errorf("send %s event: not supported by the XMPP adapter", evt.Kind()))
 	}
+	var sess *xmpp.Session
 	if err == nil {
-		err = a.write(ctx, r)
+		sess, err = a.write(ctx, r)
+	}
+	if err == nil && a.afterWrite != nil {
+		a.afterWrite()
 	}
 	if err == nil && evt.Kind() != event.KindPresence {
 		// Presence is not durable; everything else leaves the outbox
 		// when Send returns, so make sure the server has it.
-		err = a.barrier(ctx)
+		err = a.barrier(ctx, sess)
 	}
 	if err != nil {
 		return "", fmt.Errorf("send %s to %s: %w", evt.Kind(), to, err)
@@ -252,13 +259,11 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 // a ping (XEP-0199) sent after a stanza means the server has that stanza.
 // Any answer counts, an error too; no answer within writeTimeout is an
 // error, and the router sends the event again (with the same stanza id).
-func (a *Adapter) barrier(ctx context.Context) error {
-	a.mu.Lock()
-	sess := a.sess
-	a.mu.Unlock()
-	if sess == nil {
-		return errNotConnected
-	}
+//
+// sess must be the session the stanza was written on: the answer of a newer
+// session (after a reconnection) says nothing of a stanza written into the
+// connection that ended.
+func (a *Adapter) barrier(ctx context.Context, sess *xmpp.Session) error {
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	iq := ping.IQ{IQ: stanza.IQ{ID: randomID(), Type: stanza.GetIQ, From: a.domain, To: a.server}}
@@ -272,27 +277,27 @@ func (a *Adapter) barrier(ctx context.Context) error {
 	return nil
 }
 
-// write sends one stanza on the live session. A failed write may have left
-// part of a stanza on the stream, so it closes the connection: the
-// connection goroutine reconnects.
-func (a *Adapter) write(ctx context.Context, r xml.TokenReader) error {
+// write sends one stanza on the live session and returns that session, for
+// the delivery barrier. A failed write may have left part of a stanza on the
+// stream, so it closes the connection: the connection goroutine reconnects.
+func (a *Adapter) write(ctx context.Context, r xml.TokenReader) (*xmpp.Session, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	a.mu.Lock()
 	sess, conn := a.sess, a.conn
 	a.mu.Unlock()
 	if sess == nil {
-		return errNotConnected
+		return nil, errNotConnected
 	}
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	// Session.Send serialises writers; it is safe for concurrent use.
 	if err := sess.Send(ctx, r); err != nil {
 		_ = conn.Close()
-		return err
+		return nil, err
 	}
-	return nil
+	return sess, nil
 }
 
 // setState reports s to the host, unless Stopped was reported already.

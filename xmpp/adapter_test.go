@@ -379,6 +379,45 @@ func TestAdapterExchange(t *testing.T) {
 	}
 }
 
+// TestAdapterBarrierOnWritingSession: the delivery barrier must be answered
+// on the connection the stanza was written to. When that connection ends
+// and a new one is up before the barrier, an answer on the new one says
+// nothing of the stanza: Send must fail, so that the router sends it again.
+func TestAdapterBarrierOnWritingSession(t *testing.T) {
+	srv := newFakeServer(t, "s3cret")
+	a, h := startAdapter(t, srv.addr(), "s3cret")
+	wantState(t, h, bridges.Starting)
+	first := srv.next(t)
+	wantState(t, h, bridges.Connected)
+	var second *fakeConn
+	a.afterWrite = func() {
+		a.afterWrite = nil
+		// The connection ends with the stanza unanswered; a new one
+		// comes up, and would answer a barrier.
+		_ = first.conn.Close()
+		wantState(t, h, bridges.Reconnecting)
+		second = srv.next(t)
+		wantState(t, h, bridges.Connected)
+	}
+	m := &event.Message{
+		Header: event.Header{ID: "$ev:matrix.org", From: xmppAddr(ghost), To: xmppAddr("alice@localhost")},
+		Body:   "lost?",
+	}
+	if _, err := a.Send(t.Context(), m); err == nil {
+		t.Fatal("Send reported delivered a stanza written into a connection that ended, on a barrier answered by the next one")
+	}
+	if n := second.pings.Load(); n != 0 {
+		t.Errorf("the new connection answered %d barrier pings for a stanza it never carried", n)
+	}
+	// Sent again, it goes through the new connection.
+	if _, err := a.Send(t.Context(), m); err != nil {
+		t.Fatalf("Send again: %v", err)
+	}
+	if r := second.recv(t); r.attr("id") != stableID(m.ID) {
+		t.Errorf("the new connection got %+v", r)
+	}
+}
+
 func TestAdapterReconnects(t *testing.T) {
 	srv := newFakeServer(t, "s3cret")
 	_, h := startAdapter(t, srv.addr(), "s3cret")
