@@ -77,7 +77,7 @@ func TestReloadMetricsAndStop(t *testing.T) {
 }
 
 func metricValue(text, series string) float64 {
-	m := regexp.MustCompile(regexp.QuoteMeta(series) + ` (\S+)`).FindStringSubmatch(text)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindStringSubmatch(text)
 	if m == nil {
 		return -1
 	}

@@ -176,7 +176,7 @@ func (st *stack) writeConfig(hsURL string, asPort, adminPort int, asToken string
 	}
 	cfg := fmt.Sprintf(`store: %s
 log: {level: %s, format: text}
-admin: {listen: "127.0.0.1:%d"}
+admin: {listen: "127.0.0.1:%d", pprof: true}
 shutdown_timeout: 5s
 xmpp:
   server: %q

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -16,9 +17,10 @@ import (
 )
 
 // startAdmin serves /healthz (the process is up), /readyz (every adapter is
-// connected; the body tells each one's state) and /metrics on listen. An
-// empty listen disables it.
-func startAdmin(listen string, router *bridges.Router, m *metrics, log *slog.Logger) (*http.Server, error) {
+// connected; the body tells each one's state) and /metrics on listen, and
+// with pprof Go's profiler under /debug/pprof/. An empty listen disables
+// it.
+func startAdmin(listen string, pprof bool, router *bridges.Router, m *metrics, log *slog.Logger) (*http.Server, error) {
 	if listen == "" {
 		return nil, nil
 	}
@@ -35,6 +37,13 @@ func startAdmin(listen string, router *bridges.Router, m *metrics, log *slog.Log
 		_ = json.NewEncoder(w).Encode(body)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	if pprof {
+		mux.HandleFunc("GET /debug/pprof/", httppprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", httppprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", httppprof.Trace)
+	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)

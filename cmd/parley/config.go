@@ -31,9 +31,11 @@ type Config struct {
 		Format string `yaml:"format"`
 	} `yaml:"log"`
 	// Admin is the listener for /healthz, /readyz and /metrics; "" turns it
-	// off.
+	// off. Pprof adds Go's profiler under /debug/pprof/ (off by default:
+	// anyone who reaches the listener could read the heap).
 	Admin struct {
 		Listen string `yaml:"listen"`
+		Pprof  bool   `yaml:"pprof"`
 	} `yaml:"admin"`
 	// ShutdownTimeout bounds how long SIGTERM waits for queued events to be
 	// delivered before Parley exits (what remains stays in the outbox).

@@ -222,7 +222,7 @@ func serve(path string, stderr io.Writer) error {
 		router.Add(a)
 	}
 
-	admin, err := startAdmin(cfg.Admin.Listen, router, metrics, log)
+	admin, err := startAdmin(cfg.Admin.Listen, cfg.Admin.Pprof, router, metrics, log)
 	if err != nil {
 		return err
 	}
