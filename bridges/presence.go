@@ -77,7 +77,13 @@ func (r *Router) queuePresence(p *event.Presence, _ *mapping.Map) {
 // state to show for its person (see mergedPresence).
 func (r *Router) recordPresence(a event.Address, state event.PresenceState, status string, m *mapping.Map) (event.PresenceState, string) {
 	r.mu.Lock()
-	r.lastPresence[a] = presenceOf{state, status}
+	if state == event.Offline && status == "" {
+		// What an absent entry means: the map holds only those who
+		// are online, not everyone ever seen.
+		delete(r.lastPresence, a)
+	} else {
+		r.lastPresence[a] = presenceOf{state, status}
+	}
 	r.mu.Unlock()
 	return r.mergedPresence(a, presenceOf{state, status}, m)
 }

@@ -373,25 +373,14 @@ func (a *Adapter) newClient(user id.UserID) *mautrix.Client {
 // ensureRegistered registers user on the homeserver unless it is known to
 // be registered (in memory, or from an earlier run in Links "ghost:"+mxid).
 func (a *Adapter) ensureRegistered(ctx context.Context, user id.UserID) error {
-	a.mu.Lock()
-	done := a.registered[user]
-	a.mu.Unlock()
-	if done {
-		return nil
-	}
-	_, links := a.started()
-	key := "ghost:" + user.String()
-	if links != nil {
-		if _, ok, err := links.Get(ctx, key); err != nil {
-			return fmt.Errorf("read link %s: %w", key, err)
-		} else if ok {
-			a.markRegistered(user)
-			return nil
-		}
+	if done, err := a.isRegistered(ctx, user); err != nil || done {
+		return err
 	}
 	if err := a.register(ctx, user); err != nil {
 		return err
 	}
+	_, links := a.started()
+	key := "ghost:" + user.String()
 	if links != nil {
 		if err := links.Put(ctx, key, time.Now().UTC().Format(time.RFC3339)); err != nil {
 			return fmt.Errorf("write link %s: %w", key, err)
@@ -399,6 +388,29 @@ func (a *Adapter) ensureRegistered(ctx context.Context, user id.UserID) error {
 	}
 	a.markRegistered(user)
 	return nil
+}
+
+// isRegistered reports whether the adapter has registered user, in this
+// run or an earlier one (its link says so).
+func (a *Adapter) isRegistered(ctx context.Context, user id.UserID) (bool, error) {
+	a.mu.Lock()
+	done := a.registered[user]
+	a.mu.Unlock()
+	if done {
+		return true, nil
+	}
+	_, links := a.started()
+	if links == nil {
+		return false, nil
+	}
+	key := "ghost:" + user.String()
+	if _, ok, err := links.Get(ctx, key); err != nil {
+		return false, fmt.Errorf("read link %s: %w", key, err)
+	} else if !ok {
+		return false, nil
+	}
+	a.markRegistered(user)
+	return true, nil
 }
 
 func (a *Adapter) markRegistered(user id.UserID) {

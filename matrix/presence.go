@@ -158,6 +158,16 @@ func (a *Adapter) sendPresence(ctx context.Context, p *event.Presence) (string, 
 	if known && cur == want {
 		return "", nil
 	}
+	if !known && want == (presenceOf{presence: mevent.PresenceOffline}) {
+		// A ghost not yet registered is offline already: registering
+		// it to say so would cost the homeserver an account for every
+		// XMPP or SIP user who merely watches someone.
+		if registered, err := a.isRegistered(ctx, ghost); err != nil {
+			return "", a.classify(err)
+		} else if !registered {
+			return "", nil
+		}
+	}
 	if err := a.ensureRegistered(ctx, ghost); err != nil {
 		return "", a.classify(fmt.Errorf("register ghost %s: %w", ghost, err))
 	}

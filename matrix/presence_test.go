@@ -67,11 +67,25 @@ func TestSendPresence(t *testing.T) {
 			if err != nil || id != "" {
 				t.Fatalf("Send = %q, %v", id, err)
 			}
-			reqs := hs.requests()
-			if len(reqs) != 2 || reqs[0].Path != "/_matrix/client/v3/register" {
-				t.Fatalf("requests %v, want register then presence", reqs)
+			reqs, want := hs.requests(), 2 // register, then presence
+			if tt.state == event.Offline {
+				// A ghost never registered is offline already.
+				if len(reqs) != 0 {
+					t.Fatalf("requests %v for the offline presence of a new ghost, want none", reqs)
+				}
+				if _, err := a.Send(context.Background(), presenceOfGhost(ghost, event.Available, "")); err != nil {
+					t.Fatal(err)
+				}
+				hs.reset()
+				if _, err := a.Send(context.Background(), presenceOfGhost(ghost, tt.state, tt.status)); err != nil {
+					t.Fatal(err)
+				}
+				reqs, want = hs.requests(), 1 // registered by then
 			}
-			r := reqs[1]
+			if len(reqs) != want || (want == 2 && reqs[0].Path != "/_matrix/client/v3/register") {
+				t.Fatalf("requests %v, want register (for a new ghost) then presence", reqs)
+			}
+			r := reqs[len(reqs)-1]
 			wantPath := "/_matrix/client/v3/presence/" + ghost + "/status"
 			if r.Method != "PUT" || r.Path != wantPath || r.Query["user_id"] != ghost || r.Auth != "Bearer as-secret" {
 				t.Errorf("request %s (auth %q), want PUT %s as %s", r, r.Auth, wantPath, ghost)
@@ -370,8 +384,8 @@ func TestPresenceRefresh(t *testing.T) {
 		return n
 	}
 	waitFor(t, "the presence of a ghost away refreshed", func() bool { return count(testGhost) >= 3 })
-	if n := count(carol); n != 1 {
-		t.Errorf("offline ghost: %d presence requests, want 1 (no refresh)", n)
+	if n := count(carol); n != 0 {
+		t.Errorf("offline ghost never registered: %d presence requests, want none", n)
 	}
 
 	// Once offline, it is no longer refreshed.
