@@ -46,7 +46,9 @@ var _ bridges.Network = (*Adapter)(nil)
 const (
 	// connectTimeout bounds the TCP connection and the XEP-0114 handshake.
 	connectTimeout = 15 * time.Second
-	// writeTimeout bounds one stanza written by Send.
+	// writeTimeout bounds the writing of one stanza by Send, once it is
+	// its turn (see Adapter.turn): a server that takes no bytes for that
+	// long is stuck, and the connection is dropped.
 	writeTimeout = 10 * time.Second
 	// closeTimeout is how long Stop waits for the server to close its side
 	// of the stream.
@@ -93,9 +95,24 @@ type Adapter struct {
 	// host is set by Start, before the connection goroutine begins.
 	host bridges.Host
 
-	mu      sync.Mutex
-	sess    *xmpp.Session // the live session; nil while not connected
-	conn    net.Conn      // its connection
+	mu   sync.Mutex
+	sess *xmpp.Session // the live session; nil while not connected
+	conn net.Conn      // its connection
+	// turn is held (a token in it) by the one Send writing: the others
+	// queue for it under their own context, and the writer's
+	// writeTimeout starts only once it has it. The session serialises
+	// writers too, but the deadline of a write it gives from the caller's
+	// context would count the time spent queueing: under a burst (a
+	// presence change to thousands of watchers) late writers timed out
+	// before writing a byte, and each timeout dropped the connection.
+	turn chan struct{}
+	// writeTimeout is writeTimeout, but for tests.
+	writeTimeout time.Duration
+
+	// pings are the delivery barriers waiting for the server's answer,
+	// by the id of their ping (see barrier).
+	pingsMu sync.Mutex
+	pings   map[string]chan struct{}
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the connection goroutine ends
 	stopped bool
@@ -126,8 +143,11 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", addr)
 		},
-		backoff: defaultBackoff,
-		now:     time.Now,
+		backoff:      defaultBackoff,
+		now:          time.Now,
+		turn:         make(chan struct{}, 1),
+		writeTimeout: writeTimeout,
+		pings:        make(map[string]chan struct{}),
 	}
 	for i, s := range cfg.ServerDomains {
 		d, _ := parseDomain(s) // valid after Validate
@@ -263,41 +283,89 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 // sess must be the session the stanza was written on: the answer of a newer
 // session (after a reconnection) says nothing of a stanza written into the
 // connection that ended.
+//
+// The ping is written like any stanza (it waits for its turn) and its
+// answer comes through the handler (answerPing), so that waiting for it
+// holds up no other writer.
 func (a *Adapter) barrier(ctx context.Context, sess *xmpp.Session) error {
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	iq := ping.IQ{IQ: stanza.IQ{ID: randomID(), Type: stanza.GetIQ, From: a.domain, To: a.server}}
-	err := sess.UnmarshalIQ(ctx, iq.TokenReader(), nil)
-	if se := (stanza.Error{}); errors.As(err, &se) {
+	id := randomID()
+	answered := make(chan struct{})
+	a.pingsMu.Lock()
+	a.pings[id] = answered
+	a.pingsMu.Unlock()
+	defer func() {
+		a.pingsMu.Lock()
+		delete(a.pings, id)
+		a.pingsMu.Unlock()
+	}()
+	iq := ping.IQ{IQ: stanza.IQ{ID: id, Type: stanza.GetIQ, From: a.domain, To: a.server}}
+	if _, err := a.writeOn(ctx, sess, iq.TokenReader()); err != nil {
+		return fmt.Errorf("ping the server after the stanza: %w", err)
+	}
+	timeout := time.NewTimer(a.writeTimeout)
+	defer timeout.Stop()
+	select {
+	case <-answered:
 		return nil
+	case <-timeout.C:
+		return fmt.Errorf("wait for the server to take the stanza: no answer to ping %s within %s", id, a.writeTimeout)
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the server to take the stanza: %w", ctx.Err())
 	}
-	if err != nil {
-		return fmt.Errorf("wait for the server to take the stanza: %w", err)
+}
+
+// answerPing ends the barrier waiting for the answer to the ping id, if
+// any, and reports whether there was one. Any answer counts, an error too.
+func (a *Adapter) answerPing(id string) bool {
+	a.pingsMu.Lock()
+	defer a.pingsMu.Unlock()
+	answered, ok := a.pings[id]
+	if ok {
+		close(answered)
+		delete(a.pings, id)
 	}
-	return nil
+	return ok
 }
 
 // write sends one stanza on the live session and returns that session, for
-// the delivery barrier. A failed write may have left part of a stanza on the
-// stream, so it closes the connection: the connection goroutine reconnects.
+// the delivery barrier.
 func (a *Adapter) write(ctx context.Context, r xml.TokenReader) (*xmpp.Session, error) {
+	return a.writeOn(ctx, nil, r)
+}
+
+// writeOn sends one stanza on sess, or on the live session when sess is
+// nil, once it is this writer's turn, and returns the session. It fails
+// when sess is no longer the live session. A failed write may have left
+// part of a stanza on the stream, so it closes the connection: the
+// connection goroutine reconnects.
+func (a *Adapter) writeOn(ctx context.Context, sess *xmpp.Session, r xml.TokenReader) (*xmpp.Session, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	a.mu.Lock()
-	sess, conn := a.sess, a.conn
-	a.mu.Unlock()
-	if sess == nil {
-		return nil, errNotConnected
+	select {
+	case a.turn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer func() { <-a.turn }()
+	a.mu.Lock()
+	live, conn := a.sess, a.conn
+	a.mu.Unlock()
+	switch {
+	case live == nil:
+		return nil, errNotConnected
+	case sess != nil && sess != live:
+		return nil, errSessionEnded
+	}
+	// Not the caller's deadline: the time spent waiting for the turn
+	// does not count.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.writeTimeout)
 	defer cancel()
-	// Session.Send serialises writers; it is safe for concurrent use.
-	if err := sess.Send(ctx, r); err != nil {
+	if err := live.Send(wctx, r); err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
-	return sess, nil
+	return live, nil
 }
 
 // setState reports s to the host, unless Stopped was reported already.

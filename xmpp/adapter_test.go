@@ -28,13 +28,16 @@ type fakeServer struct {
 	ln     net.Listener
 	domain string
 
-	mu      sync.Mutex
-	secret  string
-	silent  bool // accept TCP but never answer
-	nextID  int
-	conns   chan *fakeConn // authenticated connections
-	refused chan struct{}  // one per refused handshake
-	wg      sync.WaitGroup
+	mu     sync.Mutex
+	secret string
+	silent bool // accept TCP but never answer
+	// readDelay is how long each connection waits after reading a
+	// stanza: a slow server.
+	readDelay time.Duration
+	nextID    int
+	conns     chan *fakeConn // authenticated connections
+	refused   chan struct{}  // one per refused handshake
+	wg        sync.WaitGroup
 }
 
 func newFakeServer(t *testing.T, secret string) *fakeServer {
@@ -88,7 +91,7 @@ func (s *fakeServer) accept() {
 
 func (s *fakeServer) serve(c net.Conn) {
 	s.mu.Lock()
-	secret, silent := s.secret, s.silent
+	secret, silent, readDelay := s.secret, s.silent, s.readDelay
 	s.nextID++
 	streamID := fmt.Sprintf("stream-%d", s.nextID)
 	s.mu.Unlock()
@@ -135,7 +138,7 @@ func (s *fakeServer) serve(c net.Conn) {
 	}
 	_, _ = io.WriteString(c, `<handshake/>`)
 
-	fc := &fakeConn{conn: c, stanzas: make(chan rawStanza, 256), ended: make(chan struct{})}
+	fc := &fakeConn{conn: c, stanzas: make(chan rawStanza, 256), ended: make(chan struct{}), readDelay: readDelay}
 	s.conns <- fc
 	fc.read(d)
 }
@@ -172,6 +175,7 @@ type fakeConn struct {
 	ended      chan struct{} // closed when the component closed its stream
 	noCloseAck bool          // do not answer the component's </stream:stream>
 	pings      atomic.Int32  // delivery-barrier pings answered
+	readDelay  time.Duration // see fakeServer.readDelay
 }
 
 // rawStanza is a stanza the component sent.
@@ -205,6 +209,7 @@ func (c *fakeConn) read(d *xml.Decoder) {
 				_ = c.conn.Close()
 				return
 			}
+			time.Sleep(c.readDelay)
 			if r.XMLName.Local == "iq" && r.attr("type") == "get" && strings.Contains(r.Inner, "urn:xmpp:ping") {
 				// Like a real server, answer the adapter's delivery
 				// barrier; tests see only the other stanzas.
@@ -615,4 +620,47 @@ func TestAdapterStartContextDoesNotStop(t *testing.T) {
 	wantState(t, h, bridges.Starting)
 	srv.next(t)
 	wantState(t, h, bridges.Connected)
+}
+
+// TestAdapterBurstOnSlowServer: when many Sends queue behind a server that
+// reads slowly, each one's write timeout starts only with its turn. Before,
+// the late ones timed out while queueing, and each timeout dropped the
+// connection.
+func TestAdapterBurstOnSlowServer(t *testing.T) {
+	srv := newFakeServer(t, "s3cret")
+	srv.mu.Lock()
+	srv.readDelay = 4 * time.Millisecond
+	srv.mu.Unlock()
+	a, h := startAdapter(t, srv.addr(), "s3cret")
+	a.writeTimeout = 300 * time.Millisecond
+	wantState(t, h, bridges.Starting)
+	c := srv.next(t)
+	wantState(t, h, bridges.Connected)
+
+	const n = 400
+	status := strings.Repeat("x", 40000) // 16 MB in all: more than the socket buffers hold
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			p := &event.Presence{Header: event.Header{ID: fmt.Sprint("p", i), From: xmppAddr(ghost), To: xmppAddr(fmt.Sprintf("u%d@localhost", i))},
+				State: event.Away, Status: status}
+			_, err := a.Send(t.Context(), p)
+			errs <- err
+		}()
+	}
+	// The server takes a stanza every 4 ms: 1.6 s in all, well past the
+	// write timeout of the last writer counted from its Send.
+	for range n {
+		c.recv(t)
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("Send: %v", err)
+		}
+	}
+	select {
+	case s := <-h.states:
+		t.Errorf("state changed to %s (%v) during the burst", s.state, s.err)
+	default:
+	}
 }

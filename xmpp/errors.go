@@ -13,6 +13,9 @@ var (
 	// errNotConnected is returned by Send while the component is not
 	// connected; the router retries later.
 	errNotConnected = errors.New("not connected to the XMPP server")
+	// errSessionEnded: the session a stanza went out on has ended, so
+	// whether the server got it cannot be known.
+	errSessionEnded = errors.New("the XMPP session ended")
 	// errSecretRefused is reported with bridges.BadCredentials when the
 	// server answers the XEP-0114 handshake with <not-authorized/>.
 	errSecretRefused = errors.New("the XMPP server refused the component secret")

@@ -97,8 +97,9 @@ type iqStanza struct {
 }
 
 // handleIQ reads one <iq/> from r and answers it on w. Every get or set gets
-// a result or an error (RFC 6120 §8.2.3); results and errors are dropped:
-// the component sends no requests.
+// a result or an error (RFC 6120 §8.2.3). The component's only requests
+// are the pings of its delivery barriers: a result or error answering one
+// ends that barrier; others are dropped.
 func (a *Adapter) handleIQ(w xmlstream.TokenWriter, r xml.TokenReader) error {
 	var iq iqStanza
 	if err := xml.NewTokenDecoder(r).Decode(&iq); err != nil {
@@ -106,6 +107,7 @@ func (a *Adapter) handleIQ(w xmlstream.TokenWriter, r xml.TokenReader) error {
 		return nil
 	}
 	if iq.Type != string(stanza.GetIQ) && iq.Type != string(stanza.SetIQ) {
+		a.answerPing(iq.ID) // the answer a delivery barrier waits for
 		return nil
 	}
 	from, err := jid.Parse(iq.From)
