@@ -629,10 +629,10 @@ func TestAdapterStartContextDoesNotStop(t *testing.T) {
 func TestAdapterBurstOnSlowServer(t *testing.T) {
 	srv := newFakeServer(t, "s3cret")
 	srv.mu.Lock()
-	srv.readDelay = 4 * time.Millisecond
+	srv.readDelay = 5 * time.Millisecond
 	srv.mu.Unlock()
 	a, h := startAdapter(t, srv.addr(), "s3cret")
-	a.writeTimeout = 300 * time.Millisecond
+	a.writeTimeout = time.Second
 	wantState(t, h, bridges.Starting)
 	c := srv.next(t)
 	wantState(t, h, bridges.Connected)
@@ -648,7 +648,7 @@ func TestAdapterBurstOnSlowServer(t *testing.T) {
 			errs <- err
 		}()
 	}
-	// The server takes a stanza every 4 ms: 1.6 s in all, well past the
+	// The server takes a stanza every 5 ms: 2 s in all, well past the
 	// write timeout of the last writer counted from its Send.
 	for range n {
 		c.recv(t)

@@ -27,16 +27,20 @@ const dispatchTimeout = 30 * time.Second
 //
 // The handler returns an error only when it cannot write to the session;
 // Serve then ends the stream. A stanza it cannot read is logged and dropped.
-func (a *Adapter) handler(ctx context.Context) xmpp.Handler {
+//
+// Replies to messages and presence go to out, which writes them apart
+// (see replies); an IQ's answer is written inline, as the session checks
+// that every request got one.
+func (a *Adapter) handler(ctx context.Context, out *replies) xmpp.Handler {
 	return xmpp.HandlerFunc(func(t xmlstream.TokenReadEncoder, start *xml.StartElement) error {
 		r := xmlstream.MultiReader(xmlstream.Token(*start), t)
 		switch start.Name.Local {
 		case "message":
-			return a.handleMessage(ctx, t, r)
+			return a.handleMessage(ctx, &replyBuffer{ctx: ctx, r: out}, r)
 		case "iq":
 			return a.handleIQ(t, r)
 		case "presence":
-			return a.handlePresence(ctx, t, r)
+			return a.handlePresence(ctx, &replyBuffer{ctx: ctx, r: out}, r)
 		default:
 			a.log.Debug("xmpp unknown element ignored", "element", start.Name.Local)
 			return nil

@@ -78,8 +78,17 @@ func handle(t *testing.T, a *Adapter, stanzaXML string) string {
 		xml.TokenReader
 		*xml.Encoder
 	}{xmlstream.InnerElement(d), e}
-	if err := a.handler(t.Context()).HandleXMPP(rw, &start); err != nil {
+	out := &replies{queue: make(chan []xml.Token, 16)}
+	if err := a.handler(t.Context(), out).HandleXMPP(rw, &start); err != nil {
 		t.Fatalf("HandleXMPP: %v", err)
+	}
+	// The replies queued for the session's writer, in order.
+	for len(out.queue) > 0 {
+		for _, tok := range <-out.queue {
+			if err := e.EncodeToken(tok); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	if err := e.Flush(); err != nil {
 		t.Fatal(err)
