@@ -1,6 +1,7 @@
 package peertest
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +20,10 @@ type ProsodyOptions struct {
 	ComponentDomain string
 	// ComponentSecret is the component's shared secret, default random.
 	ComponentSecret string
+	// LogLevel is the least level Prosody logs, default "debug" (what a
+	// failing test wants); benchmarks use "info", as debug logging of
+	// every stanza costs Prosody more than routing it.
+	LogLevel string
 }
 
 // Prosody is a running Prosody XMPP server started by StartProsody.
@@ -35,8 +40,9 @@ type Prosody struct {
 	ComponentAddr   string // component listener, host:port on 127.0.0.1
 	Dir             string // config, data, pid file and prosody.log
 
-	config string
-	proc   *process
+	config   string
+	logLevel string
+	proc     *process
 }
 
 // MUCDomain is the MUC component every Prosody from StartProsody serves.
@@ -69,6 +75,7 @@ func StartProsody(t TB, opts ProsodyOptions) *Prosody {
 		ComponentAddr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t))),
 		Dir:             dir,
 		config:          filepath.Join(dir, "prosody.cfg.lua"),
+		logLevel:        cmp.Or(opts.LogLevel, "debug"),
 	}
 	for _, sub := range []string{"data", "certs"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o750); err != nil {
@@ -97,7 +104,7 @@ daemonize = false
 data_path = %s
 certificates = %s
 pidfile = %s
-log = { { levels = { min = "debug" }; to = "console"; timestamps = true; } }
+log = { { levels = { min = %s }; to = "console"; timestamps = true; } }
 admins = { }
 authentication = "internal_hashed"
 storage = "internal"
@@ -127,7 +134,7 @@ Component %s
 `,
 		luaString(filepath.Join(p.Dir, "data")),
 		luaString(filepath.Join(p.Dir, "certs")),
-		luaString(filepath.Join(p.Dir, "prosody.pid")),
+		luaString(filepath.Join(p.Dir, "prosody.pid")), luaString(p.logLevel),
 		c2sPort, compPort, MUCDomain,
 		luaString(p.ComponentDomain), luaString(p.ComponentSecret))
 	return b.String()
