@@ -65,9 +65,10 @@ bench-sip: peers
 	PARLEY_BENCH_RATE=$${RATE:-200} \
 	  $(GO) test ./e2e -run '^$$' -bench SIPToXMPP -benchtime $${N:-2000}x -count=1 -timeout 20m
 
-# WATCHERS SIP presence keys on a Matrix user: one change → every NOTIFY out.
+# WATCHERS SIP presence keys and XMPP_WATCHERS XMPP users watch a Matrix user:
+# one change → every NOTIFY answered and every presence stanza received.
 bench-presence: peers
-	PARLEY_BENCH_WATCHERS=$${WATCHERS:-5000} \
+	PARLEY_BENCH_WATCHERS=$${WATCHERS:-5000} PARLEY_BENCH_XMPP_WATCHERS=$${XMPP_WATCHERS:-5000} \
 	  $(GO) test ./e2e -run '^$$' -bench PresenceNotify -benchtime 3x -count=1 -timeout 20m
 	$(GO) test ./bridges -run '^$$' -bench 'PresenceFanout|SubscribeSQLite' -benchtime 20x -count 1
 

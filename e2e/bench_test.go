@@ -204,61 +204,156 @@ func rssOf(pid int) int64 {
 	return 0
 }
 
-// BenchmarkPresenceNotify: PARLEY_BENCH_WATCHERS (default 5000) SIP presence
-// keys (one sipp, a trusted peer) watch a Matrix user on real Synapse; the
-// user changes presence once per iteration; the time until parley has sent
-// every NOTIFY (and the watcher answered it) is measured through parley's
-// own delivery counter, with NOTIFY/s and parley's resident memory per
-// subscription.
+// BenchmarkPresenceNotify: one Matrix user on real Synapse, bob, is watched
+// by PARLEY_BENCH_WATCHERS (default 5000) SIP presence keys (one sipp, a
+// trusted peer) and PARLEY_BENCH_XMPP_WATCHERS (default 5000) XMPP users
+// logged in to real Prosody (peertest.XMPPSwarm), each subscribed to bob's
+// ghost. Bob changes presence once per iteration; the time until parley
+// has sent every NOTIFY (and the watcher answered it) and every XMPP
+// watcher has received the presence stanza is the time of the change. It
+// reports NOTIFY/s, presence stanzas/s, and parley's memory per
+// subscription: the growth of its live heap (after a forced collection,
+// once the transactions of the subscribing are over) and of its RSS.
 //
 //	go test ./e2e -run '^$' -bench PresenceNotify -benchtime 3x
 func BenchmarkPresenceNotify(b *testing.B) {
-	watchers := envInt("PARLEY_BENCH_WATCHERS", 5000)
+	sipWatchers := envInt("PARLEY_BENCH_WATCHERS", 5000)
+	xmppWatchers := envInt("PARLEY_BENCH_XMPP_WATCHERS", 5000)
 	st := newStack(b, stackSettings{homeserver: "synapse", logLevel: "info", sipTrustedDomain: "watchers.localhost"})
 	st.prosody.Register(b, "alice", "alicepass")
 	st.start(true)
 	alice := peertest.ConnectXMPP(b, st.prosody, "alice", "alicepass")
 	bob := peertest.ConnectMatrix(b, st.hs, "bob", "bobpassword")
 	dm(b, st, alice, bob) // bob shares a room with a ghost: Synapse pushes his presence
+	var swarm *peertest.XMPPSwarm
+	if xmppWatchers > 0 {
+		st.prosody.RegisterMany(b, "w", xmppWatchers, "watcherpass")
+		swarm = peertest.ConnectSwarm(b, st.prosody, "w", xmppWatchers, "watcherpass")
+	}
+	// Online, so that each new watcher is sent his presence at once (there
+	// is nothing to send of someone offline); parley knows it once alice,
+	// who watches him, sees it. Synapse times out in 30 s the presence of
+	// a user whose client does not sync as online (bob's does not), so
+	// his client says it again every 10 s until the watchers are in.
+	alice.Subscribe(b, bobGhostJID)
+	online := func() {
+		if err := bob.SetPresence(b.Context(), mautrix.ReqPresence{Presence: mevent.PresenceOnline, StatusMsg: "ready"}); err != nil {
+			b.Error(err)
+		}
+	}
+	online()
+	waitXMPPPresence(b, alice, bobGhostJID, "", "ready")
+	keepOnline := time.NewTicker(10 * time.Second)
+	setupDone := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-keepOnline.C:
+				online()
+			case <-setupDone:
+				return
+			}
+		}
+	}()
+	subscribing := time.Now()
 
-	delivered := func() float64 {
+	notified := func() float64 {
 		_, m := st.get("/metrics")
 		return metricValue(m, `parley_events_delivered_total{kind="presence",network="sip"}`)
 	}
-	rss0 := rssOf(st.parley.Process.Pid)
-	keys := peertest.StartSipp(b, peertest.SippOptions{Scenario: scenario(b, "uac_subscribe_many.xml"), Target: st.sipAddr,
-		Service: "matrix_bob_localhost", Vars: map[string]string{"domain": "watchers.localhost", "target": sipDomain, "expires": "3600"},
-		Calls: watchers, Rate: 1000, Limit: watchers + 10, Timeout: 20 * time.Minute, Name: "presence-keys"})
-	// Every key got its initial NOTIFY from the adapter; wait until the
-	// core has recorded every watcher too (each gets bob's last state).
-	deadline := time.Now().Add(2 * time.Minute)
-	for len(keys.Received("NOTIFY")) < watchers {
-		if time.Now().After(deadline) {
-			b.Fatalf("only %d of %d keys subscribed", len(keys.Received("NOTIFY")), watchers)
-		}
-		time.Sleep(500 * time.Millisecond)
+	written := func() float64 {
+		_, m := st.get("/metrics")
+		return metricValue(m, `parley_events_delivered_total{kind="presence",network="xmpp"}`)
 	}
-	time.Sleep(6 * time.Second) // past the 5 s NOTIFY interval of every dialog
-	rss1 := rssOf(st.parley.Process.Pid)
-	base := delivered()
+	// showing counts the XMPP watchers whose last presence of bob had
+	// the status text status: each change has its own.
+	showing := func(status string) int {
+		if swarm == nil {
+			return 0
+		}
+		return swarm.Showing(status)
+	}
+	heap0, rss0 := st.liveHeap(), rssOf(st.parley.Process.Pid)
+	if swarm != nil {
+		// Paced: at once, 5,000 subscription requests keep Prosody
+		// (on the same two cores as everything else) from reading the
+		// component stream for tens of seconds.
+		if err := swarm.Subscribe(b.Context(), bobGhostJID, 250); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if sipWatchers > 0 {
+		keys := peertest.StartSipp(b, peertest.SippOptions{Scenario: scenario(b, "uac_subscribe_many.xml"), Target: st.sipAddr,
+			Service: "matrix_bob_localhost", Vars: map[string]string{"domain": "watchers.localhost", "target": sipDomain, "expires": "3600"},
+			Calls: sipWatchers, Rate: 1000, Limit: sipWatchers + 10, Timeout: 20 * time.Minute, Name: "presence-keys"})
+		// Every key got its initial NOTIFY from the adapter.
+		deadline := time.Now().Add(2 * time.Minute)
+		for len(keys.Received("NOTIFY")) < sipWatchers {
+			if time.Now().After(deadline) {
+				b.Fatalf("only %d of %d keys subscribed", len(keys.Received("NOTIFY")), sipWatchers)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	// Every XMPP watcher got bob's current presence on approval.
+	deadline := time.Now().Add(2 * time.Minute)
+	for showing("ready") < xmppWatchers {
+		if time.Now().After(deadline) {
+			b.Fatalf("only %d of %d XMPP watchers got bob's presence", showing("ready"), xmppWatchers)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	b.Logf("%d SIP and %d XMPP watchers subscribed, and sent bob's presence, in %s",
+		sipWatchers, xmppWatchers, time.Since(subscribing).Round(100*time.Millisecond))
+	keepOnline.Stop()
+	close(setupDone)
+	// Past the 5 s NOTIFY interval of every dialog, and past the end of
+	// the SIP transactions of the subscribing (32 s over UDP), which are
+	// not part of what a subscription costs.
+	time.Sleep(35 * time.Second)
+	heap1, rss1 := st.liveHeap(), rssOf(st.parley.Process.Pid)
+	if path := os.Getenv("PARLEY_BENCH_HEAP_PROFILE"); path != "" {
+		// For a look at what the subscriptions hold: go tool pprof path.
+		_, prof := st.get("/debug/pprof/heap")
+		if err := os.WriteFile(path, []byte(prof), 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	base, baseWritten := notified(), written()
 
 	states := []mevent.Presence{mevent.PresenceUnavailable, mevent.PresenceOnline}
 	b.ResetTimer()
-	var elapsed time.Duration // changes only, not the pauses between them
+	// Per change, summed: until every NOTIFY was answered, until parley
+	// had written every XMPP stanza, and until every XMPP client had it.
+	var tNotify, tWritten, tReceived time.Duration
 	for i := range b.N {
 		start := time.Now()
-		want := base + float64((i+1)*watchers)
-		if err := bob.SetPresence(b.Context(), mautrix.ReqPresence{Presence: states[i%2], StatusMsg: fmt.Sprint("change ", i)}); err != nil {
+		wantNotify := base + float64((i+1)*sipWatchers)
+		wantWritten := baseWritten + float64((i+1)*xmppWatchers)
+		status := fmt.Sprint("change ", i)
+		if err := bob.SetPresence(b.Context(), mautrix.ReqPresence{Presence: states[i%2], StatusMsg: status}); err != nil {
 			b.Fatal(err)
 		}
 		deadline := time.Now().Add(2 * time.Minute)
-		for delivered() < want {
+		var notifyAt, writtenAt, receivedAt time.Duration
+		for notifyAt == 0 || writtenAt == 0 || receivedAt == 0 {
 			if time.Now().After(deadline) {
-				b.Fatalf("change %d: %v of %d NOTIFYs", i, delivered()-base-float64(i*watchers), watchers)
+				b.Fatalf("change %d: %v of %d NOTIFYs, %d of %d presence stanzas", i,
+					notified()-base-float64(i*sipWatchers), sipWatchers, showing(status), xmppWatchers)
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
+			now := time.Since(start)
+			if notifyAt == 0 && notified() >= wantNotify {
+				notifyAt = now
+			}
+			if writtenAt == 0 && written() >= wantWritten {
+				writtenAt = now
+			}
+			if receivedAt == 0 && showing(status) >= xmppWatchers {
+				receivedAt = now
+			}
 		}
-		elapsed += time.Since(start)
+		tNotify, tWritten, tReceived = tNotify+notifyAt, tWritten+writtenAt, tReceived+receivedAt
 		if i+1 < b.N {
 			b.StopTimer()
 			time.Sleep(6 * time.Second) // next change is not held back by the NOTIFY interval
@@ -266,10 +361,35 @@ func BenchmarkPresenceNotify(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	perChange := elapsed / time.Duration(b.N)
-	b.ReportMetric(float64(perChange.Milliseconds()), "ms/change")
-	b.ReportMetric(float64(watchers)/perChange.Seconds(), "NOTIFY/s")
-	b.ReportMetric(float64(rss1-rss0)/float64(watchers), "parley-RSS-B/subscription")
-	b.Logf("%d SIP watchers of a Matrix user: one change → every NOTIFY answered in %s (%.0f NOTIFY/s); parley RSS %+.1f MiB for the subscriptions (%.0f B each)",
-		watchers, perChange.Round(time.Millisecond), float64(watchers)/perChange.Seconds(), float64(rss1-rss0)/(1<<20), float64(rss1-rss0)/float64(watchers))
+	n := time.Duration(b.N)
+	tNotify, tWritten, tReceived = tNotify/n, tWritten/n, tReceived/n
+	subs := float64(sipWatchers + xmppWatchers)
+	b.ReportMetric(float64(max(tNotify, tReceived).Milliseconds()), "ms/change")
+	b.ReportMetric(float64(sipWatchers)/tNotify.Seconds(), "NOTIFY/s")
+	b.ReportMetric(float64(xmppWatchers)/tWritten.Seconds(), "parley-stanzas/s")
+	b.ReportMetric(float64(xmppWatchers)/tReceived.Seconds(), "received-stanzas/s")
+	b.ReportMetric(float64(heap1-heap0)/subs, "parley-heap-B/subscription")
+	b.ReportMetric(float64(rss1-rss0)/subs, "parley-RSS-B/subscription")
+	b.Logf("bob on Matrix, watched by %d SIP presence keys and %d XMPP users; one change → every NOTIFY answered in %s (%.0f NOTIFY/s), "+
+		"every XMPP stanza written by parley in %s (%.0f/s) and received by its client in %s (%.0f/s); "+
+		"parley for the %.0f subscriptions: live heap %+.1f MiB (%.0f B each), RSS %+.1f MiB (%.0f B each)",
+		sipWatchers, xmppWatchers, tNotify.Round(time.Millisecond), float64(sipWatchers)/tNotify.Seconds(),
+		tWritten.Round(time.Millisecond), float64(xmppWatchers)/tWritten.Seconds(), tReceived.Round(time.Millisecond), float64(xmppWatchers)/tReceived.Seconds(),
+		subs, float64(heap1-heap0)/(1<<20), float64(heap1-heap0)/subs, float64(rss1-rss0)/(1<<20), float64(rss1-rss0)/subs)
+}
+
+// liveHeap returns parley's live heap right after a collection: it asks
+// the admin listener's profiler for a heap profile after a GC (pprof is on
+// in the test stacks), then reads go_gc_heap_live_bytes.
+func (st *stack) liveHeap() int64 {
+	st.t.Helper()
+	if code, _ := st.get("/debug/pprof/heap?gc=1"); code != 200 {
+		st.t.Fatalf("forced collection: /debug/pprof/heap answered %d", code)
+	}
+	_, m := st.get("/metrics")
+	v := metricValue(m, "go_gc_heap_live_bytes")
+	if v <= 0 {
+		st.t.Fatalf("go_gc_heap_live_bytes = %v", v)
+	}
+	return int64(v)
 }

@@ -81,8 +81,8 @@ type stackSettings struct {
 	// sipPort, when set, is the port of parley's SIP listeners (so that a
 	// proxy started first can point at it).
 	sipPort int
-	// logLevel is parley's log level; "" is debug, which tests want and
-	// benchmarks do not.
+	// logLevel is parley's and Prosody's log level; "" is debug, which
+	// tests want and benchmarks do not.
 	logLevel string
 	// sipTrustedDomain, when set, makes 127.0.0.1 a trusted SIP peer for
 	// that domain (benchmarks with many SIP users and no digest each).
@@ -105,7 +105,7 @@ func newStack(t testing.TB, s stackSettings) *stack {
 		t.Skip("short mode: end-to-end tests need real servers")
 	}
 	st := &stack{t: t, dir: t.TempDir(), settings: s, hsToken: randomToken()}
-	st.prosody = peertest.StartProsody(t, peertest.ProsodyOptions{ComponentDomain: componentDomain})
+	st.prosody = peertest.StartProsody(t, peertest.ProsodyOptions{ComponentDomain: componentDomain, LogLevel: s.logLevel})
 	asPort, adminPort := peertest.FreePort(t), peertest.FreePort(t)
 	st.asURL = fmt.Sprintf("http://127.0.0.1:%d", asPort)
 	st.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
@@ -197,6 +197,7 @@ sip:
     "1002": {password: %s}
     "1003": {password: %s}
   max_message_size: 2048
+  min_expires: 2s
   rate_limit: {per_second: 10000, burst: 20000}
 %smapping:
   ghosts:
