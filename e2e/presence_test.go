@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,8 +26,14 @@ func scenario(t testing.TB, name string) string {
 // publish has phone user publish its presence with an RPID activity.
 func publish(t *testing.T, st *stack, user, activity, note string) {
 	t.Helper()
+	publishFor(t, st, user, activity, note, 600)
+}
+
+// publishFor is publish with a lifetime of expires seconds.
+func publishFor(t *testing.T, st *stack, user, activity, note string, expires int) {
+	t.Helper()
 	r := peertest.RunSipp(t, peertest.SippOptions{Scenario: scenario(t, "uac_publish.xml"), Target: st.sipAddr, Service: user,
-		Vars:     map[string]string{"domain": sipDomain, "activity": activity, "note": note, "expires": "600"},
+		Vars:     map[string]string{"domain": sipDomain, "activity": activity, "note": note, "expires": strconv.Itoa(expires)},
 		AuthUser: user, AuthPassword: sipUsers[user], Name: "publish-" + user, AllowFailure: true})
 	if !r.OK() {
 		t.Fatalf("PUBLISH from %s:\n%s\nparley:\n%s", user, exchange(r.Messages()), tail(st.log(), 20))
@@ -37,8 +44,15 @@ func publish(t *testing.T, st *stack, user, activity, note string) {
 // of the user part `of` of parley's domain and answers every NOTIFY.
 func presenceKey(t *testing.T, st *stack, watcher, of string) *peertest.SippProcess {
 	t.Helper()
+	return presenceKeyFor(t, st, watcher, of, 600)
+}
+
+// presenceKeyFor is presenceKey with a subscription of expires seconds,
+// never refreshed.
+func presenceKeyFor(t *testing.T, st *stack, watcher, of string, expires int) *peertest.SippProcess {
+	t.Helper()
 	return peertest.StartSipp(t, peertest.SippOptions{Scenario: scenario(t, "uac_subscribe.xml"), Target: st.sipAddr, Service: of,
-		Vars:     map[string]string{"domain": sipDomain, "watcher": watcher, "expires": "600"},
+		Vars:     map[string]string{"domain": sipDomain, "watcher": watcher, "expires": strconv.Itoa(expires)},
 		AuthUser: watcher, AuthPassword: sipUsers[watcher], Timeout: 2 * time.Minute, Name: "key-" + watcher + "-" + of})
 }
 
@@ -85,7 +99,7 @@ func waitMatrixPresence(t *testing.T, c *peertest.MatrixClient, user mid.UserID,
 	t.Fatalf("%s never showed %s %q on Matrix (last: %s)", user, state, status, last)
 }
 
-func waitXMPPPresence(t *testing.T, c *peertest.XMPPClient, from, show, status string) {
+func waitXMPPPresence(t testing.TB, c *peertest.XMPPClient, from, show, status string) {
 	t.Helper()
 	ctx := timeout(t, 30*time.Second)
 	e, ok := c.Next(ctx, func(e peertest.XMPPEvent) bool {
@@ -171,5 +185,47 @@ func TestMergedPresence(t *testing.T) {
 	}
 	if !strings.Contains(body, `entity="sip:dana@parley.localhost"`) {
 		t.Errorf("NOTIFY is not for dana's alias:\n%s", body)
+	}
+}
+
+// TestPresenceExpiry: a PUBLISH that is not refreshed ends when it expires
+// (RFC 3903 §6: the phone is offline again for its XMPP watcher), and a SIP
+// subscription that is not refreshed ends with a NOTIFY
+// "terminated;reason=timeout" (RFC 6665 §4.1.3), with real sipp phones.
+func TestPresenceExpiry(t *testing.T) {
+	st, alice, _, _ := chat(t, "synapse") // the stack allows lifetimes down to 2 s
+	const phone = "1001+parley.localhost@matrix.localhost"
+	alice.Subscribe(t, phone)
+	time.Sleep(500 * time.Millisecond) // the subscription is recorded
+	publishFor(t, st, "1001", "away", "back in a moment", 3)
+	waitXMPPPresence(t, alice, phone, "away", "back in a moment")
+	ctx := timeout(t, 30*time.Second)
+	if _, ok := alice.Next(ctx, func(e peertest.XMPPEvent) bool {
+		return e.Ev == "presence" && bare(e.From) == phone && e.Type == "unavailable"
+	}); !ok {
+		t.Fatalf("the phone's publication never expired for alice:\n%s", tail(st.log(), 20))
+	}
+
+	key := presenceKeyFor(t, st, "1002", "xmpp_alice_localhost", 3)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var states []string
+		for _, m := range key.Received("NOTIFY") {
+			for _, h := range m.Headers {
+				if strings.EqualFold(h.Name, "Subscription-State") {
+					states = append(states, h.Value)
+				}
+			}
+		}
+		if n := len(states); n > 0 && strings.HasPrefix(states[n-1], "terminated") {
+			if states[0] == "" || !strings.HasPrefix(states[0], "active") || states[n-1] != "terminated;reason=timeout" {
+				t.Fatalf("Subscription-State of the NOTIFYs: %q, want active… then terminated;reason=timeout", states)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the subscription never ended; Subscription-State of the NOTIFYs: %q", states)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
