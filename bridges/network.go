@@ -76,4 +76,6 @@ type Links interface {
 	Put(ctx context.Context, key, value string) error
 	// Delete removes key; removing an absent key is not an error.
 	Delete(ctx context.Context, key string) error
+	// List returns the keys that start with prefix, with their values.
+	List(ctx context.Context, prefix string) (map[string]string, error)
 }

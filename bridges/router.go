@@ -448,3 +448,7 @@ func (l scopedLinks) Put(ctx context.Context, key, value string) error {
 func (l scopedLinks) Delete(ctx context.Context, key string) error {
 	return l.st.DeleteLink(ctx, l.ns, key)
 }
+
+func (l scopedLinks) List(ctx context.Context, prefix string) (map[string]string, error) {
+	return l.st.ListLinks(ctx, l.ns, prefix)
+}

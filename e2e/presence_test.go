@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -228,4 +229,23 @@ func TestPresenceExpiry(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// TestPresenceAfterRestart: Parley keeps no presence across a restart, and
+// an XMPP server sends a user's presence to a subscribed ghost only when it
+// changes. So after a restart the ghosts probe the users they had asked
+// for presence; a SIP key that subscribes then sees the XMPP user's state
+// although she has not changed it since.
+func TestPresenceAfterRestart(t *testing.T) {
+	st, alice, _, _ := chat(t, "synapse")
+	before := presenceKey(t, st, "1002", "xmpp_alice_localhost") // alice's ghost is asked for her presence
+	waitNotify(t, before, "closed")
+	time.Sleep(time.Second) // alice's client approved the ghost's request
+	alice.SetPresence(t, "dnd", "deep in code")
+	waitNotify(t, before, "busy", "deep in code")
+
+	st.stop(syscall.SIGKILL)
+	st.start(true)
+	after := presenceKeyFor(t, st, "1003", "xmpp_alice_localhost", 600)
+	waitNotify(t, after, "busy", "deep in code")
 }

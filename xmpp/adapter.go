@@ -268,6 +268,9 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		// when Send returns, so make sure the server has it.
 		err = a.barrier(ctx, sess)
 	}
+	if s, ok := evt.(*event.Subscription); ok && err == nil {
+		a.rememberProbe(ctx, s)
+	}
 	if err != nil {
 		return "", fmt.Errorf("send %s to %s: %w", evt.Kind(), to, err)
 	}
@@ -475,7 +478,7 @@ func (a *Adapter) connectAndServe(ctx context.Context) (time.Duration, error) {
 	pctx, stopProbes := context.WithCancel(ctx)
 	defer func() { stopProbes(); <-probed }()
 	stale := a.presences.reset()
-	go func() { defer close(probed); a.probeAgain(pctx, sessionWriter{a, sess}, stale) }()
+	go func() { defer close(probed); a.probeAgain(pctx, sessionWriter{a, sess}, a.toProbe(pctx, stale)) }()
 	a.log.Info("xmpp component connected", "server", a.cfg.Server, "domain", a.domain.String())
 	a.setState(bridges.Connected, nil)
 	connected := time.Now()

@@ -664,3 +664,68 @@ func TestAdapterBurstOnSlowServer(t *testing.T) {
 	default:
 	}
 }
+
+// TestAdapterProbesAfterRestart: a ghost that asked a user for their
+// presence probes them when a new adapter (Parley restarted) connects, as
+// Parley keeps no presence across a restart; once the subscription is
+// cancelled, it no longer does.
+func TestAdapterProbesAfterRestart(t *testing.T) {
+	srv := newFakeServer(t, "s3cret")
+	a, h := startAdapter(t, srv.addr(), "s3cret")
+	wantState(t, h, bridges.Starting)
+	c := srv.next(t)
+	wantState(t, h, bridges.Connected)
+	sub := &event.Subscription{Header: event.Header{ID: "s1", From: xmppAddr(ghost), To: xmppAddr("alice@localhost")}, Active: true}
+	if _, err := a.Send(t.Context(), sub); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.recv(t); r.attr("type") != "subscribe" {
+		t.Fatalf("sent %+v, want a subscription request", r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if err := a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	restart := func() (*Adapter, *fakeConn) {
+		t.Helper()
+		cfg := validConfig()
+		cfg.Server, cfg.Secret = srv.addr(), "s3cret"
+		b, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h2 := newFakeHost()
+		h2.links = h.links // the same store
+		if err := b.Start(t.Context(), h2); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Stop(context.Background()) })
+		return b, srv.next(t)
+	}
+	b, c2 := restart()
+	r := c2.recv(t)
+	if r.XMLName.Local != "presence" || r.attr("type") != "probe" || r.attr("from") != ghost || r.attr("to") != "alice@localhost" {
+		t.Fatalf("after the restart the server got %+v, want a probe of alice@localhost from %s", r, ghost)
+	}
+
+	sub.ID, sub.Active = "s2", false
+	if _, err := b.Send(t.Context(), sub); err != nil {
+		t.Fatal(err)
+	}
+	if r := c2.recv(t); r.attr("type") != "unsubscribe" {
+		t.Fatalf("sent %+v, want unsubscribe", r)
+	}
+	if err := b.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, c3 := restart()
+	select {
+	case r, ok := <-c3.stanzas:
+		if ok {
+			t.Errorf("after the cancellation and a restart the server got %+v", r)
+		}
+	case <-time.After(300 * time.Millisecond):
+	}
+}

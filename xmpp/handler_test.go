@@ -13,6 +13,7 @@ import (
 	"mellium.im/xmlstream"
 
 	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/bridges/bridgestest"
 	"github.com/parleygw/parley/event"
 )
 
@@ -25,13 +26,14 @@ type stateChange struct {
 type fakeHost struct {
 	states     chan stateChange
 	dispatched chan event.Event
+	links      *bridgestest.Links
 
 	mu       sync.Mutex
 	dispatch func(event.Event) error // nil accepts everything
 }
 
 func newFakeHost() *fakeHost {
-	return &fakeHost{states: make(chan stateChange, 1024), dispatched: make(chan event.Event, 1024)}
+	return &fakeHost{states: make(chan stateChange, 1024), dispatched: make(chan event.Event, 1024), links: bridgestest.NewLinks()}
 }
 
 func (h *fakeHost) Dispatch(_ context.Context, evt event.Event) error {
@@ -58,7 +60,7 @@ func (h *fakeHost) SetState(n event.Network, s bridges.State, err error) {
 	h.states <- stateChange{s, err}
 }
 
-func (h *fakeHost) Links(event.Network) bridges.Links { return nil }
+func (h *fakeHost) Links(event.Network) bridges.Links { return h.links }
 func (h *fakeHost) Profile(event.Address) string      { return "" }
 func (h *fakeHost) Reachable(event.Address)           {}
 

@@ -430,8 +430,9 @@ func (a *Adapter) outboundSubscription(s *event.Subscription) (string, xml.Token
 
 // probeAgain sends a presence probe from each ghost to each user of pairs
 // (RFC 6121 §4.3): pairs that had online resources before the connection
-// was lost. Their server answers with the users' current presence, which
-// may have changed meanwhile. It returns once done, at the first write
+// was lost, and pairs whose ghost asked for the user's presence in an
+// earlier run (see toProbe). Their server answers with the users' current
+// presence, which may have changed meanwhile or is unknown after a restart. It returns once done, at the first write
 // error, or when ctx ends.
 func (a *Adapter) probeAgain(ctx context.Context, sess stanzaSender, pairs []presencePair) {
 	for i, pair := range pairs {

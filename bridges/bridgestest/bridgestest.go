@@ -169,6 +169,22 @@ func (l *Links) Delete(_ context.Context, key string) error {
 	return nil
 }
 
+// List implements bridges.Links.
+func (l *Links) List(_ context.Context, prefix string) (map[string]string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return nil, ErrStorage
+	}
+	out := map[string]string{}
+	for k, v := range l.m {
+		if strings.HasPrefix(k, prefix) {
+			out[k] = v
+		}
+	}
+	return out, nil
+}
+
 // Value returns the value of key, even while failing.
 func (l *Links) Value(key string) (string, bool) {
 	l.mu.Lock()
@@ -184,7 +200,7 @@ func (l *Links) Set(key, value string) {
 	l.m[key] = value
 }
 
-// SetFail makes every later Get, Put and Delete fail with ErrStorage, or
+// SetFail makes every later Get, Put, Delete and List fail with ErrStorage, or
 // stop failing.
 func (l *Links) SetFail(fail bool) {
 	l.mu.Lock()
