@@ -40,6 +40,7 @@ import (
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/internal/keylock"
+	"github.com/parleygw/parley/internal/ratelimit"
 )
 
 var _ bridges.Network = (*Adapter)(nil)
@@ -58,6 +59,9 @@ const (
 
 // defaultBackoff paces the attempts to bind a listener that failed.
 var defaultBackoff = bridges.Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
+
+// maxBuckets bounds the source addresses the rate limiter remembers.
+const maxBuckets = 16384
 
 // Option configures an Adapter.
 type Option func(*Adapter)
@@ -85,7 +89,7 @@ type Adapter struct {
 	peers      []*peer
 	peerByUser map[string]*peer
 	proxy      *sip.Uri // Config.OutboundProxy with lr; nil when none
-	limiter    *rateLimiter
+	limiter    *ratelimit.Limiter[netip.Addr]
 	listeners  []listenSpec
 	aors       keylock.Set // one REGISTER per AOR at a time
 	subs       *subscriptions
@@ -147,7 +151,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		log:         slog.New(slog.DiscardHandler),
 		users:       make(map[string]bool, len(cfg.Users)),
 		peerByUser:  make(map[string]*peer),
-		limiter:     newRateLimiter(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst),
+		limiter:     ratelimit.New[netip.Addr](cfg.RateLimit.PerSecond, float64(cfg.RateLimit.Burst), maxBuckets),
 		now:         time.Now,
 		backoff:     defaultBackoff,
 		sendTimeout: sendTimeout,

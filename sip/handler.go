@@ -69,7 +69,7 @@ func (a *Adapter) handle(h func(req *sip.Request, src netip.Addr, p *peer) *repl
 		src := sourceIP(req)
 		p := a.peerByAddr(src)
 		if p == nil && src.IsValid() {
-			if ok, wait := a.limiter.allow(src, a.now()); !ok {
+			if ok, wait := a.limiter.Allow(src, a.now()); !ok {
 				a.log.Debug("sip request rate limited", "method", string(req.Method), "source", req.Source())
 				secs := strconv.Itoa(max(1, int(math.Ceil(wait.Seconds()))))
 				a.respond(req, tx, newReply(503, "Rate Limit Exceeded", sip.NewHeader("Retry-After", secs)))

@@ -3,12 +3,10 @@ package sip
 import (
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -187,37 +185,5 @@ func TestRateLimitSparesTrustedPeers(t *testing.T) {
 		if res := exchange(t, conn, options("tp"+strconv.Itoa(i))); !strings.HasPrefix(res, "SIP/2.0 200 ") {
 			t.Fatalf("request %d from a trusted peer: %q", i, firstLine(res))
 		}
-	}
-}
-
-func TestRateLimiter(t *testing.T) {
-	l := newRateLimiter(2, 2)
-	now := time.Unix(1000, 0)
-	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	for i := range 2 {
-		if ok, _ := l.allow(a, now); !ok {
-			t.Fatalf("request %d within the burst limited", i)
-		}
-	}
-	ok, wait := l.allow(a, now)
-	if ok || wait != 500*time.Millisecond {
-		t.Fatalf("third request: %v, wait %s; want limited, 500ms", ok, wait)
-	}
-	if ok, _ := l.allow(b, now); !ok {
-		t.Fatal("another source was limited")
-	}
-	if ok, _ := l.allow(a, now.Add(500*time.Millisecond)); !ok {
-		t.Fatal("no token after 500ms at 2/s")
-	}
-}
-
-func TestRateLimiterStaysBounded(t *testing.T) {
-	l := newRateLimiter(1, 1)
-	now := time.Unix(1000, 0)
-	for i := range maxBuckets + 10 {
-		l.allow(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), now)
-	}
-	if n := len(l.buckets); n > maxBuckets {
-		t.Fatalf("%d buckets, want at most %d", n, maxBuckets)
 	}
 }

@@ -38,6 +38,7 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/ratelimit"
 )
 
 var _ bridges.Network = (*Adapter)(nil)
@@ -83,8 +84,8 @@ type Adapter struct {
 	presences     *presences
 	// subscribeLimiter and probeLimiter bound the subscription requests
 	// and probes of each sender.
-	subscribeLimiter *rateLimiter
-	probeLimiter     *rateLimiter
+	subscribeLimiter *ratelimit.Limiter[string]
+	probeLimiter     *ratelimit.Limiter[string]
 
 	// Set by New; tests replace them.
 	dial    func(ctx context.Context, addr string) (net.Conn, error)
@@ -139,8 +140,8 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		log:              slog.New(slog.DiscardHandler),
 		senders:          newSenders(sendersSize),
 		presences:        newPresences(presencePairs),
-		subscribeLimiter: newRateLimiter(subscribeRate, subscribeBurst, limitersSize),
-		probeLimiter:     newRateLimiter(probeRate, probeBurst, limitersSize),
+		subscribeLimiter: ratelimit.New[string](subscribeRate, subscribeBurst, limitersSize),
+		probeLimiter:     ratelimit.New[string](probeRate, probeBurst, limitersSize),
 		dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", addr)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"time"
 	"unicode/utf8"
 
 	"mellium.im/xmlstream"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/ratelimit"
 )
 
 // Limits of inbound presence.
@@ -268,7 +268,7 @@ func (a *Adapter) handlePresence(ctx context.Context, w xmlstream.TokenWriter, r
 // requests is not answered either). Other presence is not limited: the core
 // coalesces presence updates.
 func (a *Adapter) allow(in inboundPresence) bool {
-	var l *rateLimiter
+	var l *ratelimit.Limiter[string]
 	switch in.typ {
 	case stanza.SubscribePresence, stanza.UnsubscribePresence:
 		l = a.subscribeLimiter
@@ -277,7 +277,8 @@ func (a *Adapter) allow(in inboundPresence) bool {
 	default:
 		return true
 	}
-	return l.allow(in.from.Bare().String(), a.now())
+	ok, _ := l.Allow(in.from.Bare().String(), a.now())
+	return ok
 }
 
 // dispatchPresence records the state of one resource of the sender and
@@ -539,61 +540,4 @@ func (p *presences) reset() []presencePair {
 	}
 	clear(p.pairs)
 	return pairs
-}
-
-// rateLimiter is a token bucket per key: each key may take burst tokens at
-// once and gets rate tokens back per second. It tracks at most max keys;
-// beyond them (after forgetting full buckets) a new key is let through
-// untracked. Safe for concurrent use.
-type rateLimiter struct {
-	rate, burst float64
-	max         int
-
-	mu      sync.Mutex
-	buckets map[string]*bucket
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func newRateLimiter(rate, burst float64, max int) *rateLimiter {
-	return &rateLimiter{rate: rate, burst: burst, max: max, buckets: make(map[string]*bucket)}
-}
-
-// allow takes a token of key at now and reports whether there was one.
-func (l *rateLimiter) allow(key string, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.buckets[key]
-	if !ok {
-		if len(l.buckets) >= l.max {
-			l.forgetFull(now)
-			if len(l.buckets) >= l.max {
-				return true
-			}
-		}
-		b = &bucket{tokens: l.burst, last: now}
-		l.buckets[key] = b
-	}
-	if elapsed := now.Sub(b.last).Seconds(); elapsed > 0 {
-		b.tokens = min(l.burst, b.tokens+elapsed*l.rate)
-		b.last = now
-	}
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
-// forgetFull removes the buckets that have refilled by now: a new bucket
-// would be the same.
-func (l *rateLimiter) forgetFull(now time.Time) {
-	for k, b := range l.buckets {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
-			delete(l.buckets, k)
-		}
-	}
 }

@@ -373,31 +373,6 @@ func TestSubscriptionRateLimit(t *testing.T) {
 	}
 }
 
-func TestRateLimiter(t *testing.T) {
-	l := newRateLimiter(1, 2, 2)
-	now := testNow
-	for i, want := range []bool{true, true, false} {
-		if got := l.allow("a", now); got != want {
-			t.Fatalf("allow #%d = %t, want %t", i, got, want)
-		}
-	}
-	l.allow("b", now)
-	// Full: "c" goes untracked, as "a" and "b" are not refilled yet.
-	if !l.allow("c", now) || len(l.buckets) != 2 {
-		t.Fatalf("c: %d buckets", len(l.buckets))
-	}
-	// Two seconds later every bucket is full again and forgotten.
-	now = now.Add(2 * time.Second)
-	if !l.allow("c", now) || len(l.buckets) != 1 {
-		t.Fatalf("c later: %d buckets", len(l.buckets))
-	}
-	// Time going backwards gives no tokens.
-	l.allow("c", now)
-	if l.allow("c", now.Add(-time.Hour)) {
-		t.Fatal("allowed after going back in time")
-	}
-}
-
 func TestOutboundPresence(t *testing.T) {
 	a := newTestAdapter(t)
 	head := event.Header{ID: "p1", From: xmppAddr(ghost), To: xmppAddr("alice@localhost")}
