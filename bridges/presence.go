@@ -2,7 +2,6 @@ package bridges
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -33,13 +32,8 @@ func (r *Router) dispatchPresence(ctx context.Context, p *event.Presence, m *map
 		return r.broadcastPresence(ctx, p, m)
 	}
 	origin := p.Header
-	from, to, err := m.Resolve(p.From, p.To)
-	switch {
-	case errors.Is(err, mapping.ErrNoRoute):
-		return fmt.Errorf("%w: %w", ErrNoRoute, err)
-	case errors.Is(err, mapping.ErrLoop):
-		return fmt.Errorf("%w: %w", ErrRefused, err)
-	case err != nil:
+	from, to, err := resolve(m, p.From, p.To)
+	if err != nil {
 		return err
 	}
 	p.State, p.Status = r.recordPresence(origin.From, p.State, p.Status, m)

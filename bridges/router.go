@@ -200,13 +200,8 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 		return fmt.Errorf("dispatch from %s: unknown event kind %s", h.From, evt.Kind())
 	}
 	m := r.mapping.Load()
-	from, to, err := m.Resolve(h.From, h.To)
-	switch {
-	case errors.Is(err, mapping.ErrNoRoute):
-		return fmt.Errorf("%w: %w", ErrNoRoute, err)
-	case errors.Is(err, mapping.ErrLoop):
-		return fmt.Errorf("%w: %w", ErrRefused, err)
-	case err != nil:
+	from, to, err := resolve(m, h.From, h.To)
+	if err != nil {
 		return err
 	}
 	h.From, h.To = from, to
@@ -451,4 +446,17 @@ func (l scopedLinks) Delete(ctx context.Context, key string) error {
 
 func (l scopedLinks) List(ctx context.Context, prefix string) (map[string]string, error) {
 	return l.st.ListLinks(ctx, l.ns, prefix)
+}
+
+// resolve is mapping.Map.Resolve with its errors as Dispatch reports them:
+// ErrNoRoute for an address that maps to nobody, ErrRefused for a loop.
+func resolve(m *mapping.Map, from, to event.Address) (event.Address, event.Address, error) {
+	f, t, err := m.Resolve(from, to)
+	switch {
+	case errors.Is(err, mapping.ErrNoRoute):
+		return f, t, fmt.Errorf("%w: %w", ErrNoRoute, err)
+	case errors.Is(err, mapping.ErrLoop):
+		return f, t, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	return f, t, err
 }

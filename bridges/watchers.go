@@ -2,7 +2,6 @@ package bridges
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -114,13 +113,8 @@ func (r *Router) dispatchSubscription(ctx context.Context, s *event.Subscription
 		origin.ID = fmt.Sprintf("subscription/%d/%d", time.Now().UnixNano(), subscriptionSeq.Add(1))
 		s.ID = origin.ID
 	}
-	ghost, presentity, err := m.Resolve(s.From, s.To)
-	switch {
-	case errors.Is(err, mapping.ErrNoRoute):
-		return fmt.Errorf("%w: %w", ErrNoRoute, err)
-	case errors.Is(err, mapping.ErrLoop):
-		return fmt.Errorf("%w: %w", ErrRefused, err)
-	case err != nil:
+	ghost, presentity, err := resolve(m, s.From, s.To)
+	if err != nil {
 		return err
 	}
 	if s.Active && !m.MayWatch(origin.From, presentity) {
