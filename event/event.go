@@ -94,6 +94,22 @@ type Failure struct {
 	Condition Condition
 }
 
+// Explanation returns Reason, or when there is none a sentence that
+// explains Condition to the sender.
+func (f *Failure) Explanation() string {
+	if f.Reason != "" {
+		return f.Reason
+	}
+	switch f.Condition {
+	case NoRecipient:
+		return "the address maps to nobody"
+	case Refused:
+		return "you may not use the gateway to reach this recipient"
+	default:
+		return "the destination did not accept it"
+	}
+}
+
 // Condition classifies a delivery failure.
 type Condition uint8
 

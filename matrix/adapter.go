@@ -282,18 +282,7 @@ func (a *Adapter) sendFailure(ctx context.Context, f *event.Failure) (string, er
 
 // failureText is the notice that tells a Matrix user about f.
 func failureText(f *event.Failure) string {
-	reason := f.Reason
-	if reason == "" {
-		switch f.Condition {
-		case event.NoRecipient:
-			reason = "the address maps to nobody"
-		case event.Refused:
-			reason = "you may not use the gateway to reach this recipient"
-		default:
-			reason = "the destination did not accept it"
-		}
-	}
-	return "Your message could not be delivered: " + reason
+	return "Your message could not be delivered: " + f.Explanation()
 }
 
 // pair checks the addresses of an outgoing event: From must be one of our

@@ -255,16 +255,5 @@ func quoteDisplayName(name string) string {
 // failureText is the body of the MESSAGE that tells a SIP user an event
 // they sent was not delivered.
 func failureText(f *event.Failure) string {
-	reason := f.Reason
-	if reason == "" {
-		switch f.Condition {
-		case event.NoRecipient:
-			reason = "the address maps to nobody"
-		case event.Refused:
-			reason = "you may not use the gateway to reach this recipient"
-		default:
-			reason = "the destination did not accept it"
-		}
-	}
-	return "Message not delivered: " + reason
+	return "Message not delivered: " + f.Explanation()
 }
