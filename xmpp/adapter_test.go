@@ -256,6 +256,13 @@ func (c *fakeConn) recv(t *testing.T) rawStanza {
 // startAdapter starts an adapter against addr with a fast backoff.
 func startAdapter(t *testing.T, addr, secret string) (*Adapter, *fakeHost) {
 	t.Helper()
+	h := newFakeHost()
+	return startAdapterWith(t, addr, secret, h), h
+}
+
+// startAdapterWith is startAdapter with the host h.
+func startAdapterWith(t *testing.T, addr, secret string, h *fakeHost) *Adapter {
+	t.Helper()
 	cfg := validConfig()
 	cfg.Server, cfg.Secret = addr, secret
 	a, err := New(cfg)
@@ -263,7 +270,6 @@ func startAdapter(t *testing.T, addr, secret string) (*Adapter, *fakeHost) {
 		t.Fatal(err)
 	}
 	a.backoff = backoff{Backoff: bridges.Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}, reset: time.Hour}
-	h := newFakeHost()
 	if err := a.Start(t.Context(), h); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
@@ -272,7 +278,7 @@ func startAdapter(t *testing.T, addr, secret string) (*Adapter, *fakeHost) {
 		defer cancel()
 		_ = a.Stop(ctx)
 	})
-	return a, h
+	return a
 }
 
 // nextState returns the next state the adapter reported.
@@ -690,18 +696,9 @@ func TestAdapterProbesAfterRestart(t *testing.T) {
 
 	restart := func() (*Adapter, *fakeConn) {
 		t.Helper()
-		cfg := validConfig()
-		cfg.Server, cfg.Secret = srv.addr(), "s3cret"
-		b, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
 		h2 := newFakeHost()
 		h2.links = h.links // the same store
-		if err := b.Start(t.Context(), h2); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Stop(context.Background()) })
+		b := startAdapterWith(t, srv.addr(), "s3cret", h2)
 		return b, srv.next(t)
 	}
 	b, c2 := restart()
