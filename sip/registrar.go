@@ -22,10 +22,18 @@ const maxBindings = 10
 
 // registration is what the adapter keeps of one address of record, as JSON
 // under the links key "aor:<user>" (the user part, unescaped). The format is
-// persistent: changing it needs a migration.
+// persistent: a change of it is a new Version, and loadRegistration reads
+// every older one.
 type registration struct {
+	// Version is the format of the record: 0 (absent) for records written
+	// before bindings had Flow, whose routing loadRegistration derives from
+	// Symmetric (legacyFlow); registrationVersion for those written now.
+	Version  int       `json:"version,omitempty"`
 	Bindings []binding `json:"bindings"`
 }
+
+// registrationVersion is the format storeRegistration writes.
+const registrationVersion = 2
 
 // binding is one registered contact of an address of record (RFC 3261
 // §10.3).
@@ -39,13 +47,21 @@ type binding struct {
 	CallID string `json:"call_id"`
 	CSeq   uint32 `json:"cseq"`
 	// Transport is the transport the REGISTER came over (UDP, TCP or TLS)
-	// and Source the address it came from.
+	// and Source the address it came from: together, the flow.
 	Transport string `json:"transport"`
 	Source    string `json:"source"`
-	// Symmetric says requests go to Source rather than to the contact's
-	// host and port: the REGISTER came over a connection (which is reused
-	// while it stays open) or asked for symmetric responses with rport
-	// (RFC 3581), as a user agent behind NAT does.
+	// Flow says requests go over the flow (to Source over Transport,
+	// reusing the connection while it stays open) rather than to the
+	// contact as written; reachByFlow decides it at REGISTER time.
+	Flow bool `json:"flow,omitempty"`
+	// Instance and RegID are the +sip.instance and reg-id of an RFC 5626
+	// registration: a REGISTER with the same pair replaces the binding,
+	// whatever its Contact.
+	Instance string `json:"instance,omitempty"`
+	RegID    string `json:"reg_id,omitempty"`
+	// Symmetric is only read, from records of version 0: it was set for
+	// every REGISTER over a connection or with rport, and routed all its
+	// contacts to Source. loadRegistration turns it into Flow.
 	Symmetric bool `json:"symmetric,omitempty"`
 	// UserAgent is the REGISTER's User-Agent header, for the log.
 	UserAgent string `json:"user_agent,omitempty"`
@@ -60,6 +76,11 @@ func aorKey(user string) string { return "aor:" + user }
 type contactRequest struct {
 	uri     string // normalised: lowercase scheme and host
 	expires time.Duration
+	// flow says whether and why requests go over the REGISTER's flow.
+	flow flowReason
+	// instance and regID are the RFC 5626 +sip.instance and reg-id, when
+	// flow is flowOutbound.
+	instance, regID string
 }
 
 // onRegister is the registrar (RFC 3261 §10.3) for the adapter's domain:
@@ -120,13 +141,21 @@ func (a *Adapter) onRegister(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 		a.log.Error("sip registrar storage failed", "aor", aor, "err", err)
 		return newReply(500, "Registrar Storage Failure", sip.NewHeader("Retry-After", "10"))
 	}
-	if len(contacts) > 0 {
-		a.log.Info("sip registered", "aor", aor, "contacts", len(reg.Bindings), "source", req.Source())
+	outbound := false
+	for _, c := range contacts {
+		if c.expires > 0 {
+			a.log.Info("sip registered", "aor", aor, "contact", c.uri, "route", c.flow.String(), "source", req.Source())
+		}
+		outbound = outbound || c.flow == flowOutbound && c.regID != ""
 	}
 	if len(reg.Bindings) > 0 {
 		host.Reachable(event.Address{Network: event.SIP, ID: aor})
 	}
-	headers := make([]sip.Header, 0, len(reg.Bindings)+1)
+	headers := make([]sip.Header, 0, len(reg.Bindings)+2)
+	if outbound {
+		// RFC 5626 §6: the registrar says it applied outbound.
+		headers = append(headers, sip.NewHeader("Supported", "outbound"))
+	}
 	for _, b := range reg.Bindings {
 		secs := int64(b.Expires.Sub(now).Round(time.Second) / time.Second)
 		headers = append(headers, sip.NewHeader("Contact", "<"+b.Contact+">;expires="+strconv.FormatInt(max(secs, 1), 10)))
@@ -182,6 +211,12 @@ func (a *Adapter) parseContacts(req *sip.Request) (contacts []contactRequest, wi
 			expires = time.Duration(n) * time.Second
 		}
 		c := contactRequest{uri: u.String(), expires: expires}
+		in := flowInputOf(req, ch)
+		in.contact = u
+		c.flow = reachByFlow(in)
+		if c.flow == flowOutbound {
+			c.instance, c.regID = in.instance, in.regID
+		}
 		if i, dup := seen[c.uri]; dup {
 			contacts[i] = c
 			continue
@@ -221,7 +256,9 @@ func parseDeltaSeconds(s string) (int, bool) {
 
 // updateRegistration applies a REGISTER to reg (RFC 3261 §10.3 steps 6-8):
 // a binding is changed only by a REGISTER of another Call-ID or of a higher
-// CSeq; otherwise the request fails with 400 and nothing changes.
+// CSeq; otherwise the request fails with 400 and nothing changes. A binding
+// is the same when its Contact is, or, for RFC 5626 outbound, when its
+// +sip.instance and reg-id are (§6: a new flow replaces the old one).
 func updateRegistration(reg registration, req *sip.Request, in request, contacts []contactRequest, wildcard bool, now time.Time) (registration, *reply) {
 	stale := func(b binding) bool { return b.CallID == in.callID && in.cseq <= b.CSeq }
 	if wildcard {
@@ -234,10 +271,6 @@ func updateRegistration(reg registration, req *sip.Request, in request, contacts
 	}
 	out := append([]binding(nil), reg.Bindings...)
 	transport := sip.NetworkToUpper(req.Transport())
-	symmetric := sip.IsReliable(transport)
-	if via := req.Via(); via != nil && via.Params.Has("rport") {
-		symmetric = true
-	}
 	userAgent := ""
 	if h := req.GetHeader("User-Agent"); h != nil {
 		userAgent = h.Value()
@@ -245,7 +278,7 @@ func updateRegistration(reg registration, req *sip.Request, in request, contacts
 	for _, c := range contacts {
 		i := -1
 		for j, b := range out {
-			if b.Contact == c.uri {
+			if b.Contact == c.uri || c.regID != "" && b.Instance == c.instance && b.RegID == c.regID {
 				i = j
 				break
 			}
@@ -266,7 +299,9 @@ func updateRegistration(reg registration, req *sip.Request, in request, contacts
 			CSeq:      in.cseq,
 			Transport: transport,
 			Source:    req.Source(),
-			Symmetric: symmetric,
+			Flow:      c.flow != flowNone,
+			Instance:  c.instance,
+			RegID:     c.regID,
 			UserAgent: userAgent,
 			Updated:   now,
 		}
@@ -280,7 +315,7 @@ func updateRegistration(reg registration, req *sip.Request, in request, contacts
 		sort.SliceStable(out, func(i, j int) bool { return out[i].Updated.After(out[j].Updated) })
 		out = out[:maxBindings]
 	}
-	return registration{Bindings: out}, nil
+	return registration{Version: registrationVersion, Bindings: out}, nil
 }
 
 // loadRegistration reads the registration of user and drops its lapsed
@@ -301,11 +336,15 @@ func (a *Adapter) loadRegistration(ctx context.Context, links bridges.Links, use
 	}
 	live := reg.Bindings[:0]
 	for _, b := range reg.Bindings {
+		if reg.Version < registrationVersion {
+			b.Flow, b.Symmetric = legacyFlow(b), false
+		}
 		if b.Expires.After(now) {
 			live = append(live, b)
 		}
 	}
 	reg.Bindings = live
+	reg.Version = registrationVersion
 	return reg, nil
 }
 
@@ -319,6 +358,7 @@ func storeRegistration(ctx context.Context, links bridges.Links, user string, re
 		}
 		return nil
 	}
+	reg.Version = registrationVersion
 	v, err := json.Marshal(reg)
 	if err != nil {
 		return fmt.Errorf("encode link %s: %w", key, err)

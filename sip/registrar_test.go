@@ -200,7 +200,7 @@ func TestRegisterStorageFailure(t *testing.T) {
 func TestUpdateRegistration(t *testing.T) {
 	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
 	existing := registration{Bindings: []binding{
-		{Contact: "sip:a@192.0.2.1", Expires: now.Add(time.Hour), CallID: "c1", CSeq: 5, Updated: now.Add(-time.Minute)},
+		{Contact: "sip:a@192.0.2.1", Expires: now.Add(time.Hour), CallID: "c1", CSeq: 5, Updated: now.Add(-time.Minute), Instance: `"<urn:uuid:1>"`, RegID: "1", Flow: true},
 	}}
 	req := func(callID string, cseq uint32) (*sip.Request, request) {
 		r := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: testDomain})
@@ -216,13 +216,17 @@ func TestUpdateRegistration(t *testing.T) {
 		contacts []contactRequest
 		wildcard bool
 		want     []string // contacts after
+		flow     bool     // the Flow of sip:b@192.0.2.2 after
 		status   int      // of the failure, or 0
 	}{
-		{name: "refresh with a higher CSeq", callID: "c1", cseq: 6, contacts: []contactRequest{{"sip:a@192.0.2.1", time.Hour}}, want: []string{"sip:a@192.0.2.1"}},
-		{name: "same CSeq is out of order", callID: "c1", cseq: 5, contacts: []contactRequest{{"sip:a@192.0.2.1", time.Hour}}, status: 400},
-		{name: "lower CSeq is out of order", callID: "c1", cseq: 4, contacts: []contactRequest{{"sip:a@192.0.2.1", 0}}, status: 400},
-		{name: "another Call-ID may use any CSeq", callID: "c2", cseq: 1, contacts: []contactRequest{{"sip:a@192.0.2.1", 0}}, want: nil},
-		{name: "add a contact", callID: "c2", cseq: 1, contacts: []contactRequest{{"sip:b@192.0.2.2", time.Hour}}, want: []string{"sip:a@192.0.2.1", "sip:b@192.0.2.2"}},
+		{name: "refresh with a higher CSeq", callID: "c1", cseq: 6, contacts: []contactRequest{{uri: "sip:a@192.0.2.1", expires: time.Hour}}, want: []string{"sip:a@192.0.2.1"}},
+		{name: "same CSeq is out of order", callID: "c1", cseq: 5, contacts: []contactRequest{{uri: "sip:a@192.0.2.1", expires: time.Hour}}, status: 400},
+		{name: "lower CSeq is out of order", callID: "c1", cseq: 4, contacts: []contactRequest{{uri: "sip:a@192.0.2.1", expires: 0}}, status: 400},
+		{name: "another Call-ID may use any CSeq", callID: "c2", cseq: 1, contacts: []contactRequest{{uri: "sip:a@192.0.2.1", expires: 0}}, want: nil},
+		{name: "add a contact", callID: "c2", cseq: 1, contacts: []contactRequest{{uri: "sip:b@192.0.2.2", expires: time.Hour}}, want: []string{"sip:a@192.0.2.1", "sip:b@192.0.2.2"}},
+		{name: "add a contact over its flow", callID: "c2", cseq: 1, contacts: []contactRequest{{uri: "sip:b@192.0.2.2", expires: time.Hour, flow: flowUnreachable}}, want: []string{"sip:a@192.0.2.1", "sip:b@192.0.2.2"}, flow: true},
+		{name: "an outbound flow replaces the one of its instance and reg-id", callID: "c2", cseq: 1,
+			contacts: []contactRequest{{uri: "sip:b@192.0.2.2", expires: time.Hour, flow: flowOutbound, instance: `"<urn:uuid:1>"`, regID: "1"}}, want: []string{"sip:b@192.0.2.2"}, flow: true},
 		{name: "wildcard", callID: "c2", cseq: 1, wildcard: true, want: nil},
 		{name: "wildcard out of order", callID: "c1", cseq: 2, wildcard: true, status: 400},
 	}
@@ -242,8 +246,8 @@ func TestUpdateRegistration(t *testing.T) {
 			var cs []string
 			for _, b := range got.Bindings {
 				cs = append(cs, b.Contact)
-				if b.Contact == "sip:b@192.0.2.2" && (!b.Symmetric || b.Source != "192.0.2.1:5060" || b.Transport != "UDP") {
-					t.Errorf("new binding %+v: want symmetric (rport) from 192.0.2.1:5060 over UDP", b)
+				if b.Contact == "sip:b@192.0.2.2" && (b.Flow != tt.flow || b.Source != "192.0.2.1:5060" || b.Transport != "UDP") {
+					t.Errorf("new binding %+v: want flow %v, from 192.0.2.1:5060 over UDP", b, tt.flow)
 				}
 			}
 			if strings.Join(cs, " ") != strings.Join(tt.want, " ") {
@@ -263,7 +267,7 @@ func TestUpdateRegistrationBoundsBindings(t *testing.T) {
 		reg.Bindings = append(reg.Bindings, binding{Contact: "sip:old" + string(rune('a'+i)) + "@192.0.2.1", Expires: now.Add(time.Hour), CallID: "x", Updated: now.Add(-time.Duration(i+1) * time.Minute)})
 	}
 	r := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: testDomain})
-	got, rep := updateRegistration(reg, r, request{callID: "new", cseq: 1}, []contactRequest{{"sip:new@192.0.2.9", time.Hour}}, false, now)
+	got, rep := updateRegistration(reg, r, request{callID: "new", cseq: 1}, []contactRequest{{uri: "sip:new@192.0.2.9", expires: time.Hour}}, false, now)
 	if rep != nil {
 		t.Fatal(rep.reason)
 	}

@@ -127,20 +127,23 @@ func (a *Adapter) callID(o outboundMessage) string {
 	return derive("call-id", o.sourceID)[:32] + "@" + a.domain
 }
 
-// contactTarget returns where to send a MESSAGE for binding b. The
-// Request-URI is the contact. A binding that came over TCP or TLS is sent
-// over the same connection while sipgo still holds it; one that asked for
-// rport over UDP is sent to the address the REGISTER came from, from the
-// listening socket, as a NATed user agent needs. Otherwise the request goes
-// to the contact's host and port, over the contact's transport parameter or
-// else the transport it registered over.
+// contactTarget returns where to send a request for binding b. The
+// Request-URI is the contact. A binding whose Flow is set (see
+// reachByFlow: RFC 5626 outbound, a contact that cannot be reached as
+// written, or a contact that is the symmetric sender itself) goes over the
+// flow: over UDP to the address the REGISTER came from, from the listening
+// socket, as a NATed user agent needs; over TCP or TLS on the same
+// connection while sipgo still holds it. Otherwise, and when that
+// connection is gone, the request goes to the contact's host and port
+// (RFC 3261 §10, §16.6), over the contact's transport parameter or else
+// the transport it registered over.
 func (a *Adapter) contactTarget(ua *sipgo.UserAgent, b binding) (target, error) {
 	var u sip.Uri
 	if err := sip.ParseUri(b.Contact, &u); err != nil {
 		return target{}, fmt.Errorf("parse contact: %w", err)
 	}
 	t := target{uri: u, name: b.Contact}
-	if b.Symmetric && b.Source != "" {
+	if b.Flow && b.Source != "" {
 		if !sip.IsReliable(b.Transport) {
 			t.transport, t.dest = b.Transport, b.Source
 			return t, nil

@@ -61,10 +61,11 @@ type subscription struct {
 	watcherURI, remote string
 	routes             []string
 	// transport and source are where the SUBSCRIBE came from, and whether
-	// NOTIFYs go back there (see binding.Symmetric). The adapter's Contact
-	// in the dialog follows from transport (localContact).
+	// NOTIFYs go back there, by the rule of registered contacts
+	// (reachByFlow). The adapter's Contact in the dialog follows from
+	// transport (localContact).
 	transport, source string
-	symmetric         bool
+	flow              bool
 
 	// Guarded by subscriptions.mu.
 	remoteCSeq uint32
@@ -341,10 +342,7 @@ func (a *Adapter) onSubscribe(req *sip.Request, src netip.Addr, p *peer) *reply 
 		source:     strings.Clone(req.Source()),
 		remoteCSeq: in.cseq,
 	}
-	sub.symmetric = sip.IsReliable(sub.transport)
-	if via := req.Via(); via != nil && via.Params.Has("rport") {
-		sub.symmetric = true
-	}
+	sub.flow = reachByFlow(flowInputOf(req, contact)) != flowNone
 	for _, h := range req.GetHeaders("Record-Route") {
 		if rr, ok := h.(*sip.RecordRouteHeader); ok {
 			sub.routes = append(sub.routes, rr.Address.String())
@@ -539,7 +537,7 @@ func (a *Adapter) notify(ctx context.Context, sub *subscription, state string, n
 	req.AppendHeader(sip.NewHeader("Content-Type", presenceMediaType))
 	req.SetBody(buildPIDF(sub.pair.presentity, n.state, n.status, sub.pair.presentity))
 	if len(sub.routes) == 0 {
-		t, err := a.contactTarget(ua, binding{Contact: sub.remote, Transport: sub.transport, Source: sub.source, Symmetric: sub.symmetric})
+		t, err := a.contactTarget(ua, binding{Contact: sub.remote, Transport: sub.transport, Source: sub.source, Flow: sub.flow})
 		if err != nil {
 			return fmt.Errorf("send NOTIFY to %s: %w", sub.pair.watcher, err)
 		}
