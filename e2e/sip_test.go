@@ -131,6 +131,56 @@ func TestSIPMessaging(t *testing.T) {
 	})
 }
 
+// TestSIPContactsRegisteredFromAnotherPort: one REGISTER with rport, sent by
+// sipp from a third port, binds two contacts (two sipp phones) for 1001; a
+// message from XMPP to 1001 reaches both phones, not the REGISTER's source
+// (RFC 3261 §10; rport alone does not make Parley answer to the flow).
+func TestSIPContactsRegisteredFromAnotherPort(t *testing.T) {
+	st, alice, _, _ := chat(t, "synapse")
+	ctx := timeout(t, 2*time.Minute)
+	var phones []*peertest.SippProcess
+	var contacts []string
+	for _, name := range []string{"desk", "mobile"} {
+		p := peertest.StartSipp(t, peertest.SippOptions{Scenario: "uas_message.xml", Name: "phone-1001-" + name, Timeout: 2 * time.Minute})
+		phones = append(phones, p)
+		contacts = append(contacts, "<"+p.URI("1001")+">")
+	}
+	scenario, err := filepath.Abs("testdata/uac_register_contacts.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := peertest.RunSipp(t, peertest.SippOptions{Scenario: scenario, Target: st.sipAddr, Service: "1001",
+		Vars: map[string]string{"domain": sipDomain, "contacts": strings.Join(contacts, ", "), "expires": "600"},
+		Args: []string{"-au", "1001", "-ap", sipUsers["1001"]}, Name: "register-1001-contacts", AllowFailure: true})
+	if !r.OK() {
+		t.Fatalf("REGISTER of two contacts:\n%s\n%s", exchange(r.Messages()), r.Diagnostics())
+	}
+	var bound []string
+	for _, m := range r.Messages() {
+		if m.Received && m.StatusCode() == 200 {
+			for _, h := range m.Headers {
+				if strings.EqualFold(h.Name, "Contact") || h.Name == "m" {
+					bound = append(bound, h.Value)
+				}
+			}
+		}
+	}
+	if len(bound) != 2 {
+		t.Errorf("200 OK lists contacts %q, want both", bound)
+	}
+
+	alice.Send(t, "1001+parley.localhost@matrix.localhost", "to-both-1", "hi 1001, on every phone", true)
+	if e, ok := alice.Next(ctx, func(e peertest.XMPPEvent) bool { return e.Ev == "receipt" || e.Ev == "error" }); !ok || e.Ev != "receipt" {
+		t.Fatalf("alice's message to 1001: %+v", e)
+	}
+	for _, p := range phones {
+		got := p.WaitReceived(t, "MESSAGE", 1, time.Minute)
+		if got[0].Body != "hi 1001, on every phone" || !strings.Contains(got[0].StartLine, p.Addr) {
+			t.Errorf("%s got %q %q", p.Name, got[0].StartLine, got[0].Body)
+		}
+	}
+}
+
 // waitJoined waits until user has joined room (the ghost accepts invites).
 func waitJoined(t *testing.T, c *peertest.MatrixClient, room mid.RoomID, user mid.UserID) {
 	t.Helper()

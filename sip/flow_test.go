@@ -112,3 +112,36 @@ func TestLegacyFlow(t *testing.T) {
 		})
 	}
 }
+
+// FuzzReachByFlow: any Contact, Via and source a REGISTER may carry gets a
+// decision without a panic, and a Contact with a host name is never taken
+// as unreachable.
+func FuzzReachByFlow(f *testing.F) {
+	f.Add("<sip:alice@192.168.1.20:5060>", "SIP/2.0/UDP 192.168.1.20:5060;rport;branch=z9hG4bK1", "UDP", "203.0.113.7:40123")
+	f.Add(`<sip:alice@198.51.100.7:5060>;+sip.instance="<urn:uuid:1>";reg-id=1`, "SIP/2.0/UDP 198.51.100.7:5060;rport;branch=z9hG4bK1", "UDP", "198.51.100.7:5060")
+	f.Add("<sip:alice@127.0.0.1:5071;ob>", "SIP/2.0/UDP 127.0.0.1:5073;rport;branch=z9hG4bK1", "UDP", "127.0.0.1:5073")
+	f.Add("<sip:alice@[fe80::1]:5060;transport=tcp>", "SIP/2.0/TCP [fe80::1]:5060;branch=z9hG4bK1", "TCP", "[2001:db8::7]:5060")
+	f.Add("<sip:alice@phone.example.net>", "SIP/2.0/TLS phone.example.net;branch=z9hG4bK1", "TLS", "bogus")
+	f.Fuzz(func(t *testing.T, contact, via, transport, source string) {
+		raw := "REGISTER sip:" + testDomain + " SIP/2.0\r\nVia: " + via + "\r\nFrom: <sip:a@" + testDomain + ">;tag=1\r\n" +
+			"To: <sip:a@" + testDomain + ">\r\nCall-ID: f\r\nCSeq: 1 REGISTER\r\nContact: " + contact + "\r\nContent-Length: 0\r\n\r\n"
+		m, err := sip.ParseMessage([]byte(raw))
+		if err != nil {
+			return
+		}
+		req, ok := m.(*sip.Request)
+		if !ok {
+			return
+		}
+		c := req.Contact()
+		if c == nil {
+			return
+		}
+		req.SetTransport(transport)
+		req.SetSource(source)
+		r := reachByFlow(flowInputOf(req, c))
+		if r == flowUnreachable && !sameIP(c.Address.Host, strings.Trim(c.Address.Host, "[]")) {
+			t.Errorf("host name contact %q taken as unreachable", c.Address.Host)
+		}
+	})
+}

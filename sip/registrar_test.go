@@ -1,11 +1,13 @@
 package sip
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/parleygw/parley/event"
@@ -295,5 +297,97 @@ func TestParseDeltaSeconds(t *testing.T) {
 		if got != tt.want || ok != tt.ok {
 			t.Errorf("parseDeltaSeconds(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.ok)
 		}
+	}
+}
+
+// TestSendToContactsRegisteredFromAnotherPort: one REGISTER with rport,
+// from a third port, binds two phones; a message for the user reaches both
+// Contacts (RFC 3261 §10), not the REGISTER's source.
+func TestSendToContactsRegisteredFromAnotherPort(t *testing.T) {
+	a := startAdapter(t, nil, nil)
+	desk, mobile := newPeerUA(t), newPeerUA(t)
+	desk.listenUDP()
+	mobile.listenUDP()
+	registrar := newPeerUA(t)
+	registrar.listenUDP() // the source of the REGISTER, a third port
+	client, err := sipgo.NewClient(registrar.ua, sipgo.WithClientLogger(testLogger(t)), sipgo.WithClientNAT())
+	if err != nil {
+		t.Fatal(err)
+	}
+	registrar.client = client
+	req := newRegister("UDP", a.udp, "bob", "<sip:bob@"+desk.addr+">, <sip:bob@"+mobile.addr+">", 600)
+	res := registrar.doAuth(req, "bob", bobPassword)
+	if res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %d %s", res.StatusCode, res.Reason)
+	}
+	bs := storedBindings(t, a.host, "bob")
+	if len(bs) != 2 {
+		t.Fatalf("stored %+v, want 2 bindings", bs)
+	}
+	for _, b := range bs {
+		if b.Flow {
+			t.Errorf("binding %s goes over the flow from %s", b.Contact, b.Source)
+		}
+	}
+	if _, err := a.Send(context.Background(), ghostMessage("m1", "to both phones")); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	for _, p := range []*peerUA{desk, mobile} {
+		if got := string(p.waitMessage().Body()); got != "to both phones" {
+			t.Errorf("%s got %q", p.addr, got)
+		}
+	}
+	select {
+	case req := <-registrar.received:
+		t.Errorf("the REGISTER's source got %s", req.Body())
+	default:
+	}
+}
+
+// TestRegisterOutbound: an RFC 5626 registration is answered with
+// Supported: outbound and stored with its flow, instance and reg-id; a new
+// flow of the same instance and reg-id replaces it.
+func TestRegisterOutbound(t *testing.T) {
+	a := startAdapter(t, nil, nil)
+	phone := newPeerUA(t)
+	phone.listenUDP()
+	contact := `<sip:bob@192.0.2.10:5060>;+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";reg-id=1`
+	res := register(t, phone, "UDP", a.udp, "bob", bobPassword, contact)
+	if h := res.GetHeader("Supported"); h == nil || !strings.Contains(h.Value(), "outbound") {
+		t.Errorf("200 without Supported: outbound: %v", h)
+	}
+	bs := storedBindings(t, a.host, "bob")
+	if len(bs) != 1 || !bs[0].Flow || bs[0].RegID != "1" || !strings.Contains(bs[0].Instance, "urn:uuid:") {
+		t.Fatalf("stored %+v", bs)
+	}
+	register(t, phone, "UDP", a.udp, "bob", bobPassword, strings.Replace(contact, "192.0.2.10", "192.0.2.11", 1))
+	if bs := storedBindings(t, a.host, "bob"); len(bs) != 1 || bs[0].Contact != "sip:bob@192.0.2.11:5060" {
+		t.Errorf("after a new flow: %+v", bs)
+	}
+	// The flow reaches the phone although its Contact does not.
+	if _, err := a.Send(context.Background(), ghostMessage("m1", "over the outbound flow")); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	if got := string(phone.waitMessage().Body()); got != "over the outbound flow" {
+		t.Errorf("got %q", got)
+	}
+}
+
+// TestLoadRegistrationOfTheFirstFormat: a record written before bindings
+// had Flow (no version, Symmetric for every rport REGISTER) is still read:
+// a NATed phone keeps its flow, contacts another host registered get theirs.
+func TestLoadRegistrationOfTheFirstFormat(t *testing.T) {
+	a := startAdapter(t, nil, nil)
+	exp := time.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano)
+	a.host.links.Set("aor:bob", `{"bindings":[`+
+		`{"contact":"sip:bob@192.168.1.20:5060","expires":"`+exp+`","call_id":"c1","cseq":2,"transport":"UDP","source":"203.0.113.7:40123","symmetric":true,"updated":"`+exp+`"},`+
+		`{"contact":"sip:bob@198.51.100.8:5060","expires":"`+exp+`","call_id":"c2","cseq":2,"transport":"UDP","source":"203.0.113.9:5060","symmetric":true,"updated":"`+exp+`"}]}`)
+	_, links, _, _ := a.stack()
+	reg, err := a.loadRegistration(context.Background(), links, "bob", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reg.Bindings) != 2 || !reg.Bindings[0].Flow || reg.Bindings[1].Flow || reg.Version != registrationVersion {
+		t.Errorf("read %+v", reg)
 	}
 }
