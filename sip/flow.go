@@ -18,8 +18,9 @@ import (
 //   - flowOutbound: RFC 5626 outbound. The Contact has +sip.instance and
 //     reg-id and Parley is the first hop (a single Via, §6: through a proxy
 //     reg-id counts only with "ob" in the Path, and Parley does not route
-//     by Path), or the Contact URI has the "ob" parameter (§4.2.1: the user
-//     agent wants requests on its flow, as pjsip puts it in REGISTER too).
+//     by Path), or the Contact URI has the "ob" parameter (the user agent
+//     asks for requests on its flow; RFC 5626 defines it for dialog-forming
+//     requests, and pjsip puts it in its REGISTER Contact too).
 //   - flowUnreachable: the Contact's host is an IP address in a range that
 //     does not route across networks (loopback, RFC 1918 and RFC 4193
 //     private, RFC 6598 shared, link-local, unspecified) and is not the

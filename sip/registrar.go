@@ -141,21 +141,20 @@ func (a *Adapter) onRegister(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 		a.log.Error("sip registrar storage failed", "aor", aor, "err", err)
 		return newReply(500, "Registrar Storage Failure", sip.NewHeader("Retry-After", "10"))
 	}
-	outbound := false
 	for _, c := range contacts {
 		if c.expires > 0 {
 			a.log.Info("sip registered", "aor", aor, "contact", c.uri, "route", c.flow.String(), "source", req.Source())
 		}
-		outbound = outbound || c.flow == flowOutbound && c.regID != ""
 	}
 	if len(reg.Bindings) > 0 {
 		host.Reachable(event.Address{Network: event.SIP, ID: aor})
 	}
-	headers := make([]sip.Header, 0, len(reg.Bindings)+2)
-	if outbound {
-		// RFC 5626 §6: the registrar says it applied outbound.
-		headers = append(headers, sip.NewHeader("Supported", "outbound"))
-	}
+	// No "Supported: outbound" (RFC 5626 §6), although an outbound
+	// binding gets its flow: Parley does not answer the keep-alives that
+	// option would ask of the user agent (STUN over UDP, the CRLF pong over
+	// TCP), and a user agent whose keep-alives go unanswered takes its flow
+	// for dead and registers again and again.
+	headers := make([]sip.Header, 0, len(reg.Bindings)+1)
 	for _, b := range reg.Bindings {
 		secs := int64(b.Expires.Sub(now).Round(time.Second) / time.Second)
 		headers = append(headers, sip.NewHeader("Contact", "<"+b.Contact+">;expires="+strconv.FormatInt(max(secs, 1), 10)))
