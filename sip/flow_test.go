@@ -3,7 +3,9 @@ package sip
 import (
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
 
@@ -144,4 +146,31 @@ func FuzzReachByFlow(f *testing.F) {
 			t.Errorf("host name contact %q taken as unreachable", c.Address.Host)
 		}
 	})
+}
+
+// TestNotifyFollowsTheRule: a SUBSCRIBE with rport sent from another port
+// than its Contact's gets its NOTIFYs at the Contact, like a registered
+// contact; one whose Contact is a private address behind another source
+// gets them over the flow.
+func TestNotifyFollowsTheRule(t *testing.T) {
+	a := startAdapter(t, nil, trustLoopback)
+	w := newWatcherUA(t)
+	sender := newWatcherUA(t) // listens on a third port, with rport
+	client, err := sipgo.NewClient(sender.ua, sipgo.WithClientLogger(testLogger(t)), sipgo.WithClientNAT())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender.client = client
+	if res := sender.do(w.newSubscribe(a.udp, peerWatcher, ghost, "presence", 600)); res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE: %d %s", res.StatusCode, res.Reason)
+	}
+	checkNotify(t, w.waitNotify(), "active;expires=")
+	sender.noNotify(200 * time.Millisecond)
+
+	natted := sender.newSubscribe(a.udp, peerWatcher, ghost, "presence", 600)
+	natted.ReplaceHeader(sip.NewHeader("Contact", "<sip:watcher@192.168.1.20:5060>"))
+	if res := sender.do(natted); res.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE with a private Contact: %d %s", res.StatusCode, res.Reason)
+	}
+	checkNotify(t, sender.waitNotify(), "active;expires=")
 }
