@@ -94,6 +94,11 @@ type Adapter struct {
 	aors       keylock.Set // one REGISTER per AOR at a time
 	subs       *subscriptions
 	pubs       *publications
+	parser     *sip.Parser // sipgo's, with stricter address headers
+	udp        udpConns    // the UDP sockets being served
+	// handlers are the request handlers by method, "" for the others;
+	// set by Start.
+	handlers map[sip.RequestMethod]sipgo.RequestHandler
 
 	// Set by New; tests replace them.
 	now         func() time.Time
@@ -157,6 +162,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		sendTimeout: sendTimeout,
 		subs:        newSubscriptions(),
 		pubs:        newPublications(),
+		parser:      newParser(),
 	}
 	ha1s := make(map[string]string, len(cfg.Users))
 	for name, u := range cfg.Users {
@@ -222,6 +228,7 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent(a.cfg.UserAgent),
 		sipgo.WithUserAgentHostname(a.domain),
+		sipgo.WithUserAgentParser(a.parser),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(sl),
 			sip.WithTransactionLayerUnhandledResponseHandler(func(r *sip.Response) {
@@ -243,13 +250,24 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 		_ = ua.Close()
 		return fmt.Errorf("start SIP adapter: %w", err)
 	}
-	srv.OnRegister(a.handle(a.onRegister))
-	srv.OnMessage(a.handle(a.onMessage))
-	srv.OnOptions(a.handle(a.onOptions))
-	srv.OnSubscribe(a.handle(a.onSubscribe))
-	srv.OnPublish(a.handle(a.onPublish))
-	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {}) // never answered
-	srv.OnNoRoute(a.handle(a.onOther))
+	a.handlers = map[sip.RequestMethod]sipgo.RequestHandler{
+		sip.REGISTER:  a.handle(a.onRegister),
+		sip.MESSAGE:   a.handle(a.onMessage),
+		sip.OPTIONS:   a.handle(a.onOptions),
+		sip.SUBSCRIBE: a.handle(a.onSubscribe),
+		sip.PUBLISH:   a.handle(a.onPublish),
+		sip.INVITE:    a.handle(a.onInvite),
+		sip.ACK:       func(*sip.Request, sip.ServerTransaction) {}, // never answered
+		"":            a.handle(a.onOther),
+	}
+	for method, h := range a.handlers {
+		if method != "" {
+			srv.OnRequest(method, h)
+		}
+	}
+	srv.OnNoRoute(a.handlers[""])
+	// Sees every message sipgo could parse: see udpConn.
+	ua.TransportLayer().OnMessage(a.onTransportMessage)
 
 	a.started = true
 	a.host, a.links = host, host.Links(event.SIP)
@@ -452,7 +470,12 @@ func (a *Adapter) bind(ctx context.Context, l listenSpec, srv *sipgo.Server) (io
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("listen on %s: %w", l, err)
 		}
-		return pc, pc.LocalAddr(), func() error { return srv.ServeUDP(pc) }, nil
+		uc := &udpConn{PacketConn: pc, a: a}
+		a.udp.add(uc)
+		return pc, pc.LocalAddr(), func() error {
+			defer a.udp.remove(uc)
+			return srv.ServeUDP(uc)
+		}, nil
 	case "tcp":
 		ln, err := lc.Listen(ctx, "tcp", l.addr)
 		if err != nil {

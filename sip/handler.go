@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"errors"
 	"math"
 	"net"
 	"net/netip"
@@ -54,8 +55,8 @@ type request struct {
 
 // handle wraps a request handler: it admits the request (503 while the
 // adapter stops), rate-limits its source (503 with Retry-After) unless it is
-// a trusted peer's, answers 420 to requests that require extensions, and
-// sends the handler's reply.
+// a trusted peer's, checks its syntax (see checkSyntax), answers 420 to
+// requests that require extensions, and sends the handler's reply.
 func (a *Adapter) handle(h func(req *sip.Request, src netip.Addr, p *peer) *reply) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		if req.IsAck() {
@@ -76,6 +77,10 @@ func (a *Adapter) handle(h func(req *sip.Request, src netip.Addr, p *peer) *repl
 				return
 			}
 		}
+		if r := a.checkSyntax(req); r != nil {
+			a.respond(req, tx, r)
+			return
+		}
 		if r := unsupportedExtensions(req); r != nil {
 			a.respond(req, tx, r)
 			return
@@ -90,6 +95,7 @@ func (a *Adapter) respond(req *sip.Request, tx sip.ServerTransaction, r *reply) 
 		return
 	}
 	res := sip.NewResponseFromRequest(req, r.code, r.reason, nil)
+	res.SipVersion = "SIP/2.0" // also to a request of another version (505)
 	res.AppendHeader(sip.NewHeader("Server", a.cfg.UserAgent))
 	for _, h := range r.headers {
 		res.AppendHeader(h)
@@ -100,7 +106,11 @@ func (a *Adapter) respond(req *sip.Request, tx sip.ServerTransaction, r *reply) 
 		}
 		to.Params.Add("tag", r.toTag)
 	}
-	if err := tx.Respond(res); err != nil {
+	err := tx.Respond(res)
+	if errors.Is(err, sip.ErrUDPMTUCongestion) {
+		err = a.writeLarge(req, res)
+	}
+	if err != nil {
 		a.log.Debug("sip respond failed", "method", string(req.Method), "status", r.code, "source", req.Source(), "err", err)
 	}
 	// Debug only: a remote party decides how many requests there are.
@@ -176,6 +186,10 @@ func checkRequest(req *sip.Request) (request, *reply) {
 	}
 	from, to := req.From(), req.To()
 	aor, user, err := aorOf(&from.Address)
+	if errors.Is(err, errUserBytes) {
+		// Well formed (RFC 4475 §3.1.1.4), but no one's address here.
+		return in, newReply(403, "Forbidden (Control Characters In From)")
+	}
 	if err != nil {
 		return in, newReply(400, "Bad From URI")
 	}
@@ -209,7 +223,8 @@ func checkHeaders(req *sip.Request) *reply {
 	if cseq == nil {
 		return newReply(400, "Missing or Malformed CSeq")
 	}
-	if cseq.MethodName != req.Method {
+	// sipgo capitalises the request's method, not CSeq's.
+	if !strings.EqualFold(string(cseq.MethodName), string(req.Method)) {
 		return newReply(400, "CSeq Method Does Not Match")
 	}
 	return nil
@@ -336,7 +351,7 @@ func (a *Adapter) onOther(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 	switch req.Method {
 	case sip.CANCEL:
 		return newReply(481, "Call/Transaction Does Not Exist")
-	case sip.INVITE, sip.BYE, sip.NOTIFY, sip.INFO, sip.REFER, sip.PRACK, sip.UPDATE:
+	case sip.BYE, sip.NOTIFY, sip.INFO, sip.REFER, sip.PRACK, sip.UPDATE:
 		return newReply(405, "Method Not Allowed", sip.NewHeader("Allow", allowMethods))
 	default:
 		return newReply(501, "Not Implemented", sip.NewHeader("Allow", allowMethods))

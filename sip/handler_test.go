@@ -111,7 +111,8 @@ func TestMalformedRequests(t *testing.T) {
 }
 
 // TestGarbage: datagrams and streams that are not SIP are dropped without
-// an answer, and disturb nothing: the next request is served.
+// an answer (a request with a Via gets a 400), and disturb nothing: the next
+// request is served.
 func TestGarbage(t *testing.T) {
 	a := startAdapter(t, nil, nil)
 	conn := dialUDP(t, a.udp)
@@ -142,7 +143,13 @@ func TestGarbage(t *testing.T) {
 	_, _ = tcp.Write([]byte("NOT SIP AT ALL\r\nContent-Length: x\r\n\r\n"))
 	_ = tcp.Close()
 
-	if res := exchange(t, conn, options("next")); !strings.HasPrefix(res, "SIP/2.0 200 ") {
+	// Requests with a Via are answered 400 (see TestTorture); the answer to
+	// the OPTIONS comes after them.
+	res := exchange(t, conn, options("next"))
+	for !strings.Contains(res, "Call-ID: options-next") {
+		res = exchange(t, conn, "")
+	}
+	if !strings.HasPrefix(res, "SIP/2.0 200 ") {
 		t.Fatalf("OPTIONS after garbage: %q", firstLine(res))
 	}
 	// And the adapter still works end to end.

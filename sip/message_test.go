@@ -508,11 +508,14 @@ func dialUDP(t *testing.T, addr string) net.Conn {
 	return c
 }
 
-// exchange writes a datagram and returns the first response.
+// exchange writes a datagram (none when msg is empty) and returns the
+// first response.
 func exchange(t *testing.T, c net.Conn, msg string) string {
 	t.Helper()
-	if _, err := c.Write([]byte(msg)); err != nil {
-		t.Fatal(err)
+	if msg != "" {
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 65536)
