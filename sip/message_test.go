@@ -442,8 +442,9 @@ func TestInboundGolden(t *testing.T) {
 	}
 }
 
-// FuzzInboundMessage runs raw bytes through sipgo's parser and the
-// adapter's inbound checks and translation: nothing may panic, and an event
+// FuzzInboundMessage runs raw bytes (seeds: testdata/inbound and RFC
+// 4475's messages) through sipgo's parser and the adapter's inbound checks
+// and translation: nothing may panic, and an event
 // that comes out must be well formed.
 func FuzzInboundMessage(f *testing.F) {
 	files, _ := filepath.Glob("testdata/inbound/*.sip")
@@ -452,6 +453,13 @@ func FuzzInboundMessage(f *testing.F) {
 		if err == nil {
 			f.Add(data)
 		}
+	}
+	msgs, err := tortureMessages()
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, m := range msgs {
+		f.Add(m)
 	}
 	f.Add([]byte("MESSAGE sip:x@parley.localhost SIP/2.0\r\n\r\n"))
 	f.Add([]byte("\x00\xff garbage"))

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // tortureAnswer is the answer the adapter must give to one message of
@@ -333,4 +335,51 @@ func tortureMessages() ([][]byte, error) {
 		out = append(out, b)
 	}
 	return out, nil
+}
+
+// FuzzMalformed runs raw bytes (seeds: RFC 4475's messages) through what
+// the adapter does with datagrams sipgo cannot parse or key: nothing may
+// panic, and an answer is a SIP/2.0 response with a 4xx or 505 status whose
+// copied headers cannot inject lines. What the adapter's parser takes goes
+// through checkSyntax.
+func FuzzMalformed(f *testing.F) {
+	msgs, err := tortureMessages()
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, m := range msgs {
+		f.Add(m)
+	}
+	f.Add([]byte("OPTIONS sip:a@b\r\nVia: SIP/2.0/UDP h\r\n\r\n"))
+	f.Add([]byte("X  y\r\nv: SIP/2.0/UDP [::1]:0;rport\r\nTo: a\nb\r\n\r\n"))
+	a := goldenAdapter(f)
+	p := newParser()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_ = hasRFC3261Branch(data)
+		if m, ok := diagnose(data, p); ok {
+			res := string(m.response("parley"))
+			r, err := parseTortureResponse([]byte(res))
+			if err != nil {
+				t.Fatalf("answer %q: %v", res, err)
+			}
+			if r.version != "SIP/2.0" || (r.code != 505 && (r.code < 400 || r.code > 499)) {
+				t.Fatalf("answer %q", firstLine(res))
+			}
+			head, _, _ := strings.Cut(res, "\r\n\r\n")
+			for _, line := range strings.Split(head, "\r\n")[1:] {
+				if strings.ContainsAny(line, "\r\n") || !strings.Contains(line, ": ") {
+					t.Fatalf("answer line %q", line)
+				}
+			}
+		}
+		msg, err := p.ParseSIP(data)
+		if err != nil {
+			return
+		}
+		if req, ok := msg.(*sip.Request); ok {
+			if r := a.checkSyntax(req); r != nil && (r.code < 400 || r.code > 599) {
+				t.Fatalf("checkSyntax answered %d", r.code)
+			}
+		}
+	})
 }
