@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -42,8 +41,24 @@ type udpConn struct {
 	// delivered whether it reached the transport layer; written by the
 	// reader and by the transport layer's handler, on the same goroutine
 	// for this socket's datagrams but on others for other sockets'.
-	from      atomic.Pointer[netip.AddrPort]
-	delivered atomic.Bool
+	mu        sync.Mutex
+	from      netip.AddrPort
+	delivered bool
+}
+
+// parsing records that sipgo is given a datagram from src.
+func (c *udpConn) parsing(src netip.AddrPort) {
+	c.mu.Lock()
+	c.from, c.delivered = src, false
+	c.mu.Unlock()
+}
+
+// dropped reports whether the datagram last given to sipgo never reached
+// the transport layer.
+func (c *udpConn) dropped() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.from.IsValid() && !c.delivered
 }
 
 // udpConns are the adapter's wrapped UDP sockets.
@@ -76,9 +91,11 @@ func (s *udpConns) delivered(src netip.AddrPort) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, c := range s.conns {
-		if p := c.from.Load(); p != nil && *p == src {
-			c.delivered.Store(true)
+		c.mu.Lock()
+		if c.from == src {
+			c.delivered = true
 		}
+		c.mu.Unlock()
 	}
 }
 
@@ -115,10 +132,11 @@ func (a *Adapter) onTransportMessage(m sip.Message) {
 // and not handed to sipgo.
 func (c *udpConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	for {
-		if c.lastFrom != nil && !c.delivered.Load() {
+		if c.lastFrom != nil && c.dropped() {
 			c.a.answerMalformed(c, c.last, c.lastFrom)
 		}
 		c.lastFrom = nil
+		c.parsing(netip.AddrPort{})
 		n, from, err := c.PacketConn.ReadFrom(b)
 		if err != nil {
 			return n, from, err
@@ -129,9 +147,7 @@ func (c *udpConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		}
 		c.last = append(c.last[:0], data...)
 		c.lastFrom = from
-		ap := addrPort(from)
-		c.from.Store(&ap)
-		c.delivered.Store(false)
+		c.parsing(addrPort(from))
 		return n, from, nil
 	}
 }

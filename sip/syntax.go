@@ -21,7 +21,8 @@ func (a *Adapter) checkSyntax(req *sip.Request) *reply {
 	if !strings.EqualFold(req.SipVersion, "SIP/2.0") {
 		return newReply(505, "Version Not Supported")
 	}
-	if r := duplicateHeaders(req); r != nil {
+	date, r := scanHeaders(req)
+	if r != nil {
 		return r
 	}
 	if s := req.Recipient.Scheme; s != "sip" && s != "sips" {
@@ -33,7 +34,7 @@ func (a *Adapter) checkSyntax(req *sip.Request) *reply {
 	if r := checkHeaders(req); r != nil {
 		return r
 	}
-	if h := req.GetHeader("Date"); h != nil && !validDate(h.Value()) {
+	if date != nil && !validDate(date.Value()) {
 		return newReply(400, "Malformed Date Header")
 	}
 	if mf := req.MaxForwards(); mf != nil && *mf == 0 && !a.addressedHere(&req.Recipient) {
@@ -42,10 +43,12 @@ func (a *Adapter) checkSyntax(req *sip.Request) *reply {
 	return nil
 }
 
-// duplicateHeaders answers 400 when a header that may appear only once
-// (RFC 3261 §7.3.1, §20) appears more often.
-func duplicateHeaders(req *sip.Request) *reply {
+// scanHeaders answers 400 when a header that may appear only once (RFC
+// 3261 §7.3.1, §20) appears more often; it returns the Date header, if
+// any. It reads the headers once, without allocating.
+func scanHeaders(req *sip.Request) (sip.Header, *reply) {
 	var from, to, callID, cseq, maxForwards, contentLength, contentType int
+	var date sip.Header
 	for _, h := range req.Headers() {
 		switch h.(type) {
 		case *sip.FromHeader:
@@ -62,6 +65,10 @@ func duplicateHeaders(req *sip.Request) *reply {
 			contentLength++
 		case *sip.ContentTypeHeader:
 			contentType++
+		default:
+			if date == nil && strings.EqualFold(h.Name(), "Date") {
+				date = h
+			}
 		}
 	}
 	for _, d := range []struct {
@@ -69,10 +76,10 @@ func duplicateHeaders(req *sip.Request) *reply {
 		name string
 	}{{from, "From"}, {to, "To"}, {callID, "Call-ID"}, {cseq, "CSeq"}, {maxForwards, "Max-Forwards"}, {contentLength, "Content-Length"}, {contentType, "Content-Type"}} {
 		if d.n > 1 {
-			return newReply(400, "Multiple "+d.name+" Headers")
+			return nil, newReply(400, "Multiple "+d.name+" Headers")
 		}
 	}
-	return nil
+	return date, nil
 }
 
 // validDate reports whether v is an rfc1123-date in GMT (RFC 3261 §20.17).

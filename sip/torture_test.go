@@ -383,3 +383,27 @@ func FuzzMalformed(f *testing.F) {
 		}
 	})
 }
+
+// TestCheckSyntaxAllocates: the checks every request goes through allocate
+// nothing for a well-formed request without Date (parsing a Date does; few
+// phones send one), nor does the look at each datagram's Via.
+func TestCheckSyntaxAllocates(t *testing.T) {
+	a := goldenAdapter(t)
+	req, err := parseRaw([]byte(rawSIP("MESSAGE "+ghost+" SIP/2.0",
+		"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1",
+		"From: <sip:1001@pbx.example.org>;tag=1", "To: <"+ghost+">", "Call-ID: c1", "CSeq: 1 MESSAGE",
+		"Max-Forwards: 70", "User-Agent: phone", "Content-Type: text/plain")("hi")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := a.checkSyntax(req); r != nil {
+		t.Fatalf("checkSyntax: %d %s", r.code, r.reason)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = a.checkSyntax(req) }); n > 0 {
+		t.Errorf("checkSyntax allocates %.0f times per request", n)
+	}
+	data := []byte(options("allocs"))
+	if n := testing.AllocsPerRun(100, func() { _ = hasRFC3261Branch(data) }); n > 0 {
+		t.Errorf("hasRFC3261Branch allocates %.0f times per datagram", n)
+	}
+}
