@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -52,66 +54,98 @@ type Config struct {
 // trimmed).
 var secretRef = regexp.MustCompile(`^(env|file):(.+)$`)
 
-// loadConfig reads, strictly decodes and validates the file at path. Every
-// error names the file, the line and the key.
-func loadConfig(path string) (*Config, error) {
+// readConfig reads, strictly decodes and validates the file at path. Every
+// error names the file, the line and the key. A secret it cannot resolve is
+// an error (running the gateway needs them all), unless deferSecrets: then
+// it checks the file without the secrets it reads from the environment or
+// from files, and an unresolved secret becomes a warning (file:line, key,
+// variable and what the secret is for) and a stand-in value, so that
+// everything else is still validated. check-config uses that: the secrets
+// come with the deployment.
+func readConfig(path string, deferSecrets bool) (*Config, []string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+		return nil, nil, fmt.Errorf("read config: %w", err)
 	}
-	return parseConfig(path, data)
+	return parseConfig(path, data, deferSecrets)
 }
 
-func parseConfig(path string, data []byte) (*Config, error) {
+func parseConfig(path string, data []byte, deferSecrets bool) (*Config, []string, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	if len(root.Content) == 0 {
-		return nil, fmt.Errorf("%s: the file is empty", path)
+		return nil, nil, fmt.Errorf("%s: the file is empty", path)
 	}
 	lines := map[string]int{}
 	if err := checkKeys(path, root.Content[0], reflect.TypeFor[Config](), "", lines); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg := &Config{Store: "parley.db", ShutdownTimeout: 10 * time.Second}
 	cfg.Log.Level, cfg.Log.Format = "info", "text"
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil {
-		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	var errs []error
-	resolve := func(key string, v *string) {
+	var warnings []string
+	resolve := func(key, purpose string, v *string) {
 		s, err := resolveSecret(*v)
-		if err != nil {
+		switch {
+		case err == nil:
+			*v = s
+		case deferSecrets:
+			warnings = append(warnings, at(path, lines, fmt.Sprintf("warning: %s: %v; parley run needs it: %s", key, err, purpose)))
+			*v = standIn(*v)
+		default:
 			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+			*v = ""
 		}
-		*v = s
 	}
-	resolve("store", &cfg.Store)
+	resolve("store", "the SQLite file or PostgreSQL DSN of the store", &cfg.Store)
 	if cfg.XMPP != nil {
-		resolve("xmpp.secret", &cfg.XMPP.Secret)
+		resolve("xmpp.secret", "the component secret, the same as component_secret on the XMPP server", &cfg.XMPP.Secret)
 	}
 	if cfg.Matrix != nil {
-		resolve("matrix.as_token", &cfg.Matrix.ASToken)
-		resolve("matrix.hs_token", &cfg.Matrix.HSToken)
+		resolve("matrix.as_token", "Parley's token towards the homeserver, any long random string; gen-registration writes it into the registration", &cfg.Matrix.ASToken)
+		resolve("matrix.hs_token", "the homeserver's token towards Parley, another long random string; gen-registration writes it into the registration", &cfg.Matrix.HSToken)
 	}
 	if cfg.SIP != nil {
-		for name, u := range cfg.SIP.Users {
-			resolve("sip.users."+name+".password", &u.Password)
-			resolve("sip.users."+name+".ha1", &u.HA1)
+		for _, name := range sortedKeys(cfg.SIP.Users) {
+			u := cfg.SIP.Users[name]
+			resolve("sip.users."+name+".password", "the digest password of SIP user "+name, &u.Password)
+			resolve("sip.users."+name+".ha1", "the digest hash of SIP user "+name+", MD5 of user:realm:password in hex", &u.HA1)
 			cfg.SIP.Users[name] = u
 		}
 		for i := range cfg.SIP.TrustedPeers {
-			resolve(fmt.Sprintf("sip.trusted_peers[%d].password", i), &cfg.SIP.TrustedPeers[i].Password)
+			resolve(fmt.Sprintf("sip.trusted_peers[%d].password", i), "the digest password of trusted peer "+cfg.SIP.TrustedPeers[i].Name, &cfg.SIP.TrustedPeers[i].Password)
 		}
 	}
 	errs = append(errs, cfg.validate())
 	if err := errors.Join(errs...); err != nil {
-		return nil, locate(path, err, lines)
+		return nil, nil, locate(path, err, lines)
 	}
-	return cfg, nil
+	return cfg, warnings, nil
+}
+
+// standIn replaces an unresolved secret reference while check-config
+// validates the rest: 32 hex digits (valid wherever a secret is, an ha1
+// included) derived from the reference, so two keys that read the same
+// variable still compare equal.
+func standIn(ref string) string {
+	sum := sha256.Sum256([]byte(ref))
+	return hex.EncodeToString(sum[:16])
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func resolveSecret(v string) (string, error) {
@@ -298,18 +332,23 @@ func locate(file string, err error, lines map[string]int) error {
 			}
 			return
 		}
-		msg := err.Error()
-		key, _, _ := strings.Cut(msg, ":")
-		for k := key; k != ""; k = parent(k) {
-			if line, ok := lines[k]; ok {
-				msgs = append(msgs, fmt.Sprintf("%s:%d: %s", file, line, msg))
-				return
-			}
-		}
-		msgs = append(msgs, fmt.Sprintf("%s: %s", file, msg))
+		msgs = append(msgs, at(file, lines, err.Error()))
 	}
 	walk(err)
 	return errors.New(strings.Join(msgs, "\n"))
+}
+
+// at prefixes msg with file:line, the line of the key path msg starts with
+// ("xmpp.domain: ..." or "warning: xmpp.domain: ..."), or of its nearest
+// parent; with file alone when no key of the path is in the file.
+func at(file string, lines map[string]int, msg string) string {
+	key, _, _ := strings.Cut(strings.TrimPrefix(msg, "warning: "), ":")
+	for k := key; k != ""; k = parent(k) {
+		if line, ok := lines[k]; ok {
+			return fmt.Sprintf("%s:%d: %s", file, line, msg)
+		}
+	}
+	return fmt.Sprintf("%s: %s", file, msg)
 }
 
 // parent drops the last element of a key path: "a.b[2]" → "a.b" → "a".

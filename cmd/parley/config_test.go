@@ -93,3 +93,85 @@ func TestCheckConfigCommand(t *testing.T) {
 		}
 	}
 }
+
+// unsetSecrets clears the variables config.example.yaml reads its secrets
+// from, as on a fresh checkout, for the rest of the test.
+func unsetSecrets(t *testing.T) {
+	t.Helper()
+	for _, name := range []string{"PARLEY_XMPP_SECRET", "PARLEY_AS_TOKEN", "PARLEY_HS_TOKEN", "PARLEY_SIP_1001"} {
+		t.Setenv(name, "") // restored after the test
+		if err := os.Unsetenv(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// The README's first command, on a fresh checkout: check-config passes and
+// names each variable the example reads a secret from, the key and line
+// that reads it, and what it is for; run and gen-registration refuse it.
+func TestCheckConfigExampleOnFreshCheckout(t *testing.T) {
+	unsetSecrets(t)
+	const example = "../../config.example.yaml"
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check-config", "-config", example}, &out, &errOut); code != 0 {
+		t.Fatalf("check-config exit %d:\n%s%s", code, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), example+": ok: 1 identities") {
+		t.Errorf("no ok line:\n%s", out.String())
+	}
+	for _, want := range []string{
+		example + ":29: warning: xmpp.secret: environment variable PARLEY_XMPP_SECRET is not set; parley run needs it: the component secret",
+		example + ":43: warning: matrix.as_token: environment variable PARLEY_AS_TOKEN is not set; parley run needs it",
+		example + ":44: warning: matrix.hs_token: environment variable PARLEY_HS_TOKEN is not set; parley run needs it",
+		example + ":56: warning: sip.users.1001.password: environment variable PARLEY_SIP_1001 is not set; parley run needs it: the digest password of SIP user 1001",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("check-config output lacks\n  %s\ngot:\n%s", want, out.String())
+		}
+	}
+
+	// -strict checks the file as parley run will see it.
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"check-config", "-strict", "-config", example}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "xmpp.secret: environment variable PARLEY_XMPP_SECRET is not set") {
+		t.Errorf("check-config -strict: exit %d, stderr:\n%s", code, errOut.String())
+	}
+	// gen-registration writes the tokens, so it needs them.
+	errOut.Reset()
+	if code := run([]string{"gen-registration", "-config", example, "-o", "-"}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "matrix.as_token: environment variable PARLEY_AS_TOKEN is not set") {
+		t.Errorf("gen-registration without its tokens: exit %d, stderr:\n%s", code, errOut.String())
+	}
+	// run refuses to start without its secrets.
+	if _, _, err := setup(example); err == nil || !strings.Contains(err.Error(), "PARLEY_HS_TOKEN is not set") {
+		t.Errorf("setup without secrets: err = %v", err)
+	}
+}
+
+// A secret that is set but invalid is still an error for check-config, and
+// two tokens read from the same missing variable would be equal, which run
+// refuses: check-config says so already.
+func TestCheckConfigStillChecksSecretsItCanSee(t *testing.T) {
+	unsetSecrets(t)
+	example, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, old, new, want string }{
+		{"same variable for both tokens", "env:PARLEY_HS_TOKEN", "env:PARLEY_AS_TOKEN", "parley.yaml:44: matrix.hs_token: must differ from as_token"},
+		{"inline token with a space", "env:PARLEY_AS_TOKEN", `"a b"`, "parley.yaml:43: matrix.as_token: must not contain spaces"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "parley.yaml")
+			if err := os.WriteFile(path, bytes.Replace(example, []byte(tc.old), []byte(tc.new), 1), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var out, errOut bytes.Buffer
+			if code := run([]string{"check-config", "-config", path}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), tc.want) {
+				t.Errorf("exit %d, stderr:\n%s\nwant it to contain %q", code, errOut.String(), tc.want)
+			}
+		})
+	}
+}
