@@ -36,6 +36,9 @@ func (r *Router) dispatchPresence(ctx context.Context, p *event.Presence, m *map
 	if err != nil {
 		return err
 	}
+	if from, err = r.addressed.as(ctx, m, origin.From, to, from, rosterUse, chatUse); err != nil {
+		return err
+	}
 	p.State, p.Status = r.recordPresence(origin.From, p.State, p.Status, m)
 	if !m.MayWatch(to, origin.From) {
 		return nil // the presence policy hides origin.From from this watcher

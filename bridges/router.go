@@ -49,6 +49,7 @@ type Router struct {
 	// merging an identity's presence.
 	lastPresence map[event.Address]presenceOf
 	watchers     *watchers
+	addressed    *addressed
 	states       map[event.Network]Status
 	stopping     bool
 	drained      chan struct{} // closed when stopping and no queue is left
@@ -95,6 +96,7 @@ func NewRouter(st store.Store, m *mapping.Map, opts ...Option) *Router {
 		states:       map[event.Network]Status{},
 	}
 	r.watchers = newWatchers(st)
+	r.addressed = newAddressed(st)
 	r.mapping.Store(m)
 	for _, o := range opts {
 		o(r)
@@ -202,6 +204,12 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 	m := r.mapping.Load()
 	from, to, err := resolve(m, h.From, h.To)
 	if err != nil {
+		return err
+	}
+	if err := r.addressed.note(ctx, m, chatUse, origin.From, origin.To, to); err != nil {
+		return err
+	}
+	if from, err = r.addressed.as(ctx, m, origin.From, to, from, chatUse); err != nil {
 		return err
 	}
 	h.From, h.To = from, to

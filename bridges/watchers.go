@@ -120,6 +120,16 @@ func (r *Router) dispatchSubscription(ctx context.Context, s *event.Subscription
 	if s.Active && !m.MayWatch(origin.From, presentity) {
 		return fmt.Errorf("%w: the presence policy does not let %s watch %s", ErrRefused, origin.From, presentity)
 	}
+	if s.Active {
+		// Presence then comes from the address the watcher subscribed to.
+		if err := r.addressed.note(ctx, m, rosterUse, origin.From, origin.To, presentity); err != nil {
+			return err
+		}
+	}
+	// A subscription request comes from the address the presentity knows.
+	if ghost, err = r.addressed.as(ctx, m, origin.From, presentity, ghost, rosterUse, chatUse); err != nil {
+		return err
+	}
 	changed, err := r.watchers.set(ctx, presentity, origin.From, s.Active)
 	if err != nil {
 		return err
@@ -159,20 +169,27 @@ func (r *Router) broadcastPresence(ctx context.Context, p *event.Presence, m *ma
 		accounts = []event.Address{presentity}
 	}
 	state, status := r.recordPresence(presentity, p.State, p.Status, m)
-	var targets []event.Address
+	var targets []conversation // {the account watched, its watcher}
 	for _, acc := range accounts {
 		ws, err := r.watchers.list(ctx, acc)
 		if err != nil {
 			return err
 		}
-		targets = append(targets, ws...)
+		for _, w := range ws {
+			targets = append(targets, conversation{acc, w})
+		}
 	}
 	r.metrics.Received(presentity.Network, event.KindPresence)
-	for _, w := range targets {
+	for _, t := range targets {
+		w := t.to
 		if !m.MayWatch(w, presentity) {
 			continue // recorded before the policy changed
 		}
 		from, err := m.Appearance(presentity, w.Network)
+		if err == nil {
+			// The address the watcher subscribed to, if it was another.
+			from, err = r.addressed.as(ctx, m, t.from, w, from, rosterUse, chatUse)
+		}
 		if err != nil {
 			r.log.Debug("presence has no appearance for a watcher", "presentity", presentity, "watcher", w, "err", err)
 			continue

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,6 +97,42 @@ func TestDirectMessages(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An XMPP user who writes to a YAML identity's ghost JID (not its alias)
+// gets the answers from that ghost JID, so their client keeps one chat, also
+// after Parley restarts.
+func TestAnswersComeFromTheGhostJIDWrittenTo(t *testing.T) {
+	st := newStack(t, stackSettings{homeserver: "synapse"})
+	st.prosody.Register(t, "alice", "alicepass")
+	st.start(true)
+	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
+	carol := peertest.ConnectMatrix(t, st.hs, "carol", "carolpassword")
+	ctx := timeout(t, 90*time.Second)
+
+	alice.Send(t, carolGhostJID, "ghost-1", "hi carol, by your ghost JID", true)
+	m, ok := carol.NextMessage(ctx, nil)
+	if !ok || m.Body != "hi carol, by your ghost JID" || m.Sender != aliceGhostMXID {
+		t.Fatalf("carol got %+v, %v", m, ok)
+	}
+	answer := func(id, body string) {
+		t.Helper()
+		if _, err := carol.SendText(ctx, m.Room, id, body); err != nil {
+			t.Fatal(err)
+		}
+		e, ok := alice.Next(ctx, func(e peertest.XMPPEvent) bool { return e.Ev == "message" && e.Body == body })
+		if !ok {
+			t.Fatalf("alice did not get %q", body)
+		}
+		if bare(e.From) != carolGhostJID {
+			t.Errorf("alice wrote to %s and got %q from %s: her client opens a second chat", carolGhostJID, body, e.From)
+		}
+	}
+	answer("ghost-2", "hi alice")
+
+	st.stop(syscall.SIGTERM)
+	st.start(true)
+	answer("ghost-3", "hi again, after a restart")
 }
 
 func mustRoom(t *testing.T, c *peertest.MatrixClient, ctx context.Context) id.RoomID {

@@ -48,6 +48,7 @@ const (
 	aliceJID        = "alice@localhost"
 	bobGhostJID     = "bob%localhost@matrix.localhost"
 	carolAliasJID   = "carol@matrix.localhost"
+	carolGhostJID   = "carol%localhost@matrix.localhost"
 	aliceGhostMXID  = "@_xmpp_alice_localhost:localhost"
 	componentDomain = "matrix.localhost"
 )
