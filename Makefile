@@ -3,8 +3,9 @@
 #               scripted conversation, then leave everything up for your clients
 #   make test   every test: lint, unit, fuzz seed corpora, and integration tests
 #               against real Prosody, Synapse, Dendrite and PostgreSQL
-# Both install what they need (Debian packages, a Synapse venv, Dendrite built
-# from source) into .cache/peers first.
+# Both install what they need first: Debian packages system-wide (apt-get),
+# a Synapse venv and Dendrite built from source into .cache/peers. README.md
+# lists what that changes on the machine.
 
 GO       ?= go
 PEERS    ?= $(CURDIR)/.cache/peers

@@ -11,6 +11,11 @@
 #     bin/             dendrite, generate-keys, create-account
 #     logs/            output of the last apt/pip/go run of each step
 #
+# The apt packages are installed system-wide. While apt-get runs, the Debian
+# policy file /usr/sbin/policy-rc.d forbids starting their services; the
+# script then puts that file back as it was (removes it if there was none),
+# also when a step fails or the script is interrupted.
+#
 # Idempotent: every step checks first and is skipped when already done, so a
 # second run takes about a second. Prints one line per step; exits non-zero
 # with a message naming the failed step.
@@ -18,6 +23,8 @@
 # Environment:
 #   PARLEY_PEERS   cache directory (default <repo>/.cache/peers)
 #   PYTHON         interpreter used to create the venv (default python3)
+#   PARLEY_POLICY_RC  the policy file (default /usr/sbin/policy-rc.d; tests
+#                  point it elsewhere)
 set -euo pipefail
 
 SYNAPSE_VERSION=1.163.2
@@ -32,6 +39,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$SCRIPT_DIR/.." && pwd)"
 PEERS="${PARLEY_PEERS:-$REPO/.cache/peers}"
 PYTHON="${PYTHON:-python3}"
+POLICY_RC="${PARLEY_POLICY_RC:-/usr/sbin/policy-rc.d}"
 
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'install-peers: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -48,6 +56,40 @@ quiet() {
 	fi
 	return "$rc"
 }
+
+# forbid_service_starts writes a policy-rc.d that refuses every service
+# start (exit 101), after saving the one there may already be; the EXIT trap
+# calls restore_policy_rc, which puts the earlier state back.
+policy_rc_written=0
+policy_rc_saved=""
+forbid_service_starts() {
+	if [ -e "$POLICY_RC" ] || [ -L "$POLICY_RC" ]; then
+		policy_rc_saved="$(mktemp "${TMPDIR:-/tmp}/parley-policy-rc.XXXXXX")" ||
+			die "cannot save $POLICY_RC"
+		"${SUDO[@]}" cp -a "$POLICY_RC" "$policy_rc_saved" || die "cannot save $POLICY_RC"
+	fi
+	policy_rc_written=1
+	printf '#!/bin/sh\n# written by parley install-peers.sh while apt-get runs; removed after\nexit 101\n' |
+		"${SUDO[@]}" tee "$POLICY_RC" >/dev/null || die "cannot write $POLICY_RC"
+	"${SUDO[@]}" chmod 755 "$POLICY_RC" || die "cannot make $POLICY_RC executable"
+}
+
+restore_policy_rc() {
+	[ "$policy_rc_written" = 1 ] || return 0
+	policy_rc_written=0
+	if [ -n "$policy_rc_saved" ]; then
+		"${SUDO[@]}" mv -f "$policy_rc_saved" "$POLICY_RC" ||
+			printf 'install-peers: ERROR: could not restore %s; the earlier one is in %s\n' "$POLICY_RC" "$policy_rc_saved" >&2
+	else
+		"${SUDO[@]}" rm -f "$POLICY_RC" ||
+			printf 'install-peers: ERROR: could not remove %s: services installed later will not start until it is gone\n' "$POLICY_RC" >&2
+	fi
+}
+
+SUDO=()
+trap restore_policy_rc EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 mkdir -p "$PEERS/logs" || die "cannot create cache dir $PEERS"
 PEERS="$(cd "$PEERS" && pwd)"
@@ -93,7 +135,6 @@ if [ ${#missing[@]} -eq 0 ]; then
 else
 	command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: ${missing[*]}"
 	# Run as root directly, otherwise through sudo (if there is one).
-	SUDO=()
 	if [ "$(id -u)" -ne 0 ]; then
 		command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot install ${missing[*]}"
 		SUDO=(sudo)
@@ -101,14 +142,13 @@ else
 	step "apt: installing ${missing[*]}"
 	# Keep Debian from starting the system services (prosody, postgresql,
 	# kamailio) on install: the tests run their own instances on free ports.
-	printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null ||
-		die "cannot write /usr/sbin/policy-rc.d"
-	"${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+	forbid_service_starts
 	quiet apt-update "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update ||
 		die "apt-get update failed"
 	quiet apt-install "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y --no-install-recommends "${missing[@]}" ||
 		die "apt-get install ${missing[*]} failed"
+	restore_policy_rc
 	step "apt: installed ${missing[*]}"
 fi
 
