@@ -36,8 +36,11 @@ lint: $(LINT)
 	$(LINT) run ./...
 
 # Every test, with real peers. In CI (CI set) a missing peer fails the run.
+# scripts/test.sh shows each test as it ends (go test -json), the output of
+# failing tests, go test's own ok/FAIL line per package, and after 30 s
+# without news the tests still running.
 test: peers lint
-	$(GO) test -count=1 -timeout 25m ./...
+	GO=$(GO) ./scripts/test.sh -count=1 -timeout 25m ./...
 
 # Unit tests only: no servers are started.
 unit:
