@@ -70,7 +70,8 @@ const (
 	aliceSIPUser   = "xmpp_alice_localhost"
 	aliceSIPURI    = "sip:" + aliceSIPUser + "@" + sipDomain
 	bobSIPURI      = "sip:matrix_bob_localhost@" + sipDomain
-	bobAliasSIPURI = "sip:bob@" + sipDomain
+	bobAlias       = "bob" // his YAML identity's name
+	bobAliasSIPURI = "sip:" + bobAlias + "@" + sipDomain
 
 	// Ports Parley prefers, as in config.example.yaml; free ones otherwise.
 	preferredAdminPort = 9090

@@ -19,9 +19,9 @@ import (
 // with Parley over UDP, answering the digest challenge; alice writes to its
 // XMPP ghost and bob invites its Matrix ghost to a direct chat and writes,
 // and the phone receives both MESSAGEs and hangs up. From the same address
-// the phone then sends alice a MESSAGE (uac_message.xml, which answers
-// Parley's 407 challenge) and unregisters, so that nothing is left for a
-// phone that is gone. Every sipp runs in its own process group, stopped by
+// the phone then sends a MESSAGE to alice and one to bob's alias, which he
+// reads on Matrix (uac_message.xml, which answers Parley's 407 challenge),
+// and unregisters, so that nothing is left for a phone that is gone. Every sipp runs in its own process group, stopped by
 // the clients' cleanups (Ctrl-C included).
 func (d *demo) phoneCall(clients *runner, alice *peertest.XMPPClient, inbox *xmppInbox, bob *peertest.MatrixClient) {
 	fmt.Printf("\nconnecting the phone: extension %s of %s (sipp) registers with Parley at %s over UDP\n",
@@ -98,6 +98,33 @@ func (d *demo) phoneCall(clients *runner, alice *peertest.XMPPClient, inbox *xmp
 		nick = " (" + e.Nick + ")"
 	}
 	say("xmpp", "%s%s → %s: %s  [%s]", bare(e.From), nick, aliceJID, e.Body, round(time.Since(sent)))
+
+	// The phone answers bob too, by his SIP alias; he reads it on Matrix, in
+	// the direct chat he opened with the phone's ghost.
+	answer = "Hi Bob, extension 1001 again: this one reaches you on Matrix."
+	say("sip", "%s → %s: %s", phoneURI, bobAliasSIPURI, answer)
+	sent = time.Now()
+	res = d.runSipp(quiet, "the phone's MESSAGE to bob", peertest.SippOptions{
+		Scenario: "uac_message.xml", Target: d.sipAddr, Service: bobAlias,
+		AuthUser: phoneUser, AuthPassword: phonePassword, LocalPort: phone.Port,
+		Vars: map[string]string{"domain": sipDomain, "from": phoneURI, "body": answer},
+		Name: "phone-" + phoneUser + "-message-bob",
+	})
+	say("sip", "Parley → %s: %s", phoneURI, statusLines(res.Messages(), "MESSAGE"))
+	mctx, mcancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer mcancel()
+	m, ok := bob.NextMessage(mctx, func(m peertest.MatrixMessage) bool { return m.Body == answer })
+	if !ok {
+		d.fail("bob's Matrix client did not receive the phone's message %q within %s", answer, waitTimeout)
+	}
+	if m.Room != resp.RoomID {
+		d.fail("the phone's message reached bob in %s, not in the direct chat %s", m.Room, resp.RoomID)
+	}
+	name := ""
+	if dn, err := bob.GetDisplayName(mctx, m.Sender); err == nil && dn.DisplayName != "" {
+		name = " (" + dn.DisplayName + ")"
+	}
+	say("matrix", "%s%s → %s: %s  [%s]", m.Sender, name, bob.UserID, m.Body, round(time.Since(sent)))
 
 	res = d.runSipp(quiet, "the phone's unregistration", peertest.SippOptions{
 		Scenario: "uac_register_auth.xml", Target: d.sipAddr, Service: phoneUser,
