@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"reflect"
 	"regexp"
@@ -64,6 +65,9 @@ var secretRef = regexp.MustCompile(`^(env|file):(.+)$`)
 // come with the deployment.
 func readConfig(path string, deferSecrets bool) (*Config, []string, error) {
 	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("read config: %w (name the file with -config FILE or $PARLEY_CONFIG; config.example.yaml is an annotated start)", err)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("read config: %w", err)
 	}

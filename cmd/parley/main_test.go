@@ -79,6 +79,12 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"healthcheck", "-config", "x"}, "flag provided but not defined: -config"},
 		{[]string{"version", "extra"}, "parley version: unexpected argument \"extra\""},
 	}
+	// No configuration file where Parley looks: say how to name one (exit 1).
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check-config", "-config", "no-such.yaml"}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "no-such.yaml: no such file or directory (name the file with -config FILE or $PARLEY_CONFIG") {
+		t.Errorf("a missing config file: exit %d, stderr %q", code, errOut.String())
+	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer
