@@ -100,6 +100,9 @@ type Adapter struct {
 	// set by Start.
 	handlers map[sip.RequestMethod]sipgo.RequestHandler
 
+	// authBackoff slows password guessing (see authenticate).
+	authBackoff *authBackoff
+
 	// Set by New; tests replace them.
 	now         func() time.Time
 	backoff     bridges.Backoff
@@ -164,13 +167,13 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		pubs:        newPublications(),
 		parser:      newParser(),
 	}
-	ha1s := make(map[string]string, len(cfg.Users))
+	secrets := make(map[string]digestSecrets, len(cfg.Users))
 	for name, u := range cfg.Users {
 		a.users[name] = true
-		if u.HA1 != "" {
-			ha1s[name] = toLowerASCII(u.HA1)
+		if u.Password != "" {
+			secrets[name] = newDigestSecrets(name, cfg.Realm, u.Password)
 		} else {
-			ha1s[name] = ha1(name, cfg.Realm, u.Password)
+			secrets[name] = digestSecrets{md5: toLowerASCII(u.HA1), sha256: toLowerASCII(u.HA1SHA256)}
 		}
 	}
 	for _, tp := range cfg.TrustedPeers {
@@ -183,12 +186,13 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 			p.domains[d] = true
 		}
 		if tp.Username != "" {
-			ha1s[tp.Username] = ha1(tp.Username, cfg.Realm, tp.Password)
+			secrets[tp.Username] = newDigestSecrets(tp.Username, cfg.Realm, tp.Password)
 			a.peerByUser[tp.Username] = p
 		}
 		a.peers = append(a.peers, p)
 	}
-	a.auth = newDigestAuth(cfg.Realm, ha1s)
+	a.auth = newDigestAuth(cfg.Realm, cfg.DigestAlgorithms, secrets)
+	a.authBackoff = newAuthBackoff()
 	if cfg.OutboundProxy != "" {
 		proxy, err := parseProxy(cfg.OutboundProxy)
 		if err != nil {

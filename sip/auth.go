@@ -1,17 +1,18 @@
 package sip
 
 import (
-	"crypto/hmac"
 	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"net/netip"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // nonceTTL is how long a nonce stays fresh. A client that uses an older one
@@ -19,132 +20,302 @@ import (
 // without asking its user (RFC 2617 §3.2.1).
 const nonceTTL = 5 * time.Minute
 
+// Digest algorithms (RFC 8760 §2): the names Parley offers and accepts.
+const (
+	AlgorithmMD5    = "MD5"
+	AlgorithmSHA256 = "SHA-256"
+)
+
 // authResult is the outcome of checking digest credentials.
 type authResult uint8
 
 const (
 	// authNone: the request carries no credentials for our realm.
 	authNone authResult = iota
-	// authOK: the credentials are valid.
+	// authOK: the credentials are valid, and used for the first time.
 	authOK
-	// authStale: the response is right but the nonce is not fresh, or was
-	// issued before a restart: challenge again with stale=true.
+	// authStale: the response is right but the nonce is not fresh, was
+	// issued before a restart or is no longer remembered: challenge again
+	// with stale=true.
 	authStale
+	// authReplayed: the response is right but its nonce count (or its
+	// one-time nonce) was used before: a replay, or a client that
+	// repeats itself. Challenge again with stale=true.
+	authReplayed
 	// authFailed: malformed credentials, an unknown username or a wrong
 	// password: challenge again.
 	authFailed
 )
 
+// digestSecrets are the HA1 values of one username, in lowercase hex, per
+// algorithm: H(username ":" realm ":" password) with MD5 and with SHA-256.
+// A value is empty when it cannot be known (an account configured with the
+// HA1 of the other algorithm only).
+type digestSecrets struct {
+	md5, sha256 string
+}
+
+// newDigestSecrets returns the secrets of user for password in realm.
+func newDigestSecrets(user, realm, password string) digestSecrets {
+	return digestSecrets{md5: ha1(user, realm, password), sha256: ha1SHA256(user, realm, password)}
+}
+
 // digestAuth implements the server side of SIP digest authentication (RFC
-// 3261 §22, RFC 2617): MD5 with qop=auth, or without qop for RFC 2069
-// clients. Nonces are stateless: a timestamp, random bytes and an HMAC under
-// a key drawn at start, so the adapter keeps no per-client state, and a
-// nonce from before a restart is answered stale=true.
-//
-// The nonce count is not tracked, so a captured request can be replayed
-// while its nonce is fresh; a replayed MESSAGE has the same Call-ID and CSeq
-// and is recognised as a duplicate by the routing core.
+// 3261 §22, RFC 2617, RFC 8760): MD5 and SHA-256, with qop=auth, or without
+// qop for RFC 2069 clients. Nonces come from a nonceTable: each nonce count
+// (or, without qop, each nonce) is accepted once, so captured credentials
+// cannot be replayed, and a nonce from before a restart, or one no longer
+// remembered, is answered stale=true. Safe for concurrent use.
 type digestAuth struct {
 	realm string
-	key   []byte
 	ttl   time.Duration
-	// ha1 maps each username that may authenticate to its HA1 in lowercase
-	// hex.
-	ha1 map[string]string
+	// algorithms are offered in this order (most preferred first), one
+	// challenge each, all with the same nonce.
+	algorithms []string
+	// secrets maps each username that may authenticate to its HA1s.
+	secrets map[string]digestSecrets
+	// unknown stands in for the secrets of a username that does not
+	// exist, so that it costs the same work as a wrong password.
+	unknown digestSecrets
+	nonces  *nonceTable
 }
 
-func newDigestAuth(realm string, ha1 map[string]string) *digestAuth {
+// newDigestAuth returns the digest authentication of realm for the users of
+// secrets, offering algorithms (MD5 when empty).
+func newDigestAuth(realm string, algorithms []string, secrets map[string]digestSecrets) *digestAuth {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key) // never fails (crypto/rand.Read)
-	return &digestAuth{realm: realm, key: key, ttl: nonceTTL, ha1: ha1}
-}
-
-// challenge returns the value of a WWW-Authenticate or Proxy-Authenticate
-// header with a fresh nonce.
-func (d *digestAuth) challenge(now time.Time, stale bool) string {
-	var b strings.Builder
-	b.WriteString(`Digest realm="`)
-	b.WriteString(d.realm)
-	b.WriteString(`", nonce="`)
-	b.WriteString(d.nonce(now))
-	b.WriteString(`", algorithm=MD5, qop="auth"`)
-	if stale {
-		b.WriteString(", stale=true")
+	if len(algorithms) == 0 {
+		algorithms = []string{AlgorithmMD5}
 	}
-	return b.String()
+	var junk [32]byte
+	_, _ = rand.Read(junk[:])
+	return &digestAuth{realm: realm, ttl: nonceTTL, algorithms: algorithms, secrets: secrets,
+		unknown: digestSecrets{md5: hex.EncodeToString(junk[:16]), sha256: hex.EncodeToString(junk[:])},
+		nonces:  newNonceTable(key, realm)}
 }
 
-// nonce returns base64url(timestamp ‖ random ‖ HMAC(timestamp ‖ random)).
-func (d *digestAuth) nonce(now time.Time) string {
-	var raw [32]byte
-	binary.BigEndian.PutUint64(raw[:8], uint64(now.UnixNano()))
-	_, _ = rand.Read(raw[8:16])
-	copy(raw[16:], d.mac(raw[:16]))
-	return base64.RawURLEncoding.EncodeToString(raw[:])
-}
-
-func (d *digestAuth) mac(b []byte) []byte {
-	m := hmac.New(sha256.New, d.key)
-	m.Write(b)
-	m.Write([]byte(d.realm))
-	return m.Sum(nil)[:16]
-}
-
-// fresh reports whether nonce is one of ours and younger than the TTL.
-func (d *digestAuth) fresh(nonce string, now time.Time) bool {
-	raw, err := base64.RawURLEncoding.DecodeString(nonce)
-	if err != nil || len(raw) != 32 {
-		return false
+// challenges returns the values of the WWW-Authenticate or
+// Proxy-Authenticate headers of a challenge: one per algorithm, most
+// preferred first (RFC 8760 §2.4), with one fresh nonce.
+func (d *digestAuth) challenges(now time.Time, stale bool) []string {
+	nonce := d.nonces.issue(now)
+	out := make([]string, len(d.algorithms))
+	for i, alg := range d.algorithms {
+		var b strings.Builder
+		b.WriteString(`Digest realm="`)
+		b.WriteString(d.realm)
+		b.WriteString(`", nonce="`)
+		b.WriteString(nonce)
+		b.WriteString(`", algorithm=`)
+		b.WriteString(alg)
+		b.WriteString(`, qop="auth"`)
+		if stale {
+			b.WriteString(", stale=true")
+		}
+		out[i] = b.String()
 	}
-	if !hmac.Equal(raw[16:], d.mac(raw[:16])) {
-		return false
+	return out
+}
+
+// offers reports whether alg (as a client wrote it, "" for MD5) is one of
+// the algorithms offered, and returns its canonical name.
+func (d *digestAuth) offers(alg string) (string, bool) {
+	if alg == "" {
+		alg = AlgorithmMD5
 	}
-	issued := time.Unix(0, int64(binary.BigEndian.Uint64(raw[:8])))
-	age := now.Sub(issued)
-	return age >= -time.Minute && age <= d.ttl
+	for _, a := range d.algorithms {
+		if strings.EqualFold(a, alg) {
+			return a, true
+		}
+	}
+	return "", false
 }
 
 // verify checks the credentials c, sent with a request of method, and
-// returns the username they authenticate.
-func (d *digestAuth) verify(c digestCredentials, method string, now time.Time) (string, authResult) {
+// returns the username they authenticate, the result and, when it is not
+// authOK, why (for the log: it may tell an unknown user from a wrong
+// password, the response never does). A right response spends its nonce
+// count: the same credentials are authReplayed the next time.
+func (d *digestAuth) verify(c digestCredentials, method string, now time.Time) (username string, res authResult, why string) {
 	if c.realm != d.realm {
-		return "", authNone
+		return "", authNone, "another realm"
 	}
 	if c.username == "" || c.nonce == "" || c.uri == "" || c.response == "" {
-		return c.username, authFailed
+		return c.username, authFailed, "incomplete credentials"
 	}
-	if c.algorithm != "" && !strings.EqualFold(c.algorithm, "MD5") {
-		return c.username, authFailed
-	}
-	ha1, ok := d.ha1[c.username]
+	alg, ok := d.offers(c.algorithm)
 	if !ok {
-		return c.username, authFailed
+		return c.username, authFailed, "algorithm not offered"
 	}
-	ha2 := md5Hex(method + ":" + c.uri)
+	secrets, known := d.secrets[c.username]
+	if !known {
+		secrets = d.unknown
+	}
+	hash, ha1 := md5Hex, secrets.md5
+	if alg == AlgorithmSHA256 {
+		hash, ha1 = sha256Hex, secrets.sha256
+	}
+	if ha1 == "" {
+		known, ha1 = false, d.unknown.md5
+	}
+	ha2 := hash(method + ":" + c.uri)
 	var want string
+	var nc uint32
 	switch c.qop {
 	case "":
-		want = md5Hex(ha1 + ":" + c.nonce + ":" + ha2)
+		want = hash(ha1 + ":" + c.nonce + ":" + ha2)
 	case "auth":
-		if c.cnonce == "" || c.nc == "" {
-			return c.username, authFailed
+		n, err := strconv.ParseUint(c.nc, 16, 32)
+		if c.cnonce == "" || len(c.nc) != 8 || err != nil || n == 0 {
+			return c.username, authFailed, "qop=auth without cnonce or a valid nc"
 		}
-		want = md5Hex(ha1 + ":" + c.nonce + ":" + c.nc + ":" + c.cnonce + ":auth:" + ha2)
+		nc = uint32(n)
+		want = hash(ha1 + ":" + c.nonce + ":" + c.nc + ":" + c.cnonce + ":auth:" + ha2)
 	default:
-		return c.username, authFailed
+		return c.username, authFailed, "qop not offered"
 	}
-	if subtle.ConstantTimeCompare([]byte(want), []byte(strings.ToLower(c.response))) != 1 {
-		return c.username, authFailed
+	if subtle.ConstantTimeCompare([]byte(want), []byte(strings.ToLower(c.response))) != 1 || !known {
+		if !known {
+			return c.username, authFailed, "unknown user"
+		}
+		return c.username, authFailed, "wrong password"
 	}
-	if !d.fresh(c.nonce, now) {
-		return c.username, authStale
+	id, issued, ok := d.nonces.open(c.nonce)
+	if !ok {
+		return c.username, authStale, "nonce not issued by this run"
 	}
-	return c.username, authOK
+	if age := now.Sub(issued); age < -time.Minute || age > d.ttl {
+		return c.username, authStale, "nonce expired"
+	}
+	switch d.nonces.use(id, nc) {
+	case nonceForgotten:
+		return c.username, authStale, "nonce no longer remembered"
+	case nonceReplayed:
+		return c.username, authReplayed, "nonce count used before"
+	}
+	return c.username, authOK, ""
 }
 
 func md5Hex(s string) string {
 	sum := md5.Sum([]byte(s))
 	return hex.EncodeToString(sum[:])
+}
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// ha1SHA256 returns SHA-256("user:realm:password") in hex (RFC 8760 §3,
+// RFC 7616 §3.4.2).
+func ha1SHA256(user, realm, password string) string {
+	return sha256Hex(user + ":" + realm + ":" + password)
+}
+
+// authenticate checks the digest credentials c of req at now, and returns
+// the username they authenticate, or the reply to answer req with: a
+// challenge (again, with stale=true when the password was right but the
+// nonce was stale or its count spent), or 400 when the digest uri is not the
+// Request-URI. It also applies the back-off after repeated failures
+// (authBackoff): credentials of a backed-off username or source are not
+// checked and get the same challenge as a wrong password, whether the user
+// exists or not. Failures are logged at info with the source address and
+// the username, for fail2ban (docs/fail2ban.md).
+func (a *Adapter) authenticate(req *sip.Request, c digestCredentials, now time.Time) (string, *reply) {
+	src := sourceIP(req)
+	if blocked, until := a.authBackoff.blocked(c.username, src, now); blocked {
+		a.log.Debug("sip authentication refused during back-off", "source", src, "user", c.username,
+			"method", string(req.Method), "until", until)
+		return "", a.challenge(req, false, now)
+	}
+	if !a.digestURIMatches(c.uri, req) {
+		a.log.Info("sip authentication failed", "source", src, "user", c.username, "method", string(req.Method),
+			"reason", "digest uri is not the request-uri", "uri", c.uri)
+		return "", newReply(400, "Bad Request (Digest URI Does Not Match Request-URI)")
+	}
+	username, res, why := a.auth.verify(c, string(req.Method), now)
+	switch res {
+	case authOK:
+		a.authBackoff.succeed(username, src, now)
+		return username, nil
+	case authStale:
+		a.log.Debug("sip authentication stale", "source", src, "user", username, "method", string(req.Method), "reason", why)
+		return "", a.challenge(req, true, now)
+	case authReplayed:
+		a.log.Info("sip authentication replayed", "source", src, "user", username, "method", string(req.Method), "reason", why)
+		return "", a.challenge(req, true, now)
+	case authNone, authFailed:
+	}
+	a.log.Info("sip authentication failed", "source", src, "user", c.username, "method", string(req.Method), "reason", why)
+	if d := a.authBackoff.fail(c.username, src, now); d > 0 {
+		a.log.Info("sip authentication backed off", "source", src, "user", c.username, "for", d)
+	}
+	return "", a.challenge(req, false, now)
+}
+
+// digestURIMatches reports whether uri, the digest-uri of credentials sent
+// with req, names what req is for (RFC 2617 §3.2.2.5): the Request-URI
+// (scheme, user, host and port compared; parameters ignored), or, without a
+// user part, this server itself: its domain or realm, or an IP address with
+// a port it listens on (sipp puts the address it sends to there). Nonce
+// counts already keep credentials from being used twice; this keeps them
+// from being moved to another request.
+func (a *Adapter) digestURIMatches(uri string, req *sip.Request) bool {
+	var u sip.Uri
+	if err := sip.ParseUri(uri, &u); err != nil {
+		return false
+	}
+	r := req.Recipient
+	if !strings.EqualFold(u.Scheme, r.Scheme) {
+		return false
+	}
+	if u.User == r.User && strings.EqualFold(u.Host, r.Host) && uriPort(u) == uriPort(r) {
+		return true
+	}
+	if u.User != "" {
+		return false
+	}
+	host := strings.ToLower(u.Host)
+	if host == a.domain || host == strings.ToLower(a.auth.realm) {
+		return true
+	}
+	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil {
+		return false
+	}
+	port := strconv.Itoa(uriPort(u))
+	for _, s := range a.Addrs() {
+		if strings.HasSuffix(s, ":"+port) {
+			return true
+		}
+	}
+	return false
+}
+
+// uriPort returns the port of u, or the default port of its scheme.
+func uriPort(u sip.Uri) int {
+	switch {
+	case u.Port != 0:
+		return u.Port
+	case strings.EqualFold(u.Scheme, "sips"):
+		return 5061
+	default:
+		return 5060
+	}
+}
+
+// challenge answers req with a digest challenge, one header per algorithm
+// offered: 401 and WWW-Authenticate for REGISTER, 407 and
+// Proxy-Authenticate otherwise (RFC 3261 §22.1, §22.3).
+func (a *Adapter) challenge(req *sip.Request, stale bool, now time.Time) *reply {
+	name, r := "Proxy-Authenticate", newReply(407, "Proxy Authentication Required")
+	if req.Method == sip.REGISTER {
+		name, r = "WWW-Authenticate", newReply(401, "Unauthorized")
+	}
+	for _, v := range a.auth.challenges(now, stale) {
+		r.headers = append(r.headers, sip.NewHeader(name, v))
+	}
+	return r
 }
 
 // digestCredentials are the parameters of an Authorization or

@@ -8,37 +8,62 @@ import (
 	"github.com/icholy/digest"
 )
 
+func testSecrets() map[string]digestSecrets {
+	return map[string]digestSecrets{
+		"alice": newDigestSecrets("alice", "parley.localhost", "secret"),
+		"bob":   {md5: strings.ToLower(ha1("bob", "parley.localhost", "hunter2"))}, // configured with an MD5 HA1 only
+	}
+}
+
+// signWith answers the first challenge of issuer at `at` whose algorithm
+// is alg the way a client does, with icholy/digest (what sipgo's client
+// uses), after edit.
+func signWith(t *testing.T, issuer *digestAuth, at time.Time, alg, method, uri, user, password string, count int, edit func(*digest.Challenge)) digestCredentials {
+	t.Helper()
+	var chal *digest.Challenge
+	for _, v := range issuer.challenges(at, false) {
+		c, err := digest.ParseChallenge(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Algorithm == alg {
+			chal = c
+			break
+		}
+	}
+	if chal == nil {
+		chal, _ = digest.ParseChallenge(issuer.challenges(at, false)[0])
+		chal.Algorithm = alg
+	}
+	if edit != nil {
+		edit(chal)
+	}
+	cred, err := digest.Digest(chal, digest.Options{Method: method, URI: uri, Username: user, Password: password, Count: count})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := parseDigestCredentials(cred.String())
+	if err != nil {
+		t.Fatalf("parse %q: %v", cred.String(), err)
+	}
+	return c
+}
+
 func TestDigestVerify(t *testing.T) {
 	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
-	d := newDigestAuth("parley.localhost", map[string]string{
-		"alice": ha1("alice", "parley.localhost", "secret"),
-		"bob":   strings.ToLower(ha1("bob", "parley.localhost", "hunter2")),
-	})
-	other := newDigestAuth("parley.localhost", nil) // another key: another run
+	d := newDigestAuth("parley.localhost", nil, testSecrets())
+	both := newDigestAuth("parley.localhost", []string{AlgorithmSHA256, AlgorithmMD5}, testSecrets())
+	other := newDigestAuth("parley.localhost", nil, nil) // another key: another run
 
-	// sign answers a challenge of d (or of issuer) the way a client does,
-	// with icholy/digest (what sipgo's client uses), and edits the result.
-	sign := func(issuer *digestAuth, at time.Time, method, user, password string, edit func(*digest.Challenge, *digest.Credentials)) digestCredentials {
-		chal, err := digest.ParseChallenge(issuer.challenge(at, false))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var dummy digest.Credentials
-		if edit != nil {
-			edit(chal, &dummy)
-		}
-		cred, err := digest.Digest(chal, digest.Options{Method: method, URI: "sip:parley.localhost", Username: user, Password: password, Count: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := parseDigestCredentials(cred.String())
-		if err != nil {
-			t.Fatalf("parse %q: %v", cred.String(), err)
-		}
-		return c
+	sign := func(issuer *digestAuth, at time.Time, method, user, password string, edit func(*digest.Challenge)) digestCredentials {
+		return signWith(t, issuer, at, "MD5", method, "sip:parley.localhost", user, password, 1, edit)
+	}
+	sha := func(issuer *digestAuth, user, password string) digestCredentials {
+		return signWith(t, issuer, now, "SHA-256", "REGISTER", "sip:parley.localhost", user, password, 1, nil)
 	}
 	tests := []struct {
 		name   string
+		d      *digestAuth // d when nil
 		c      digestCredentials
 		method string
 		at     time.Time
@@ -52,66 +77,150 @@ func TestDigestVerify(t *testing.T) {
 		{name: "other method", c: sign(d, now, "REGISTER", "alice", "secret", nil), method: "MESSAGE", at: now, user: "alice", want: authFailed},
 		{name: "nonce about to expire", c: sign(d, now, "REGISTER", "alice", "secret", nil), method: "REGISTER", at: now.Add(nonceTTL), user: "alice", want: authOK},
 		{name: "expired nonce", c: sign(d, now, "REGISTER", "alice", "secret", nil), method: "REGISTER", at: now.Add(nonceTTL + time.Second), user: "alice", want: authStale},
+		{name: "expired nonce, wrong password", c: sign(d, now, "REGISTER", "alice", "guess", nil), method: "REGISTER", at: now.Add(nonceTTL + time.Second), user: "alice", want: authFailed},
 		{name: "nonce from the future", c: sign(d, now.Add(2*time.Minute), "REGISTER", "alice", "secret", nil), method: "REGISTER", at: now, user: "alice", want: authStale},
 		{name: "nonce from another run", c: sign(other, now, "REGISTER", "alice", "secret", nil), method: "REGISTER", at: now, user: "alice", want: authStale},
 		{name: "nonce from another run, wrong password", c: sign(other, now, "REGISTER", "alice", "guess", nil), method: "REGISTER", at: now, user: "alice", want: authFailed},
-		{name: "without qop (RFC 2069)", c: sign(d, now, "REGISTER", "alice", "secret", func(c *digest.Challenge, _ *digest.Credentials) { c.QOP = nil }), method: "REGISTER", at: now, user: "alice", want: authOK},
-		{name: "SHA-256", c: sign(d, now, "REGISTER", "alice", "secret", func(c *digest.Challenge, _ *digest.Credentials) { c.Algorithm = "SHA-256" }), method: "REGISTER", at: now, user: "alice", want: authFailed},
-		{name: "auth-int", c: sign(d, now, "REGISTER", "alice", "secret", func(c *digest.Challenge, _ *digest.Credentials) { c.QOP = []string{"auth-int"} }), method: "REGISTER", at: now, user: "alice", want: authFailed},
-		{name: "another realm", c: sign(d, now, "REGISTER", "alice", "secret", func(c *digest.Challenge, _ *digest.Credentials) { c.Realm = "pbx.example.org" }), method: "REGISTER", at: now, user: "", want: authNone},
+		{name: "without qop (RFC 2069)", c: sign(d, now, "REGISTER", "alice", "secret", func(c *digest.Challenge) { c.QOP = nil }), method: "REGISTER", at: now, user: "alice", want: authOK},
+		{name: "SHA-256 not offered", c: sha(d, "alice", "secret"), method: "REGISTER", at: now, user: "alice", want: authFailed},
+		{name: "SHA-256", d: both, c: sha(both, "alice", "secret"), method: "REGISTER", at: now, user: "alice", want: authOK},
+		{name: "SHA-256, wrong password", d: both, c: sha(both, "alice", "guess"), method: "REGISTER", at: now, user: "alice", want: authFailed},
+		{name: "SHA-256, user with an MD5 HA1 only", d: both, c: sha(both, "bob", "hunter2"), method: "REGISTER", at: now, user: "bob", want: authFailed},
+		{name: "MD5 beside SHA-256", d: both, c: sign(both, now, "REGISTER", "alice", "secret", nil), method: "REGISTER", at: now, user: "alice", want: authOK},
+		{name: "auth-int", c: sign(d, now, "REGISTER", "alice", "secret", func(c *digest.Challenge) { c.QOP = []string{"auth-int"} }), method: "REGISTER", at: now, user: "alice", want: authFailed},
+		{name: "another realm", c: sign(d, now, "REGISTER", "alice", "secret", func(c *digest.Challenge) { c.Realm = "pbx.example.org" }), method: "REGISTER", at: now, user: "", want: authNone},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			user, got := d.verify(tt.c, tt.method, tt.at)
+			dd := d
+			if tt.d != nil {
+				dd = tt.d
+			}
+			user, got, why := dd.verify(tt.c, tt.method, tt.at)
 			if got != tt.want || user != tt.user {
-				t.Fatalf("verify = %q, %d; want %q, %d", user, got, tt.user, tt.want)
+				t.Fatalf("verify = %q, %d (%s); want %q, %d", user, got, why, tt.user, tt.want)
 			}
 		})
 	}
 
 	t.Run("hand-made credentials", func(t *testing.T) {
-		nonce := d.nonce(now)
+		nonce := d.nonces.issue(now)
 		ha2 := md5Hex("MESSAGE:sip:x@parley.localhost")
 		c := digestCredentials{username: "alice", realm: "parley.localhost", nonce: nonce, uri: "sip:x@parley.localhost",
 			qop: "auth", nc: "0000000A", cnonce: "abc"}
 		// The response hashes nc as written (uppercase here), and may be
 		// written in uppercase itself.
 		c.response = strings.ToUpper(md5Hex(ha1("alice", "parley.localhost", "secret") + ":" + nonce + ":0000000A:abc:auth:" + ha2))
-		if _, got := d.verify(c, "MESSAGE", now); got != authOK {
-			t.Errorf("verify = %d, want authOK", got)
+		if _, got, why := d.verify(c, "MESSAGE", now); got != authOK {
+			t.Errorf("verify = %d (%s), want authOK", got, why)
 		}
 		c.cnonce = ""
-		if _, got := d.verify(c, "MESSAGE", now); got != authFailed {
+		if _, got, _ := d.verify(c, "MESSAGE", now); got != authFailed {
 			t.Errorf("qop=auth without cnonce: %d, want authFailed", got)
 		}
-		if _, got := d.verify(digestCredentials{realm: "parley.localhost"}, "MESSAGE", now); got != authFailed {
+		if _, got, _ := d.verify(digestCredentials{realm: "parley.localhost"}, "MESSAGE", now); got != authFailed {
 			t.Errorf("empty credentials: %d, want authFailed", got)
+		}
+	})
+}
+
+// TestDigestReplay: each nonce count of a nonce is accepted once, in any
+// order within the window; a nonce without qop is accepted once; a nonce
+// whose slot a newer one took is stale.
+func TestDigestReplay(t *testing.T) {
+	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	d := newDigestAuth("parley.localhost", nil, testSecrets())
+	chal, err := digest.ParseChallenge(d.challenges(now, false)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCount := func(nc int) digestCredentials {
+		cred, err := digest.Digest(chal, digest.Options{Method: "MESSAGE", URI: "sip:bob@parley.localhost", Username: "alice", Password: "secret", Count: nc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := parseDigestCredentials(cred.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	steps := []struct {
+		nc   int
+		want authResult
+	}{
+		{1, authOK}, {1, authReplayed}, {3, authOK}, {2, authOK}, {2, authReplayed}, {3, authReplayed},
+		{100, authOK}, {37, authOK}, {36, authReplayed} /* below the window */, {99, authOK}, {100, authReplayed},
+	}
+	for _, s := range steps {
+		if _, got, why := d.verify(withCount(s.nc), "MESSAGE", now); got != s.want {
+			t.Errorf("nc=%d: %d (%s), want %d", s.nc, got, why, s.want)
+		}
+	}
+	if _, got, _ := d.verify(digestCredentials{username: "alice", realm: "parley.localhost", nonce: chal.Nonce, uri: "sip:bob@parley.localhost",
+		qop: "auth", nc: "00000000", cnonce: "x", response: "0"}, "MESSAGE", now); got != authFailed {
+		t.Errorf("nc=0: %d, want authFailed", got)
+	}
+
+	t.Run("one-time nonce without qop", func(t *testing.T) {
+		c := signWith(t, d, now, "MD5", "REGISTER", "sip:parley.localhost", "alice", "secret", 1, func(c *digest.Challenge) { c.QOP = nil })
+		for i, want := range []authResult{authOK, authReplayed, authReplayed} {
+			if _, got, why := d.verify(c, "REGISTER", now); got != want {
+				t.Errorf("use %d: %d (%s), want %d", i+1, got, why, want)
+			}
+		}
+	})
+	t.Run("forgotten nonce", func(t *testing.T) {
+		c := signWith(t, d, now, "MD5", "REGISTER", "sip:parley.localhost", "alice", "secret", 1, nil)
+		for range nonceSlots {
+			d.nonces.issue(now)
+		}
+		if _, got, why := d.verify(c, "REGISTER", now); got != authStale {
+			t.Errorf("a nonce %d nonces old: %d (%s), want authStale", nonceSlots, got, why)
 		}
 	})
 }
 
 func TestDigestChallenge(t *testing.T) {
 	now := time.Now()
-	d := newDigestAuth("parley.localhost", nil)
-	c := d.challenge(now, true)
-	chal, err := digest.ParseChallenge(c)
-	if err != nil {
-		t.Fatalf("icholy/digest cannot parse %q: %v", c, err)
+	d := newDigestAuth("parley.localhost", []string{AlgorithmSHA256, AlgorithmMD5}, nil)
+	cs := d.challenges(now, true)
+	if len(cs) != 2 {
+		t.Fatalf("challenges = %q, want SHA-256 and MD5", cs)
 	}
-	if chal.Realm != "parley.localhost" || chal.Algorithm != "MD5" || !chal.SupportsQOP("auth") || !chal.Stale {
-		t.Errorf("challenge %+v", chal)
+	var nonces []string
+	for i, alg := range []string{"SHA-256", "MD5"} {
+		chal, err := digest.ParseChallenge(cs[i])
+		if err != nil {
+			t.Fatalf("icholy/digest cannot parse %q: %v", cs[i], err)
+		}
+		if chal.Realm != "parley.localhost" || chal.Algorithm != alg || !chal.SupportsQOP("auth") || !chal.Stale {
+			t.Errorf("challenge %d: %+v", i, chal)
+		}
+		if _, _, ok := d.nonces.open(chal.Nonce); !ok {
+			t.Errorf("nonce %q is not one of ours", chal.Nonce)
+		}
+		nonces = append(nonces, chal.Nonce)
 	}
-	if !d.fresh(chal.Nonce, now) {
-		t.Error("a new nonce is not fresh")
+	if nonces[0] != nonces[1] {
+		t.Errorf("the challenges have two nonces: %q", nonces)
 	}
-	if d.nonce(now) == chal.Nonce {
-		t.Error("two nonces are equal")
+	if d.challenges(now, false)[0] == cs[0] {
+		t.Error("two challenges are equal")
 	}
-	for _, bad := range []string{"", "x", chal.Nonce[:20], strings.ToUpper(chal.Nonce), chal.Nonce + "A"} {
-		if d.fresh(bad, now) {
-			t.Errorf("fresh(%q)", bad)
+	for _, bad := range []string{"", "x", nonces[0][:20], strings.ToUpper(nonces[0]), nonces[0] + "A", flipFirst(nonces[0])} {
+		if _, _, ok := d.nonces.open(bad); ok {
+			t.Errorf("open(%q) ok", bad)
 		}
 	}
+}
+
+// flipFirst returns s with its first character changed.
+func flipFirst(s string) string {
+	if s[0] == 'A' {
+		return "B" + s[1:]
+	}
+	return "A" + s[1:]
 }
 
 func TestParseDigestCredentials(t *testing.T) {
@@ -153,4 +262,32 @@ func TestParseDigestCredentials(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzDigestCredentials checks that parsing and verifying whatever a client
+// sends in an Authorization header never panics, and that only a response
+// computed with the password is accepted.
+func FuzzDigestCredentials(f *testing.F) {
+	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	d := newDigestAuth("parley.localhost", []string{AlgorithmSHA256, AlgorithmMD5}, testSecrets())
+	nonce := d.nonces.issue(now)
+	for _, seed := range []string{
+		`Digest username="alice", realm="parley.localhost", nonce="` + nonce + `", uri="sip:parley.localhost", response="0123456789abcdef0123456789abcdef", algorithm=MD5, cnonce="c1", qop=auth, nc=00000001`,
+		`Digest username="bob", realm="parley.localhost", nonce="` + nonce + `", uri="sip:parley.localhost", response="00", algorithm=SHA-256`,
+		`Digest username="a\"b", realm="parley.localhost", nonce="x", uri="u", response="r", qop=auth, nc=ffffffff, cnonce=""`,
+		`digest realm=parley.localhost,nonce=` + nonce + `,username=alice,uri=sip:x,response=1,nc=0000000g,qop=auth,cnonce=x`,
+		`Digest username="`, `Digest ,,,`, `Basic x`,
+	} {
+		f.Add(seed, "MESSAGE")
+	}
+	f.Fuzz(func(t *testing.T, header, method string) {
+		c, err := parseDigestCredentials(header)
+		if err != nil {
+			return
+		}
+		if _, res, _ := d.verify(c, method, now); res == authOK || res == authReplayed {
+			t.Fatalf("accepted %q", header)
+		}
+		_, _, _ = d.nonces.open(c.nonce)
+	})
 }

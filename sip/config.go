@@ -56,6 +56,14 @@ type Config struct {
 	// Users are the accounts that may register with Parley and send
 	// messages from Domain, by user part (unescaped, e.g. "1001").
 	Users map[string]User `yaml:"users"`
+	// DigestAlgorithms are the digest algorithms Parley challenges with,
+	// most preferred first, one challenge header each (RFC 8760 §2.4):
+	// "MD5", "SHA-256" or both (default ["MD5"]). Every user needs a
+	// password or the HA1 of each algorithm listed. Some clients fail when
+	// any challenge names an algorithm they do not know (baresip 1.0 with
+	// libre 1.1, sipp 3.6 when SHA-256 comes first): list SHA-256 only
+	// when the phones support it.
+	DigestAlgorithms []string `yaml:"digest_algorithms"`
 	// OutboundProxy is the SIP URI of the proxy (typically the PBX) that
 	// requests to addresses outside Domain go through, e.g.
 	// "sip:pbx.example.org:5060;transport=tcp". When empty they go to the
@@ -84,14 +92,18 @@ type Config struct {
 	UserAgent string `yaml:"user_agent"`
 }
 
-// User is one account of Config.Users. Exactly one of Password and HA1 is
-// set.
+// User is one account of Config.Users: either Password, or the HA1 of
+// each algorithm of Config.DigestAlgorithms.
 type User struct {
 	// Password is the account's digest password.
 	Password string `yaml:"password"`
 	// HA1 is MD5("user:realm:password") in hex, for admins who would rather
 	// not store the password (Kamailio's ha1 column, Asterisk's md5_cred).
 	HA1 string `yaml:"ha1"`
+	// HA1SHA256 is SHA-256("user:realm:password") in hex, the HA1 of the
+	// SHA-256 algorithm (RFC 8760), needed instead of HA1 or beside it
+	// when DigestAlgorithms lists SHA-256 and Password is not set.
+	HA1SHA256 string `yaml:"ha1_sha256"`
 }
 
 // TrustedPeer is a SIP peer, such as a PBX, whose requests are accepted for
@@ -151,6 +163,19 @@ func (c Config) withDefaults() Config {
 	if c.UserAgent == "" {
 		c.UserAgent = DefaultUserAgent
 	}
+	if len(c.DigestAlgorithms) == 0 {
+		c.DigestAlgorithms = []string{AlgorithmMD5}
+	}
+	algs := make([]string, len(c.DigestAlgorithms))
+	for i, a := range c.DigestAlgorithms {
+		algs[i] = a
+		for _, known := range []string{AlgorithmMD5, AlgorithmSHA256} {
+			if strings.EqualFold(a, known) {
+				algs[i] = known
+			}
+		}
+	}
+	c.DigestAlgorithms = algs
 	return c
 }
 
@@ -213,6 +238,18 @@ func (c Config) Validate() error {
 		bad("tls_key", "is set, but no listener is tls")
 	}
 
+	offered := map[string]bool{}
+	for i, a := range c.DigestAlgorithms {
+		key := fmt.Sprintf("digest_algorithms[%d]", i)
+		switch {
+		case a != AlgorithmMD5 && a != AlgorithmSHA256:
+			bad(key, "%q: want MD5 or SHA-256", a)
+		case offered[a]:
+			bad(key, "%q is listed twice", a)
+		}
+		offered[a] = true
+	}
+
 	users := sortedKeys(c.Users)
 	for _, name := range users {
 		u := c.Users[name]
@@ -223,12 +260,25 @@ func (c Config) Validate() error {
 			}
 		}
 		switch {
-		case u.Password == "" && u.HA1 == "":
+		case u.Password == "" && u.HA1 == "" && u.HA1SHA256 == "":
 			bad(key, "set password or ha1")
 		case u.Password != "" && u.HA1 != "":
 			bad(key, "set password or ha1, not both")
-		case u.HA1 != "" && !isHA1(u.HA1):
-			bad(key+".ha1", "want 32 hex digits: MD5(%q) in hex", name+":"+c.Realm+":password")
+		case u.Password != "" && u.HA1SHA256 != "":
+			bad(key, "set password or ha1_sha256, not both")
+		case u.Password == "":
+			if u.HA1 != "" && !isHex(u.HA1, 32) {
+				bad(key+".ha1", "want 32 hex digits: MD5(%q) in hex", name+":"+c.Realm+":password")
+			}
+			if u.HA1SHA256 != "" && !isHex(u.HA1SHA256, 64) {
+				bad(key+".ha1_sha256", "want 64 hex digits: SHA-256(%q) in hex", name+":"+c.Realm+":password")
+			}
+			if offered[AlgorithmMD5] && u.HA1 == "" {
+				bad(key+".ha1", "is empty, and digest_algorithms lists MD5: set ha1 (MD5 of %q) or password", name+":"+c.Realm+":password")
+			}
+			if offered[AlgorithmSHA256] && u.HA1SHA256 == "" {
+				bad(key+".ha1_sha256", "is empty, and digest_algorithms lists SHA-256: set ha1_sha256 (SHA-256 of %q) or password", name+":"+c.Realm+":password")
+			}
 		}
 	}
 
@@ -397,8 +447,9 @@ func ha1(user, realm, password string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func isHA1(s string) bool {
-	if len(s) != 32 {
+// isHex reports whether s is n hex digits.
+func isHex(s string, n int) bool {
+	if len(s) != n {
 		return false
 	}
 	_, err := hex.DecodeString(s)

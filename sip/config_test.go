@@ -96,6 +96,27 @@ func TestConfigValidate(t *testing.T) {
 			"sip.min_expires: 60ns: want a duration of at least 1s with a unit",
 			"sip.user_agent:",
 		}},
+		{name: "SHA-256 beside MD5", edit: func(c *Config) {
+			c.DigestAlgorithms = []string{"sha-256", "md5"}
+			c.Users["bob"] = User{HA1: ha1("bob", testDomain, bobPassword), HA1SHA256: ha1SHA256("bob", testDomain, bobPassword)}
+			c.Users["carol"] = User{HA1: ha1("carol", testDomain, "pw"), HA1SHA256: ha1SHA256("carol", testDomain, "pw")}
+		}},
+		{name: "SHA-256 only", edit: func(c *Config) {
+			c.DigestAlgorithms = []string{"SHA-256"}
+			c.Users["bob"] = User{HA1SHA256: ha1SHA256("bob", testDomain, bobPassword)}
+		}},
+		{name: "digest algorithms", edit: func(c *Config) {
+			c.DigestAlgorithms = []string{"SHA-256", "MD5", "SHA-512", "md5"}
+			c.Users["carol"] = User{HA1SHA256: "abc"}
+			c.Users["dave"] = User{Password: "pw", HA1SHA256: ha1SHA256("dave", testDomain, "pw")}
+		}, want: []string{
+			`sip.digest_algorithms[2]: "SHA-512": want MD5 or SHA-256`,
+			`sip.digest_algorithms[3]: "MD5" is listed twice`,
+			"sip.users.bob.ha1_sha256: is empty, and digest_algorithms lists SHA-256: set ha1_sha256 (SHA-256 of \"bob:parley.localhost:password\") or password",
+			"sip.users.carol.ha1_sha256: want 64 hex digits",
+			"sip.users.carol.ha1: is empty, and digest_algorithms lists MD5",
+			"sip.users.dave: set password or ha1_sha256, not both",
+		}},
 		{name: "max below min", edit: func(c *Config) { c.MaxExpires = 30 * time.Second }, want: []string{"sip.max_expires: 30s is less than min_expires (1m0s)"}},
 	}
 	for _, tt := range tests {

@@ -264,16 +264,6 @@ func (a *Adapter) credentials(req *sip.Request, names ...string) (digestCredenti
 	return digestCredentials{}, false
 }
 
-// challenge answers req with a digest challenge: 401 and WWW-Authenticate
-// for REGISTER, 407 and Proxy-Authenticate otherwise (RFC 3261 §22.1, §22.3).
-func (a *Adapter) challenge(req *sip.Request, stale bool, now time.Time) *reply {
-	value := a.auth.challenge(now, stale)
-	if req.Method == sip.REGISTER {
-		return newReply(401, "Unauthorized", sip.NewHeader("WWW-Authenticate", value))
-	}
-	return newReply(407, "Proxy Authentication Required", sip.NewHeader("Proxy-Authenticate", value))
-}
-
 // authorizeSender decides whether in, a request other than REGISTER, may be
 // handled: it must come from a trusted peer allowed to send from its From
 // domain (by address or by digest credentials), or from a user of the
@@ -291,25 +281,21 @@ func (a *Adapter) authorizeSender(req *sip.Request, in *request, now time.Time) 
 	own := in.fromHost == a.domain
 	c, ok := a.credentials(req, "Proxy-Authorization", "Authorization")
 	if ok {
-		username, res := a.auth.verify(c, string(req.Method), now)
-		switch res {
-		case authOK:
-			if p := a.peerByUser[username]; p != nil {
-				if p.allows(in.fromHost, a.domain) {
-					in.peer = p
-					return nil
-				}
-				return newReply(403, "Forbidden (Peer May Not Send From This Domain)")
-			}
-			if own && username == in.fromUser {
+		username, r := a.authenticate(req, c, now)
+		if r != nil {
+			return r
+		}
+		if p := a.peerByUser[username]; p != nil {
+			if p.allows(in.fromHost, a.domain) {
+				in.peer = p
 				return nil
 			}
-			return newReply(403, "Forbidden (From Does Not Match The Authenticated User)")
-		case authStale:
-			return a.challenge(req, true, now)
-		case authFailed, authNone:
+			return newReply(403, "Forbidden (Peer May Not Send From This Domain)")
 		}
-		return a.challenge(req, false, now)
+		if own && username == in.fromUser {
+			return nil
+		}
+		return newReply(403, "Forbidden (From Does Not Match The Authenticated User)")
 	}
 	if own || a.peerMayAuthenticate(in.fromHost) {
 		return a.challenge(req, false, now)

@@ -105,13 +105,9 @@ func (a *Adapter) onRegister(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 	if !ok {
 		return a.challenge(req, false, now)
 	}
-	username, res := a.auth.verify(c, string(req.Method), now)
-	switch res {
-	case authOK:
-	case authStale:
-		return a.challenge(req, true, now)
-	case authNone, authFailed:
-		return a.challenge(req, false, now)
+	username, r := a.authenticate(req, c, now)
+	if r != nil {
+		return r
 	}
 	if username != user || !a.users[user] {
 		return newReply(403, "Forbidden (Credentials Are Not The AOR's)")
