@@ -5,6 +5,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -263,5 +266,37 @@ func TestSHA256Digest(t *testing.T) {
 	}
 	if res := phone.doAuth(newMessage("UDP", a.udp, "sip:alice@"+testDomain, ghost, "x"), "alice", "guess"); res.StatusCode != 407 {
 		t.Fatalf("MESSAGE with a wrong SHA-256 password: %d %s", res.StatusCode, res.Reason)
+	}
+}
+
+// TestFail2banFilter: the fail2ban filter of docs/fail2ban.md finds the
+// source address in what the adapter logs for a wrong password, and not in
+// a username made to look like another address.
+func TestFail2banFilter(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "fail2ban.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(doc), "failregex = ")
+	text, _, _ := strings.Cut(rest, "\n")
+	re, err := regexp.Compile(strings.Replace(text, "<ADDR>", `(?P<addr>[0-9.]+|[0-9a-fA-F:]+)`, 1))
+	if err != nil {
+		t.Fatalf("failregex %q: %v", text, err)
+	}
+	a, logs := startLoggedAdapter(t)
+	phone := newPeerUA(t)
+	for _, user := range []string{"alice", `x source=192.0.2.99 y`} {
+		if res := phone.doAuth(newMessage("UDP", a.udp, "sip:alice@"+testDomain, ghost, "x"), user, "guess"); res.StatusCode != 407 {
+			t.Fatalf("wrong password: %d %s", res.StatusCode, res.Reason)
+		}
+	}
+	var found []string
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if m := re.FindStringSubmatch(line); m != nil {
+			found = append(found, m[re.SubexpIndex("addr")])
+		}
+	}
+	if len(found) != 2 || found[0] != "127.0.0.1" || found[1] != "127.0.0.1" {
+		t.Errorf("the filter found %q, want 127.0.0.1 twice, in:\n%s", found, logs.String())
 	}
 }

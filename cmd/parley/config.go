@@ -121,6 +121,7 @@ func parseConfig(path string, data []byte, deferSecrets bool) (*Config, []string
 			u := cfg.SIP.Users[name]
 			resolve("sip.users."+name+".password", "the digest password of SIP user "+name, &u.Password)
 			resolve("sip.users."+name+".ha1", "the digest hash of SIP user "+name+", MD5 of user:realm:password in hex", &u.HA1)
+			resolve("sip.users."+name+".ha1_sha256", "the SHA-256 digest hash of SIP user "+name+", SHA-256 of user:realm:password in hex", &u.HA1SHA256)
 			cfg.SIP.Users[name] = u
 		}
 		for i := range cfg.SIP.TrustedPeers {
