@@ -221,7 +221,8 @@ func ha1SHA256(user, realm, password string) string {
 // (authBackoff): credentials of a backed-off username or source are not
 // checked and get the same challenge as a wrong password, whether the user
 // exists or not. Failures are logged at info with the source address and
-// the username, for fail2ban (docs/fail2ban.md).
+// the username, for fail2ban (docs/fail2ban.md): source comes first, before
+// anything the client chose, and the filter there relies on it.
 func (a *Adapter) authenticate(req *sip.Request, c digestCredentials, now time.Time) (string, *reply) {
 	src := sourceIP(req)
 	if blocked, until := a.authBackoff.blocked(c.username, src, now); blocked {

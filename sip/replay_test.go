@@ -10,10 +10,12 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
 
 	"github.com/parleygw/parley/bridges"
 )
@@ -298,5 +300,43 @@ func TestFail2banFilter(t *testing.T) {
 	}
 	if len(found) != 2 || found[0] != "127.0.0.1" || found[1] != "127.0.0.1" {
 		t.Errorf("the filter found %q, want 127.0.0.1 twice, in:\n%s", found, logs.String())
+	}
+}
+
+// TestExpiredNonceStale: the right password with a nonce older than 5
+// minutes is challenged again with stale=true, for REGISTER (401) and
+// MESSAGE (407), and the client's retry with the new nonce is accepted.
+func TestExpiredNonceStale(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(time.Unix(1_800_000_000, 0).UnixNano())
+	a, _ := startLoggedAdapter(t, func(a *Adapter) { a.now = func() time.Time { return time.Unix(0, clock.Load()) } })
+	phone := newPeerUA(t)
+	for _, tt := range []struct {
+		req          *sip.Request
+		chal, answer string
+		status       int
+	}{
+		{newRegister("UDP", a.udp, "alice", "<sip:alice@127.0.0.1:5999>", 600), "WWW-Authenticate", "Authorization", 200},
+		{newMessage("UDP", a.udp, "sip:alice@"+testDomain, ghost, "late"), "Proxy-Authenticate", "Proxy-Authorization", 202},
+	} {
+		res := phone.do(tt.req.Clone())
+		chal, err := digest.ParseChallenge(res.GetHeader(tt.chal).Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		clock.Add(int64(nonceTTL + time.Second))
+		cred, err := digest.Digest(chal, digest.Options{Method: string(tt.req.Method), URI: tt.req.Recipient.String(), Username: "alice", Password: alicePassword, Count: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res = replay(phone, tt.req.Clone(), tt.answer, cred.String())
+		if res.StatusCode != 401 && res.StatusCode != 407 || !isStale(res, tt.chal) {
+			t.Fatalf("%s with an expired nonce: %d %s %v, want a challenge with stale=true", tt.req.Method, res.StatusCode, res.Reason, res.GetHeader(tt.chal))
+		}
+		chal, _ = digest.ParseChallenge(res.GetHeader(tt.chal).Value())
+		cred, _ = digest.Digest(chal, digest.Options{Method: string(tt.req.Method), URI: tt.req.Recipient.String(), Username: "alice", Password: alicePassword, Count: 1})
+		if res := replay(phone, tt.req.Clone(), tt.answer, cred.String()); res.StatusCode != tt.status {
+			t.Fatalf("%s after stale=true: %d %s, want %d", tt.req.Method, res.StatusCode, res.Reason, tt.status)
+		}
 	}
 }
