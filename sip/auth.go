@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -284,10 +285,24 @@ func (a *Adapter) digestURIMatches(uri string, req *sip.Request) bool {
 	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil {
 		return false
 	}
-	port := strconv.Itoa(uriPort(u))
-	for _, s := range a.Addrs() {
-		if strings.HasSuffix(s, ":"+port) {
-			return true
+	return a.listensOn(uriPort(u))
+}
+
+// listensOn reports whether one of the adapter's listeners is bound to
+// port.
+func (a *Adapter) listensOn(port int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, addr := range a.bound {
+		switch addr := addr.(type) {
+		case *net.UDPAddr:
+			if addr.Port == port {
+				return true
+			}
+		case *net.TCPAddr:
+			if addr.Port == port {
+				return true
+			}
 		}
 	}
 	return false
