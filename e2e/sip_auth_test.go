@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/md5"
 	"fmt"
 	"net"
 	"strings"
@@ -136,5 +137,79 @@ func TestSIPReplayRefused(t *testing.T) {
 	}
 	if log := st.log(); strings.Count(log, `msg="sip authentication replayed"`) < 2 {
 		t.Errorf("parley logged no replays:\n%s", tail(log, 30))
+	}
+}
+
+// TestSIPPasswordGuessingSlowed guesses phone 1001's password for 8 s the
+// way SIPVicious's svcrack does (one MESSAGE with Proxy-Authorization per
+// guess, reusing the last nonce, waiting for each answer, waiting out 503
+// Retry-After), with the right password as guess 50, and reports how many
+// guesses parley answered and how many it checked (its info lines). The
+// test stack's rate limit is 10000/s; with the default of 20/s, 20 guesses
+// a second were checked before the back-off, and svcrack found a password
+// at position 50 of its list in about 3 s.
+//
+//	go test ./e2e -run TestSIPPasswordGuessingSlowed -v
+func TestSIPPasswordGuessingSlowed(t *testing.T) {
+	st := newStack(t, stackSettings{homeserver: "synapse", logLevel: "info"})
+	st.start(true)
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const duration = 8 * time.Second
+	uri := "sip:echo@" + sipDomain
+	request := func(n int, auth string) (string, string) {
+		req := fmt.Sprintf("MESSAGE %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-guess-%d;rport\r\n"+
+			"From: <sip:1001@%s>;tag=g%d\r\nTo: <%s>\r\nCall-ID: guess-%d@attacker.example\r\nCSeq: %d MESSAGE\r\n"+
+			"Max-Forwards: 70\r\n%sContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+			uri, conn.LocalAddr(), n, sipDomain, n, uri, n, n, auth)
+		return sendRaw(t, conn, st.sipAddr, req)
+	}
+	md5hex := func(s string) string { return fmt.Sprintf("%x", md5.Sum([]byte(s))) }
+	nonceOf := func(res string) string {
+		_, rest, _ := strings.Cut(res, `nonce="`)
+		nonce, _, _ := strings.Cut(rest, `"`)
+		return nonce
+	}
+	_, res := request(0, "")
+	nonce := nonceOf(res)
+	start := time.Now()
+	answered, found, n := 0, 0, 0
+	for i := 0; time.Since(start) < duration; n++ {
+		password := fmt.Sprintf("guess%03d", i)
+		if i == 49 {
+			password = sipUsers["1001"]
+		}
+		ha2 := md5hex("MESSAGE:" + uri)
+		cnonce := fmt.Sprintf("c%d", n)
+		resp := md5hex(md5hex("1001:"+sipDomain+":"+password) + ":" + nonce + ":00000001:" + cnonce + ":auth:" + ha2)
+		line, res := request(n+1, fmt.Sprintf(`Proxy-Authorization: Digest username="1001", realm="%s", nonce="%s", uri="%s", `+
+			`response="%s", algorithm=MD5, qop=auth, nc=00000001, cnonce="%s"`+"\r\n", sipDomain, nonce, uri, resp, cnonce))
+		switch {
+		case strings.HasPrefix(line, "SIP/2.0 503 "):
+			time.Sleep(time.Second)
+			continue
+		case strings.HasPrefix(line, "SIP/2.0 407 "):
+			nonce = nonceOf(res)
+			if strings.Contains(res, "stale=true") {
+				continue
+			}
+		default:
+			found++
+		}
+		answered++
+		i++
+	}
+	elapsed := time.Since(start)
+	checked := strings.Count(st.log(), `msg="sip authentication failed"`)
+	t.Logf("%d guesses answered in %s (%.1f/s); parley checked %d (%.2f/s); the right password (guess 50) accepted: %v",
+		answered, elapsed.Round(time.Millisecond), float64(answered)/elapsed.Seconds(), checked, float64(checked)/elapsed.Seconds(), found > 0)
+	if checked <= 5 {
+		t.Errorf("parley logged %d failed authentications, want every checked guess logged", checked)
+	}
+	if checked > answered/4 {
+		t.Errorf("parley checked %d of %d guesses: guessing is not slowed", checked, answered)
 	}
 }
