@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -127,6 +129,41 @@ func BenchmarkSIPToXMPP(b *testing.B) {
 		return parley, prosody
 	}
 	parleyCPU0, prosodyCPU0 := cpu()
+	allocs0 := st.allocatedBytes()
+	// RSS is sampled while the run lasts: its peak is what the load costs.
+	var rssPeak atomic.Int64
+	sampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if r := rssOf(st.parley.Process.Pid); r > rssPeak.Load() {
+				rssPeak.Store(r)
+			}
+			select {
+			case <-t.C:
+			case <-sampling:
+				return
+			}
+		}
+	}()
+	// PARLEY_BENCH_PROFILE_DIR: where to write parley's CPU profile of
+	// the run and its allocation profile (go tool pprof FILE).
+	profDir := os.Getenv("PARLEY_BENCH_PROFILE_DIR")
+	profiled := make(chan struct{})
+	if profDir != "" {
+		go func() {
+			defer close(profiled)
+			_, prof := st.get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(1, n/rate)))
+			if err := os.WriteFile(filepath.Join(profDir, "sip-cpu.pprof"), []byte(prof), 0o600); err != nil {
+				b.Error(err)
+			}
+		}()
+	} else {
+		close(profiled)
+	}
 	b.ResetTimer()
 	start := time.Now()
 	go func() {
@@ -166,6 +203,16 @@ func BenchmarkSIPToXMPP(b *testing.B) {
 	}
 	b.StopTimer()
 	parleyCPU1, prosodyCPU1 := cpu()
+	close(sampling)
+	<-sampled
+	allocated := (st.allocatedBytes() - allocs0) / float64(n)
+	<-profiled
+	if profDir != "" {
+		_, prof := st.get("/debug/pprof/allocs")
+		if err := os.WriteFile(filepath.Join(profDir, "sip-allocs.pprof"), []byte(prof), 0o600); err != nil {
+			b.Error(err)
+		}
+	}
 	if !over {
 		out = <-done
 	}
@@ -183,10 +230,13 @@ func BenchmarkSIPToXMPP(b *testing.B) {
 	prosodyPer := (prosodyCPU1 - prosodyCPU0) / time.Duration(n)
 	b.ReportMetric(float64(parleyPer.Microseconds()), "parley-cpu-µs/msg")
 	b.ReportMetric(float64(prosodyPer.Microseconds()), "prosody-cpu-µs/msg")
+	b.ReportMetric(allocated, "parley-alloc-B/msg")
+	b.ReportMetric(float64(rssPeak.Load())/(1<<20), "parley-RSS-peak-MiB")
 	b.Logf("%d MESSAGEs SIP→XMPP at %d/s: %d accepted (202), %d failed, %.1f accepted/s, %.1f delivered/s, p50 %s, p99 %s; "+
-		"CPU per message: parley %s, prosody %s (parley alone would saturate one core at ~%.0f msgs/s)",
+		"CPU per message: parley %s, prosody %s (parley alone would saturate one core at ~%.0f msgs/s); "+
+		"parley allocated %.0f B per message (each SIP transaction counts twice: the challenge and the MESSAGE), RSS peak %.1f MiB",
 		n, rate, out.r.Successful, out.r.Failed, accepted, delivered, pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
-		parleyPer, prosodyPer, float64(time.Second)/float64(max(parleyPer, time.Microsecond)))
+		parleyPer, prosodyPer, float64(time.Second)/float64(max(parleyPer, time.Microsecond)), allocated, float64(rssPeak.Load())/(1<<20))
 }
 
 // rssOf returns the resident memory of process pid.
@@ -376,6 +426,18 @@ func BenchmarkPresenceNotify(b *testing.B) {
 		sipWatchers, xmppWatchers, tNotify.Round(time.Millisecond), float64(sipWatchers)/tNotify.Seconds(),
 		tWritten.Round(time.Millisecond), float64(xmppWatchers)/tWritten.Seconds(), tReceived.Round(time.Millisecond), float64(xmppWatchers)/tReceived.Seconds(),
 		subs, float64(heap1-heap0)/(1<<20), float64(heap1-heap0)/subs, float64(rss1-rss0)/(1<<20), float64(rss1-rss0)/subs)
+}
+
+// allocatedBytes returns the bytes parley has allocated on its heap since it
+// started (go_gc_heap_allocs_bytes_total), garbage included.
+func (st *stack) allocatedBytes() float64 {
+	st.t.Helper()
+	_, m := st.get("/metrics")
+	v := metricValue(m, "go_gc_heap_allocs_bytes_total")
+	if v < 0 {
+		st.t.Fatal("no go_gc_heap_allocs_bytes_total in /metrics")
+	}
+	return v
 }
 
 // liveHeap returns parley's live heap right after a collection: it asks
