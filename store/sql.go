@@ -27,6 +27,8 @@ const (
 type SQL struct {
 	db      *sql.DB
 	dialect dialect
+	// w runs Enqueue and Done in shared transactions (group commit).
+	w *writer
 }
 
 var _ Store = (*SQL)(nil)
@@ -67,14 +69,23 @@ func Open(ctx context.Context, dsn string) (*SQL, error) {
 		_ = s.db.Close()
 		return nil, err
 	}
+	if s.w, err = newWriter(ctx, s.db, s.dialect == postgresDialect); err != nil {
+		_ = s.db.Close()
+		return nil, fmt.Errorf("open %s store: %w", s.dialect, err)
+	}
 	return s, nil
 }
 
-// Close implements Store.
-func (s *SQL) Close() error { return s.db.Close() }
+// Close implements Store. Writes already waiting are committed first.
+func (s *SQL) Close() error {
+	s.w.close()
+	return s.db.Close()
+}
 
 // Enqueue implements Outbox. The duplicate record and the entry are written in
-// one transaction.
+// one transaction, which may hold the writes of other callers too (group
+// commit); Enqueue returns once it has committed. When ctx ends first,
+// Enqueue returns ctx's error only if the entry was not written.
 func (s *SQL) Enqueue(ctx context.Context, e *Entry) (dup bool, err error) {
 	kind, payload, err := encodeEvent(e.Event)
 	if err != nil {
@@ -84,41 +95,21 @@ func (s *SQL) Enqueue(ctx context.Context, e *Entry) (dup bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("enqueue: encode origin: %w", err)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return false, fmt.Errorf("enqueue: %w", err)
+	wr := &write{network: string(e.Origin.From.Network), id: e.Origin.ID, origin: origin, kind: kind, payload: payload,
+		accepted: e.Accepted.UnixMilli()}
+	if err := s.w.do(ctx, wr); err != nil {
+		return false, fmt.Errorf("enqueue %s event %s: %w", e.Origin.From.Network, e.Origin.ID, err)
 	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	res, err := tx.ExecContext(ctx,
-		`INSERT INTO seen (network, event_id, accepted_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-		string(e.Origin.From.Network), e.Origin.ID, e.Accepted.UnixMilli())
-	if err != nil {
-		return false, fmt.Errorf("enqueue: record %s event %s: %w", e.Origin.From.Network, e.Origin.ID, err)
+	if !wr.dup {
+		e.Seq = wr.seq
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return false, fmt.Errorf("enqueue: %w", err)
-	} else if n == 0 {
-		return true, tx.Rollback()
-	}
-	err = tx.QueryRowContext(ctx,
-		`INSERT INTO outbox (origin, kind, payload, accepted_at) VALUES ($1, $2, $3, $4) RETURNING seq`,
-		origin, kind, payload, e.Accepted.UnixMilli()).Scan(&e.Seq)
-	if err != nil {
-		return false, fmt.Errorf("enqueue: store %s event %s: %w", e.Origin.From.Network, e.Origin.ID, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return false, fmt.Errorf("enqueue: commit: %w", err)
-	}
-	return false, nil
+	return wr.dup, nil
 }
 
-// Done implements Outbox.
+// Done implements Outbox. Like Enqueue, it shares its transaction with
+// other writes and returns once the removal has committed.
 func (s *SQL) Done(ctx context.Context, seq int64) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM outbox WHERE seq = $1`, seq); err != nil {
+	if err := s.w.do(ctx, &write{remove: true, seq: seq}); err != nil {
 		return fmt.Errorf("remove outbox entry %d: %w", seq, err)
 	}
 	return nil
