@@ -99,6 +99,7 @@ type Adapter struct {
 	// handlers are the request handlers by method, "" for the others;
 	// set by Start.
 	handlers map[sip.RequestMethod]sipgo.RequestHandler
+	answers  *answers // final responses kept for retransmissions
 
 	// authBackoff slows password guessing (see authenticate).
 	authBackoff *authBackoff
@@ -166,6 +167,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		subs:        newSubscriptions(),
 		pubs:        newPublications(),
 		parser:      newParser(),
+		answers:     newAnswers(sip.Timer_J),
 	}
 	secrets := make(map[string]digestSecrets, len(cfg.Users))
 	for name, u := range cfg.Users {

@@ -62,6 +62,9 @@ func (a *Adapter) handle(h func(req *sip.Request, src netip.Addr, p *peer) *repl
 		if req.IsAck() {
 			return
 		}
+		if a.resend(req, tx) {
+			return
+		}
 		if !a.enter() {
 			a.respond(req, tx, newReply(503, "Service Unavailable", sip.NewHeader("Retry-After", "5")))
 			return
@@ -89,10 +92,15 @@ func (a *Adapter) handle(h func(req *sip.Request, src netip.Addr, p *peer) *repl
 	}
 }
 
-// respond sends r as the final response to req.
+// respond sends r as the final response to req. Over UDP, the transaction
+// then ends, and r is kept to answer retransmissions (see answers).
 func (a *Adapter) respond(req *sip.Request, tx sip.ServerTransaction, r *reply) {
 	if r == nil {
 		return
+	}
+	key := txKey(req, tx)
+	if to := req.To(); key != "" && r.toTag == "" && to != nil && !to.Params.Has("tag") {
+		r.toTag = a.answers.tag(key)
 	}
 	res := sip.NewResponseFromRequest(req, r.code, r.reason, nil)
 	res.SipVersion = "SIP/2.0" // also to a request of another version (505)
@@ -115,6 +123,12 @@ func (a *Adapter) respond(req *sip.Request, tx sip.ServerTransaction, r *reply) 
 	}
 	// Debug only: a remote party decides how many requests there are.
 	a.log.Debug("sip request answered", "method", string(req.Method), "status", r.code, "reason", r.reason, "source", req.Source())
+	if key != "" {
+		if r.code != 401 && r.code != 407 {
+			a.answers.put(key, r, a.now())
+		}
+		tx.Terminate()
+	}
 	if r.after != nil {
 		r.after()
 	}
