@@ -100,6 +100,12 @@ type Adapter struct {
 	// set by Start.
 	handlers map[sip.RequestMethod]sipgo.RequestHandler
 	answers  *answers // final responses kept for retransmissions
+	// serverHeader is the Server header of every response; responses
+	// share it, and nothing changes it.
+	serverHeader sip.Header
+	// userAgentHeader is the User-Agent header of the adapter's requests,
+	// shared likewise.
+	userAgentHeader sip.Header
 
 	// authBackoff slows password guessing (see authenticate).
 	authBackoff *authBackoff
@@ -169,6 +175,8 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		parser:      newParser(),
 		answers:     newAnswers(sip.Timer_J),
 	}
+	a.serverHeader = sip.NewHeader("Server", cfg.UserAgent)
+	a.userAgentHeader = sip.NewHeader("User-Agent", cfg.UserAgent)
 	secrets := make(map[string]digestSecrets, len(cfg.Users))
 	for name, u := range cfg.Users {
 		a.users[name] = true

@@ -245,11 +245,15 @@ func canonicalHost(h string) (string, error) {
 		return "[" + ip.String() + "]", nil
 	}
 	h = strings.ToLower(h)
-	if ip, err := netip.ParseAddr(h); err == nil {
-		if !ip.Is4() {
-			return "", errHost
+	// An IPv4 literal starts and ends with a digit; ParseAddr's error is
+	// costly for the common case of a name.
+	if isDigit(h[0]) && isDigit(h[len(h)-1]) {
+		if ip, err := netip.ParseAddr(h); err == nil {
+			if !ip.Is4() {
+				return "", errHost
+			}
+			return ip.String(), nil
 		}
-		return ip.String(), nil
 	}
 	if !validDomain(h) {
 		return "", errHost
@@ -264,8 +268,9 @@ func validDomain(h string) bool {
 	if len(h) > maxHostLen {
 		return false
 	}
-	labels := strings.Split(h, ".")
-	for _, l := range labels {
+	var last string
+	for rest := h; ; {
+		l, more, found := strings.Cut(rest, ".")
 		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 			return false
 		}
@@ -275,7 +280,13 @@ func validDomain(h string) bool {
 				return false
 			}
 		}
+		if !found {
+			last = l
+			break
+		}
+		rest = more
 	}
-	last := labels[len(labels)-1]
 	return strings.Trim(last, "0123456789") != ""
 }
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }

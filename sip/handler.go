@@ -104,7 +104,7 @@ func (a *Adapter) respond(req *sip.Request, tx sip.ServerTransaction, r *reply) 
 	}
 	res := sip.NewResponseFromRequest(req, r.code, r.reason, nil)
 	res.SipVersion = "SIP/2.0" // also to a request of another version (505)
-	res.AppendHeader(sip.NewHeader("Server", a.cfg.UserAgent))
+	res.AppendHeader(a.serverHeader)
 	for _, h := range r.headers {
 		res.AppendHeader(h)
 	}
@@ -169,7 +169,10 @@ func unsupportedExtensions(req *sip.Request) *reply {
 		return nil
 	}
 	var tags []string
-	for _, h := range req.GetHeaders("Require") {
+	for _, h := range req.Headers() {
+		if !isHeader(h, "Require") {
+			continue
+		}
 		for _, t := range strings.Split(h.Value(), ",") {
 			if t = strings.TrimSpace(t); t != "" {
 				tags = append(tags, t)
@@ -268,7 +271,10 @@ func displayName(s string) string {
 // there are none.
 func (a *Adapter) credentials(req *sip.Request, names ...string) (digestCredentials, bool) {
 	for _, name := range names {
-		for _, h := range req.GetHeaders(name) {
+		for _, h := range req.Headers() {
+			if !isHeader(h, name) {
+				continue
+			}
 			c, err := parseDigestCredentials(h.Value())
 			if err == nil && c.realm == a.auth.realm {
 				return c, true

@@ -90,7 +90,7 @@ func (a *Adapter) translateMessage(req *sip.Request, in request, now time.Time) 
 	if len(body) > a.cfg.MaxMessageSize {
 		return nil, newReply(413, "Request Entity Too Large")
 	}
-	if h := req.GetHeader("Content-Encoding"); h != nil && !strings.EqualFold(strings.TrimSpace(h.Value()), "identity") {
+	if h := firstHeader(req, "Content-Encoding"); h != nil && !strings.EqualFold(strings.TrimSpace(h.Value()), "identity") {
 		return nil, newReply(415, "Unsupported Content-Encoding", sip.NewHeader("Accept-Encoding", "identity"), sip.NewHeader("Accept", acceptTypes))
 	}
 	ct := ""
@@ -141,6 +141,9 @@ func messageText(ct string, body []byte) (string, *reply) {
 		return "", newReply(415, reason, sip.NewHeader("Accept", acceptTypes))
 	}
 	mt, params := "text/plain", map[string]string{}
+	if plainText(ct) {
+		ct = "" // the usual case, decided without parsing
+	}
 	if strings.TrimSpace(ct) != "" {
 		var err error
 		if mt, params, err = mime.ParseMediaType(ct); err != nil {
@@ -186,11 +189,30 @@ func messageText(ct string, body []byte) (string, *reply) {
 // adapter reads: UTF-8, or US-ASCII, its subset; absent means UTF-8 here
 // (RFC 3428 §9 recommends it), whatever MIME's default.
 func textCharset(cs string) bool {
-	switch strings.ToLower(cs) {
-	case "", "utf-8", "us-ascii":
+	return cs == "" || strings.EqualFold(cs, "utf-8") || strings.EqualFold(cs, "us-ascii")
+}
+
+// plainText reports whether the content type ct is text/plain, with no
+// parameter but a charset that textCharset accepts, written simply:
+// "text/plain;charset=UTF-8", as phones write it. Anything else, however
+// valid, is left to mime.ParseMediaType.
+func plainText(ct string) bool {
+	mt, params, semicolon := strings.Cut(ct, ";")
+	if !strings.EqualFold(strings.TrimSpace(mt), "text/plain") {
+		return false
+	}
+	if !semicolon {
 		return true
 	}
-	return false
+	name, value, ok := strings.Cut(params, "=")
+	if !ok || !strings.EqualFold(strings.TrimSpace(name), "charset") {
+		return false
+	}
+	value = strings.TrimSpace(value)
+	if len(value) >= 2 && value[0] == '"' && value[len(value)-1] == '"' {
+		value = value[1 : len(value)-1]
+	}
+	return value != "" && !strings.ContainsAny(value, "\";= \t") && textCharset(value)
 }
 
 // outboundMessage is a MESSAGE the adapter sends.

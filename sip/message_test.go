@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"mime"
 	"net"
 	"os"
 	"path/filepath"
@@ -547,4 +548,22 @@ func TestSourceIP(t *testing.T) {
 			t.Errorf("sourceIP(%q) = %s, want %s", src, got, want)
 		}
 	}
+}
+
+// FuzzPlainText: the shortcut for the usual content type accepts only what
+// mime.ParseMediaType reads as text/plain with an accepted charset.
+func FuzzPlainText(f *testing.F) {
+	for _, s := range []string{"text/plain", "text/plain;charset=UTF-8", "Text/Plain ; charset = \"us-ascii\"", "text/plain;charset=latin1",
+		"text/plain;", "text/plain;charset=", "text/plain;charset=utf-8;format=flowed", "text/html", "text/plain;charset=\"utf-8", "message/cpim"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, ct string) {
+		if !plainText(ct) {
+			return
+		}
+		mt, params, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "text/plain" || !textCharset(params["charset"]) {
+			t.Errorf("plainText(%q) but mime reads %q %v %v", ct, mt, params, err)
+		}
+	})
 }

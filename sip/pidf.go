@@ -827,7 +827,12 @@ func pidfActivity(s event.PresenceState) rpidActivity {
 // note as its note.
 func buildPIDF(entity string, st event.PresenceState, note, contact string) []byte {
 	var b bytes.Buffer
+	b.Grow(512 + 2*(len(entity)+len(note)+len(contact))) // one allocation for the usual document
 	esc := func(s string) {
+		if plainXMLText(s) {
+			b.WriteString(s) // nothing to escape
+			return
+		}
 		_ = xml.EscapeText(&b, []byte(s)) // writes to a bytes.Buffer do not fail
 	}
 	activity := pidfActivity(st)
@@ -860,4 +865,16 @@ func buildPIDF(entity string, st event.PresenceState, note, contact string) []by
 	}
 	b.WriteString("</presence>\n")
 	return b.Bytes()
+}
+
+// plainXMLText reports whether s is printable ASCII that XML text takes as
+// it is: nothing for xml.EscapeText to escape or replace.
+func plainXMLText(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c > 0x7e, c == '&', c == '<', c == '>', c == '"', c == '\'':
+			return false
+		}
+	}
+	return true
 }

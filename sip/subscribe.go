@@ -34,6 +34,13 @@ const (
 	maxSubscriptions = 20000
 )
 
+// Headers every NOTIFY carries the same; requests share them, and nothing
+// changes them.
+var (
+	presenceEventHeader   = sip.NewHeader("Event", "presence")
+	pidfContentTypeHeader = sip.NewHeader("Content-Type", presenceMediaType)
+)
+
 // dialogKey identifies a subscription dialog: its Call-ID, the adapter's
 // tag (To of the SUBSCRIBE) and the watcher's (From).
 type dialogKey struct {
@@ -343,7 +350,10 @@ func (a *Adapter) onSubscribe(req *sip.Request, src netip.Addr, p *peer) *reply 
 		remoteCSeq: in.cseq,
 	}
 	sub.flow = reachByFlow(flowInputOf(req, contact)) != flowNone
-	for _, h := range req.GetHeaders("Record-Route") {
+	for _, h := range req.Headers() {
+		if !isHeader(h, "Record-Route") {
+			continue
+		}
 		if rr, ok := h.(*sip.RecordRouteHeader); ok {
 			sub.routes = append(sub.routes, rr.Address.String())
 		}
@@ -526,15 +536,15 @@ func (a *Adapter) notify(ctx context.Context, sub *subscription, state string, n
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: sub.localCSeq, MethodName: sip.NOTIFY})
 	maxForwards := sip.MaxForwardsHeader(70)
 	req.AppendHeader(&maxForwards)
-	ev := "presence"
 	if sub.eventID != "" {
-		ev += ";id=" + sub.eventID
+		req.AppendHeader(sip.NewHeader("Event", "presence;id="+sub.eventID))
+	} else {
+		req.AppendHeader(presenceEventHeader)
 	}
-	req.AppendHeader(sip.NewHeader("Event", ev))
 	req.AppendHeader(sip.NewHeader("Subscription-State", state))
 	req.AppendHeader(&sip.ContactHeader{Address: a.localContact(sub.transport, sub.pair.presentity)})
-	req.AppendHeader(sip.NewHeader("User-Agent", a.cfg.UserAgent))
-	req.AppendHeader(sip.NewHeader("Content-Type", presenceMediaType))
+	req.AppendHeader(a.userAgentHeader)
+	req.AppendHeader(pidfContentTypeHeader)
 	req.SetBody(buildPIDF(sub.pair.presentity, n.state, n.status, sub.pair.presentity))
 	if len(sub.routes) == 0 {
 		t, err := a.contactTarget(ua, binding{Contact: sub.remote, Transport: sub.transport, Source: sub.source, Flow: sub.flow})
@@ -568,14 +578,14 @@ func (a *Adapter) notify(ctx context.Context, sub *subscription, state string, n
 // be presence (489 with Allow-Events otherwise, RFC 6665 §8.2.2). It
 // returns the id parameter.
 func presenceEvent(req *sip.Request) (string, *reply) {
-	bad := newReply(489, "Bad Event", sip.NewHeader("Allow-Events", allowEvents))
-	h := req.GetHeader("Event")
+	bad := func() *reply { return newReply(489, "Bad Event", sip.NewHeader("Allow-Events", allowEvents)) }
+	h := firstHeader(req, "Event")
 	if h == nil {
-		return "", bad
+		return "", bad()
 	}
 	pkg, params, _ := strings.Cut(h.Value(), ";")
 	if !strings.EqualFold(strings.TrimSpace(pkg), "presence") {
-		return "", bad
+		return "", bad()
 	}
 	for _, p := range strings.Split(params, ";") {
 		name, value, _ := strings.Cut(p, "=")
@@ -593,17 +603,24 @@ func presenceEvent(req *sip.Request) (string, *reply) {
 // accept application/pidf+xml (RFC 3856 §6.6: it is the default when there
 // are none).
 func acceptsPIDF(req *sip.Request) *reply {
-	hs := req.GetHeaders("Accept")
-	if len(hs) == 0 {
-		return nil
-	}
-	for _, h := range hs {
+	accept := false
+	for _, h := range req.Headers() {
+		if !isHeader(h, "Accept") {
+			continue
+		}
+		accept = true
 		for _, t := range strings.Split(h.Value(), ",") {
+			if strings.EqualFold(strings.TrimSpace(t), presenceMediaType) {
+				return nil // the usual case, without parsing
+			}
 			mt, _, err := mime.ParseMediaType(strings.TrimSpace(t))
 			if err == nil && (mt == presenceMediaType || mt == "application/*" || mt == "*/*") {
 				return nil
 			}
 		}
+	}
+	if !accept {
+		return nil
 	}
 	return newReply(406, "Not Acceptable", sip.NewHeader("Accept", presenceMediaType))
 }
@@ -613,7 +630,7 @@ func acceptsPIDF(req *sip.Request) *reply {
 // Config.MinExpires is answered 423 with Min-Expires (RFC 6665 §4.2.1.1).
 func (a *Adapter) subscribeExpires(req *sip.Request) (time.Duration, *reply) {
 	d := defaultSubscribeExpires
-	if h := req.GetHeader("Expires"); h != nil {
+	if h := firstHeader(req, "Expires"); h != nil {
 		secs, ok := parseDeltaSeconds(strings.TrimSpace(h.Value()))
 		if !ok {
 			return 0, newReply(400, "Malformed Expires")
