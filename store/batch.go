@@ -10,27 +10,30 @@ import (
 	"time"
 )
 
-// Group commit: the outbox's writes (Enqueue and Done) go to one writer
-// goroutine, which runs every write waiting at that moment in one
-// transaction, so many messages arriving at once share one commit (one
-// fsync on PostgreSQL, one append to the WAL on SQLite) instead of paying
-// one each. Nothing waits for company: a lone write is committed at once.
-// Each caller still returns only once the transaction holding its own
-// write has committed, so "stored before acknowledged" holds as before.
+// Group commit: the outbox's writes (Enqueue and Done) share transactions
+// when they arrive together, so that many messages arriving at once share
+// one commit (one fsync on PostgreSQL, one append to the WAL on SQLite)
+// instead of paying one each. A caller who finds no commit under way
+// commits its own write at once, in its own goroutine (the leader); the
+// writes that arrive meanwhile wait in a queue, and the next commit takes
+// them all. Nothing waits for company, and a lone write costs no handoff
+// to another goroutine. Each caller returns only once the transaction
+// holding its own write has committed, so "stored before acknowledged"
+// holds as before.
 
 // maxBatch bounds the writes of one transaction.
 const maxBatch = 256
 
-// batchTimeout bounds one transaction of the writer on a database across
-// the network (PostgreSQL); its callers get the error. SQLite needs no
-// bound (its busy timeout is one), and a context that cannot end spares it
-// a watcher per statement.
+// batchTimeout bounds one transaction on a database across the network
+// (PostgreSQL); its callers get the error. SQLite needs no bound (its busy
+// timeout is one), and a context that cannot end spares it a watcher
+// goroutine per statement.
 const batchTimeout = 30 * time.Second
 
 // errClosed is returned by writes after Close.
 var errClosed = errors.New("store is closed")
 
-// write states: a write is waiting until the writer takes it, or until its
+// write states: a write is waiting until a commit takes it, or until its
 // caller gives up (its context ended first), whichever comes first.
 const (
 	writeWaiting int32 = iota
@@ -38,7 +41,7 @@ const (
 	writeAbandoned
 )
 
-// write is one Enqueue or Done waiting for the writer.
+// write is one Enqueue or Done.
 type write struct {
 	state atomic.Int32
 	done  chan struct{} // closed once dup, seq and err are set
@@ -61,21 +64,20 @@ type write struct {
 type writer struct {
 	db      *sql.DB
 	bounded bool // transactions time out after batchTimeout
-	queue   chan *write
-	closing chan struct{}
-	stopped chan struct{}
-
-	// mu orders do against close: once closed is set no write enters the
-	// queue, so the writer's last drain misses none.
-	mu     sync.RWMutex
-	closed bool
 
 	insertSeen, insertOutbox, deleteOutbox *sql.Stmt
+
+	mu      sync.Mutex
+	idle    *sync.Cond // signalled when leading ends
+	queue   []*write   // waiting for the next commit
+	leading bool       // a commit is under way
+	closed  bool
 }
 
-// newWriter prepares the outbox's statements on db and starts the writer.
+// newWriter prepares the outbox's statements on db.
 func newWriter(ctx context.Context, db *sql.DB, bounded bool) (*writer, error) {
-	w := &writer{db: db, bounded: bounded, queue: make(chan *write, maxBatch), closing: make(chan struct{}), stopped: make(chan struct{})}
+	w := &writer{db: db, bounded: bounded}
+	w.idle = sync.NewCond(&w.mu)
 	for _, p := range []struct {
 		stmt  **sql.Stmt
 		query string
@@ -91,50 +93,96 @@ func newWriter(ctx context.Context, db *sql.DB, bounded bool) (*writer, error) {
 		}
 		*p.stmt = stmt
 	}
-	go w.run()
 	return w, nil
 }
 
-// do hands wr to the writer and waits until it is committed. If ctx ends
-// before the writer has taken wr, wr is abandoned and never runs; once it
-// is taken, do waits for its outcome, so that an error always means "not
-// stored".
+// do runs wr and returns once it has committed. If a commit is under way,
+// wr waits for the next one; if ctx ends before a commit has taken wr, wr
+// is abandoned and never runs. Once it is taken, do waits for its outcome,
+// so that an error always means "not stored".
 func (w *writer) do(ctx context.Context, wr *write) error {
-	wr.done = make(chan struct{})
-	w.mu.RLock()
+	w.mu.Lock()
 	if w.closed {
-		w.mu.RUnlock()
+		w.mu.Unlock()
 		return errClosed
 	}
-	select {
-	case w.queue <- wr:
-		w.mu.RUnlock()
-	case <-ctx.Done():
-		w.mu.RUnlock()
-		return ctx.Err()
-	}
-	select {
-	case <-wr.done:
-		return wr.err
-	case <-ctx.Done():
-		if wr.state.CompareAndSwap(writeWaiting, writeAbandoned) {
-			return ctx.Err()
+	if w.leading {
+		wr.done = make(chan struct{})
+		w.queue = append(w.queue, wr)
+		w.mu.Unlock()
+		select {
+		case <-wr.done:
+			return wr.err
+		case <-ctx.Done():
+			if wr.state.CompareAndSwap(writeWaiting, writeAbandoned) {
+				return ctx.Err()
+			}
+			<-wr.done
+			return wr.err
 		}
-		<-wr.done
-		return wr.err
+	}
+	w.leading = true
+	w.mu.Unlock()
+	wr.state.Store(writeTaken)
+	w.commit([]*write{wr})
+	w.handOff()
+	return wr.err
+}
+
+// handOff ends a leader's turn: the writes that queued up meanwhile are
+// committed by another goroutine, so that the leader's caller need not
+// wait for them.
+func (w *writer) handOff() {
+	w.mu.Lock()
+	if len(w.queue) == 0 {
+		w.leading = false
+		w.idle.Broadcast()
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+	go w.lead()
+}
+
+// lead commits the queued writes, up to maxBatch at a time, until the
+// queue is empty.
+func (w *writer) lead() {
+	for {
+		w.mu.Lock()
+		if len(w.queue) == 0 {
+			w.leading = false
+			w.idle.Broadcast()
+			w.mu.Unlock()
+			return
+		}
+		n := min(len(w.queue), maxBatch)
+		batch := w.queue[:n:n]
+		w.queue = append([]*write(nil), w.queue[n:]...)
+		w.mu.Unlock()
+		taken := batch[:0]
+		for _, wr := range batch {
+			if wr.state.CompareAndSwap(writeWaiting, writeTaken) {
+				taken = append(taken, wr)
+			}
+		}
+		if len(taken) > 0 {
+			w.commit(taken)
+		}
+		for _, wr := range taken {
+			close(wr.done)
+		}
 	}
 }
 
-// close stops the writer once the writes already queued are done.
+// close refuses new writes and returns once the writes already queued are
+// committed.
 func (w *writer) close() {
 	w.mu.Lock()
-	already := w.closed
 	w.closed = true
-	w.mu.Unlock()
-	if !already {
-		close(w.closing)
+	for w.leading {
+		w.idle.Wait()
 	}
-	<-w.stopped
+	w.mu.Unlock()
 	w.closeStatements()
 }
 
@@ -146,64 +194,19 @@ func (w *writer) closeStatements() {
 	}
 }
 
-// run takes the writes waiting in the queue, up to maxBatch, and commits
-// them together, until close.
-func (w *writer) run() {
-	defer close(w.stopped)
-	batch := make([]*write, 0, maxBatch)
-	for {
-		select {
-		case wr := <-w.queue:
-			batch = append(batch[:0], wr)
-		case <-w.closing:
-			// What was queued before close still runs.
-			for {
-				select {
-				case wr := <-w.queue:
-					w.commit([]*write{wr})
-				default:
-					return
-				}
-			}
-		}
-	more:
-		for len(batch) < maxBatch {
-			select {
-			case wr := <-w.queue:
-				batch = append(batch, wr)
-			default:
-				break more
-			}
-		}
-		w.commit(batch)
-		clear(batch)
-	}
-}
-
-// commit runs the writes of batch that their callers still wait for, in
-// one transaction. If the transaction fails, each write is tried again
+// commit runs the writes of batch, all taken, in one transaction and sets
+// their results. If the transaction fails, each write is tried again
 // alone, so that one bad write fails only its own caller.
 func (w *writer) commit(batch []*write) {
-	taken := batch[:0:0]
-	for _, wr := range batch {
-		if wr.state.CompareAndSwap(writeWaiting, writeTaken) {
-			taken = append(taken, wr)
-		}
-	}
-	if len(taken) == 0 {
-		return
-	}
-	err := w.inTransaction(taken)
-	if err != nil && len(taken) > 1 {
-		for _, wr := range taken {
+	err := w.inTransaction(batch)
+	if err != nil && len(batch) > 1 {
+		for _, wr := range batch {
 			wr.err = w.inTransaction([]*write{wr})
-			close(wr.done)
 		}
 		return
 	}
-	for _, wr := range taken {
+	for _, wr := range batch {
 		wr.err = err
-		close(wr.done)
 	}
 }
 

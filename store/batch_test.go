@@ -180,3 +180,48 @@ func TestOutboxClosed(t *testing.T) {
 		t.Error("Done after Close succeeded")
 	}
 }
+
+// TestOutboxAbandonedWrite: an Enqueue whose context ends while it waits
+// for a commit returns the context's error and stores nothing, so that the
+// sender's retry is not taken for a duplicate.
+func TestOutboxAbandonedWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "parley.db")
+	s := open(t, path)
+	ctx := context.Background()
+	other, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = other.Close() }()
+	lock, err := other.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lock.Close() }()
+	if _, err := lock.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	// The first write commits (and waits for the lock); the second waits
+	// for it, then gives up.
+	first := make(chan error, 1)
+	go func() { _, err := s.Enqueue(ctx, entry("first", "body", time.Now())); first <- err }()
+	time.Sleep(100 * time.Millisecond)
+	gaveUp, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.Enqueue(gaveUp, entry("second", "body", time.Now())); err == nil {
+		t.Fatal("Enqueue returned no error although its context ended while the store was locked")
+	}
+	if _, err := lock.ExecContext(ctx, "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if dup, err := s.Enqueue(ctx, entry("second", "retried", time.Now())); err != nil || dup {
+		t.Errorf("retry of the abandoned event: dup=%v err=%v, want it stored now", dup, err)
+	}
+	got, _ := s.Pending(ctx)
+	if len(got) != 2 {
+		t.Errorf("%d entries pending, want 2", len(got))
+	}
+}
