@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -134,12 +135,15 @@ func BenchmarkSIPToXMPP(b *testing.B) {
 	var rssPeak atomic.Int64
 	sampling := make(chan struct{})
 	sampled := make(chan struct{})
+	stopSampling := sync.OnceFunc(func() { close(sampling); <-sampled })
+	defer stopSampling() // also when the benchmark fails
+	pid := st.parley.Process.Pid
 	go func() {
 		defer close(sampled)
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
 		for {
-			if r := rssOf(st.parley.Process.Pid); r > rssPeak.Load() {
+			if r := rssOf(pid); r > rssPeak.Load() {
 				rssPeak.Store(r)
 			}
 			select {
@@ -203,8 +207,7 @@ func BenchmarkSIPToXMPP(b *testing.B) {
 	}
 	b.StopTimer()
 	parleyCPU1, prosodyCPU1 := cpu()
-	close(sampling)
-	<-sampled
+	stopSampling()
 	allocated := (st.allocatedBytes() - allocs0) / float64(n)
 	<-profiled
 	if profDir != "" {
