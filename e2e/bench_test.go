@@ -325,7 +325,7 @@ func BenchmarkPresenceNotify(b *testing.B) {
 		}
 		return swarm.Showing(status)
 	}
-	heap0, rss0 := st.liveHeap(), rssOf(st.parley.Process.Pid)
+	heap0, rss0, allocs0 := st.liveHeap(), rssOf(st.parley.Process.Pid), st.allocatedBytes()
 	if swarm != nil {
 		// Paced: at once, 5,000 subscription requests keep Prosody
 		// (on the same two cores as everything else) from reading the
@@ -363,7 +363,7 @@ func BenchmarkPresenceNotify(b *testing.B) {
 	// the SIP transactions of the subscribing (32 s over UDP), which are
 	// not part of what a subscription costs.
 	time.Sleep(35 * time.Second)
-	heap1, rss1 := st.liveHeap(), rssOf(st.parley.Process.Pid)
+	heap1, rss1, allocs1 := st.liveHeap(), rssOf(st.parley.Process.Pid), st.allocatedBytes()
 	if path := os.Getenv("PARLEY_BENCH_HEAP_PROFILE"); path != "" {
 		// For a look at what the subscriptions hold: go tool pprof path.
 		_, prof := st.get("/debug/pprof/heap")
@@ -423,6 +423,9 @@ func BenchmarkPresenceNotify(b *testing.B) {
 	b.ReportMetric(float64(xmppWatchers)/tReceived.Seconds(), "received-stanzas/s")
 	b.ReportMetric(float64(heap1-heap0)/subs, "parley-heap-B/subscription")
 	b.ReportMetric(float64(rss1-rss0)/subs, "parley-RSS-B/subscription")
+	// Everything parley allocated while the watchers subscribed, garbage
+	// included: SUBSCRIBE, the first NOTIFY, the core's records.
+	b.ReportMetric((allocs1-allocs0)/subs, "parley-alloc-B/subscription")
 	b.Logf("bob on Matrix, watched by %d SIP presence keys and %d XMPP users; one change → every NOTIFY answered in %s (%.0f NOTIFY/s), "+
 		"every XMPP stanza written by parley in %s (%.0f/s) and received by its client in %s (%.0f/s); "+
 		"parley for the %.0f subscriptions: live heap %+.1f MiB (%.0f B each), RSS %+.1f MiB (%.0f B each)",
