@@ -41,6 +41,10 @@ type Router struct {
 
 	retry  Backoff
 	maxAge time.Duration
+	// resumedThrough is the highest Seq of the entries Start took back
+	// from the outbox: the outbox orders entries by Seq, so an entry at
+	// or below it was accepted by an earlier run (see Attempt.Resumed).
+	resumedThrough int64
 
 	mu       sync.Mutex
 	queues   map[conversation]*queue
@@ -128,6 +132,7 @@ func (r *Router) Start(ctx context.Context) error {
 		r.log.Info("resuming outbox", "events", len(pending))
 	}
 	for _, e := range pending {
+		r.resumedThrough = max(r.resumedThrough, e.Seq)
 		r.push(e)
 	}
 	for name, n := range r.networks {
@@ -297,8 +302,9 @@ func (r *Router) deliver(e store.Entry, wake <-chan struct{}) bool {
 		r.fail(ctx, e, fmt.Errorf("network %s is not enabled", h.To.Network))
 		return true
 	}
+	resumed := r.resumedThrough > 0 && e.Seq <= r.resumedThrough
 	for attempt := 0; ; attempt++ {
-		_, err := dst.Send(ctx, e.Event)
+		_, err := dst.Send(WithAttempt(ctx, Attempt{Retry: attempt, Resumed: resumed}), e.Event)
 		if err == nil {
 			r.metrics.Delivered(h.To.Network, e.Event.Kind(), r.now().Sub(e.Accepted))
 			r.done(ctx, e)
