@@ -67,8 +67,12 @@ type Adapter struct {
 	clients    map[id.UserID]*mautrix.Client
 	registered map[id.UserID]bool
 	presence   map[id.UserID]presenceOf // what each ghost's presence was set to
-	refreshing time.Duration            // how often ghosts' presence is set again
-	poll       *presencePoll            // users' presence: polling and de-duplication
+	// settled holds the DMs (dmKey) where an entry resumed from an earlier
+	// run was looked for and not found (sentBefore): that run sent nothing
+	// after it there, so the entries resumed behind it need no look.
+	settled    map[string]bool
+	refreshing time.Duration // how often ghosts' presence is set again
+	poll       *presencePoll // users' presence: polling and de-duplication
 
 	kick  chan struct{} // asks the connect loop to check the homeserver again
 	txnMu sync.Mutex    // one transaction at a time, in the order they come
@@ -123,6 +127,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		clients:    make(map[id.UserID]*mautrix.Client),
 		registered: make(map[id.UserID]bool),
 		presence:   make(map[id.UserID]presenceOf),
+		settled:    make(map[string]bool),
 		refreshing: presenceRefresh,
 		poll:       newPresencePoll(cfg),
 		kick:       make(chan struct{}, 1),

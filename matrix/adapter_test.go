@@ -54,7 +54,8 @@ func TestSendCreatesDM(t *testing.T) {
 		{Method: "POST", Path: "/_matrix/client/v3/createRoom", Query: map[string]string{"user_id": testGhost},
 			Body: map[string]any{"invite": []any{testUser}, "is_direct": true, "preset": "trusted_private_chat"}},
 		{Method: "PUT", Path: send, Query: map[string]string{"user_id": testGhost},
-			Body: map[string]any{"msgtype": "m.text", "body": "hello *alice*", "format": "org.matrix.custom.html", "formatted_body": "hello <em>alice</em>"}},
+			Body: map[string]any{"msgtype": "m.text", "body": "hello *alice*", "format": "org.matrix.custom.html", "formatted_body": "hello <em>alice</em>",
+				sourceKey: txnID("xmpp-msg-1")}},
 	}
 	if len(reqs) != len(want) {
 		t.Fatalf("requests:\n%v\nwant:\n%v", reqs, want)

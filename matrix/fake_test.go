@@ -128,12 +128,19 @@ type fakeHS struct {
 	reqs     []hsRequest
 	n        int
 	override func(r hsRequest) (status int, body string, ok bool)
-	members  map[string][]string // room → joined members, for joined_members
-	sent     map[string]string   // txn ID → event ID: de-duplication like a homeserver
+	members  map[string][]string    // room → joined members, for joined_members
+	sent     map[string]string      // txn ID → event ID: de-duplication like a homeserver
+	timeline map[string][]fakeEvent // room → events sent, oldest first, for messages
+}
+
+// fakeEvent is an event the fake homeserver stored.
+type fakeEvent struct {
+	ID, Sender, Type string
+	Content          map[string]any
 }
 
 func newFakeHS(t *testing.T, asToken string) *fakeHS {
-	hs := &fakeHS{t: t, asToken: asToken, members: map[string][]string{}, sent: map[string]string{}}
+	hs := &fakeHS{t: t, asToken: asToken, members: map[string][]string{}, sent: map[string]string{}, timeline: map[string][]fakeEvent{}}
 	hs.Server = httptest.NewServer(http.HandlerFunc(hs.serve))
 	t.Cleanup(hs.Close)
 	return hs
@@ -209,8 +216,11 @@ func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 			hs.n++
 			evt = fmt.Sprintf("$event%d", hs.n)
 			hs.sent[key] = evt
+			hs.timeline[parts[1]] = append(hs.timeline[parts[1]], fakeEvent{ID: evt, Sender: req.Query["user_id"], Type: parts[3], Content: req.Body})
 		}
 		reply(http.StatusOK, fmt.Sprintf(`{"event_id":%q}`, evt))
+	case req.Method == http.MethodGet && len(parts) == 3 && parts[0] == "rooms" && parts[2] == "messages":
+		reply(hs.messages(parts[1], req.Query))
 	case req.Method == http.MethodPut && len(parts) == 3 && parts[0] == "presence" && parts[2] == "status":
 		if parts[1] != req.Query["user_id"] {
 			reply(http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"cannot set the presence of another user"}`)
@@ -234,6 +244,68 @@ func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		reply(http.StatusNotFound, `{"errcode":"M_UNRECOGNIZED","error":"unrecognized"}`)
 	}
+}
+
+// messages answers GET /rooms/{room}/messages with dir=b: from is an index
+// into the room's timeline (counted from its end), the filter's senders and
+// types are applied.
+func (hs *fakeHS) messages(room string, q map[string]string) (int, string) {
+	if q["dir"] != "b" {
+		return http.StatusBadRequest, `{"errcode":"M_INVALID_PARAM","error":"only dir=b"}`
+	}
+	var filter struct {
+		Senders []string `json:"senders"`
+		Types   []string `json:"types"`
+	}
+	if f := q["filter"]; f != "" {
+		if err := json.Unmarshal([]byte(f), &filter); err != nil {
+			return http.StatusBadRequest, `{"errcode":"M_INVALID_PARAM","error":"filter"}`
+		}
+	}
+	limit, skip := 10, 0
+	_, _ = fmt.Sscan(q["limit"], &limit)
+	_, _ = fmt.Sscan(q["from"], &skip)
+	in := func(v string, set []string) bool {
+		if len(set) == 0 {
+			return true
+		}
+		for _, s := range set {
+			if s == v {
+				return true
+			}
+		}
+		return false
+	}
+	tl := hs.timeline[room]
+	var chunk []map[string]any
+	i := len(tl) - 1 - skip
+	for ; i >= 0 && len(chunk) < limit; i-- {
+		e := tl[i]
+		if in(e.Sender, filter.Senders) && in(e.Type, filter.Types) {
+			chunk = append(chunk, map[string]any{"event_id": e.ID, "sender": e.Sender, "type": e.Type, "room_id": room, "content": e.Content})
+		}
+	}
+	resp := map[string]any{"start": fmt.Sprint(skip), "chunk": chunk}
+	if i >= 0 {
+		resp["end"] = fmt.Sprint(len(tl) - 1 - i)
+	}
+	b, _ := json.Marshal(resp)
+	return http.StatusOK, string(b)
+}
+
+// forgetTransactions makes the fake forget the transaction IDs it has seen,
+// as Dendrite does for a request that did not complete.
+func (hs *fakeHS) forgetTransactions() {
+	hs.mu.Lock()
+	hs.sent = map[string]string{}
+	hs.mu.Unlock()
+}
+
+// roomEvents returns the events stored in room.
+func (hs *fakeHS) roomEvents(room string) []fakeEvent {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return append([]fakeEvent(nil), hs.timeline[room]...)
 }
 
 // setASToken changes the as_token the fake accepts.

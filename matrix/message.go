@@ -93,11 +93,43 @@ func noticeContent(text string) *mevent.MessageEventContent {
 	return &mevent.MessageEventContent{MsgType: mevent.MsgNotice, Body: text}
 }
 
+// sourceKey is the content key with which Parley marks every event it
+// sends into Matrix. Its value is the event's transaction ID (txnID), a
+// digest of the source ID, so it says nothing of the source network's
+// addresses. It lets Parley find an event it sent in an attempt whose
+// answer it never had (sentBefore in room.go): homeservers do not all
+// recognise a resent transaction ID (Dendrite forgets the ID of a request
+// that did not complete). The namespace is the reverse of the project's
+// home, parleygw.github.io.
+const sourceKey = "io.github.parleygw.source"
+
+// markedContent is content with sourceKey set to marker; an empty marker
+// leaves content as it is.
+func markedContent(content *mevent.MessageEventContent, marker string) any {
+	if marker == "" {
+		return content
+	}
+	return &mevent.Content{Parsed: content, Raw: map[string]any{sourceKey: marker}}
+}
+
+// markerOf returns the sourceKey of evt's content, or "".
+func markerOf(evt *mevent.Event) string {
+	var c struct {
+		Marker string `json:"io.github.parleygw.source"`
+	}
+	if len(evt.Content.VeryRaw) == 0 || json.Unmarshal(evt.Content.VeryRaw, &c) != nil {
+		return ""
+	}
+	return c.Marker
+}
+
 // txnID derives a client-server transaction ID from the source ID of what is
 // sent ("parley-" and the first 128 bits of its SHA-256, in hex), so that
-// sending it again (after a crash, on retry) reuses the ID and the homeserver
-// answers with the event it already created instead of a duplicate. An
-// empty sourceID gives "": mautrix then picks a unique ID.
+// sending it again (after a crash, on retry) reuses the ID, and a homeserver
+// that remembers it answers with the event it already created instead of a
+// duplicate. Not every homeserver does in every case, so Parley does not
+// rely on it alone (sourceKey). An empty sourceID gives "": mautrix then
+// picks a unique ID.
 func txnID(sourceID string) string {
 	if sourceID == "" {
 		return ""

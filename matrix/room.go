@@ -10,6 +10,7 @@ import (
 	mevent "maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
 )
 
@@ -114,7 +115,16 @@ func (a *Adapter) forgetDM(ctx context.Context, ghost, user id.UserID, room id.R
 }
 
 // sendInDM sends content as ghost into the DM with user, creating the room
-// when there is none. txn is the client transaction ID.
+// when there is none. txn is the client transaction ID; the content is
+// marked with it (sourceKey).
+//
+// Exactly once: when an earlier attempt of the same entry may have reached
+// the homeserver (bridges.AttemptOf(ctx).Repeated(): a retry, or an entry
+// resumed after a restart), the room's recent events are searched for the
+// mark first (sentBefore), and an event found there is taken as delivered.
+// The transaction ID alone is not enough: Dendrite remembers it only for
+// requests that completed, so a request cut off by a crash, once resent,
+// makes a second event.
 //
 // When the homeserver refuses the send with M_FORBIDDEN in a room known
 // from before (the user left or kicked the ghost), the links are dropped
@@ -127,9 +137,25 @@ func (a *Adapter) sendInDM(ctx context.Context, ghost, user id.UserID, content *
 	if err != nil {
 		return "", err
 	}
+	if !created && txn != "" && a.mustLook(ctx, ghost, user) {
+		found, err := a.sentBefore(ctx, ghost, room, txn)
+		switch {
+		case err != nil && (isTransient(err) || isTokenError(err)):
+			return "", a.classify(fmt.Errorf("look for %s in %s: %w", txn, room, err))
+		case err != nil:
+			// Sending tells more (M_FORBIDDEN drops the room); at worst
+			// this is the at-least-once of the transaction ID alone.
+			a.log.Warn("could not look for an earlier send", "room", room.String(), "txn", txn, "err", err)
+		case found != "":
+			a.log.Info("found the event an earlier attempt sent", "room", room.String(), "txn", txn, "event", found.String())
+			return found, nil
+		case bridges.AttemptOf(ctx).Resumed:
+			a.settle(ghost, user)
+		}
+	}
 	sctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	resp, err := a.client(ghost).SendMessageEvent(sctx, room, mevent.EventMessage, content, mautrix.ReqSendEvent{TransactionID: txn})
+	resp, err := a.client(ghost).SendMessageEvent(sctx, room, mevent.EventMessage, markedContent(content, txn), mautrix.ReqSendEvent{TransactionID: txn})
 	if err != nil {
 		err = fmt.Errorf("send as %s in %s: %w", ghost, room, err)
 		if errors.Is(err, mautrix.MForbidden) && !created {
@@ -141,6 +167,73 @@ func (a *Adapter) sendInDM(ctx context.Context, ghost, user id.UserID, content *
 		return "", a.classify(err)
 	}
 	return resp.EventID, nil
+}
+
+// Bounds of sentBefore: it reads at most lookBack events, newest first,
+// lookPage at a time, asking for the ghost's messages only. The event it looks for is the ghost's
+// last message in the room, or close to it: the router delivers the events
+// of one DM in order, so nothing of that DM was sent after it; only notices
+// (notify) may have come since.
+const (
+	lookBack = 100
+	lookPage = 50
+)
+
+// sentBefore returns the ID of the message that ghost sent into room with
+// the mark marker (sourceKey), or "" when it is not among the last lookBack
+// events it reads there. It reads GET /rooms/{room}/messages backwards as
+// ghost, filtered to the ghost's m.room.message events.
+func (a *Adapter) sentBefore(ctx context.Context, ghost id.UserID, room id.RoomID, marker string) (id.EventID, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	filter := &mautrix.FilterPart{Senders: []id.UserID{ghost}, Types: []mevent.Type{mevent.EventMessage}}
+	from := ""
+	for read := 0; read < lookBack; {
+		resp, err := a.client(ghost).Messages(ctx, room, from, "", mautrix.DirectionBackward, filter, min(lookPage, lookBack-read))
+		if err != nil {
+			return "", err
+		}
+		read += len(resp.Chunk)
+		for _, evt := range resp.Chunk {
+			if evt == nil || evt.Sender != ghost || evt.Type != mevent.EventMessage {
+				continue // a homeserver that ignores the filter
+			}
+			if markerOf(evt) == marker {
+				return evt.ID, nil
+			}
+		}
+		if len(resp.Chunk) == 0 || resp.End == "" || resp.End == from {
+			break // the start of the room
+		}
+		from = resp.End
+	}
+	return "", nil
+}
+
+// mustLook reports whether the Send of ctx must look for an earlier send of
+// its event in the DM of ghost and user (see sendInDM): on a retry always;
+// for an entry resumed from an earlier run unless one resumed before it in
+// this DM was not found there (settle).
+func (a *Adapter) mustLook(ctx context.Context, ghost, user id.UserID) bool {
+	at := bridges.AttemptOf(ctx)
+	if at.Retry > 0 {
+		return true
+	}
+	if !at.Resumed {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.settled[dmKey(ghost, user)]
+}
+
+// settle records that an entry resumed in the DM of ghost and user had not
+// been sent by the earlier run: that run delivered the DM's events in order,
+// so it sent none of the entries resumed behind it either.
+func (a *Adapter) settle(ghost, user id.UserID) {
+	a.mu.Lock()
+	a.settled[dmKey(ghost, user)] = true
+	a.mu.Unlock()
 }
 
 // dmRoom returns the DM room of ghost and user, creating it as ghost (a
