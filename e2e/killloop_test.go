@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -222,10 +223,12 @@ func killLoop(t *testing.T, hs string, kills int) {
 	if len(syncOnly)+len(historyOnly) > 0 {
 		t.Logf("%s: events seen by bob's sync only: %v; in the room's history only: %v", hs, syncOnly, historyOnly)
 	}
+	found := strings.Count(st.log(), "found the event an earlier attempt sent")
 	md, mdup := atAlice.count("m2x", nm)
 	t.Logf("%s, %d kills: XMPP→Matrix %d messages, %d lost %v, %d duplicated in the room %v (%d without the source mark); "+
-		"Matrix→XMPP %d messages, %d lost, %d duplicated, %d retransmissions under the same stanza id; %d XMPP resends",
-		hs, killed, nx, len(xLost), xLost, len(xDup), xDup, unmarked, nm, nm-md, mdup, atAlice.retransmissions(), resends)
+		"%d resends found already in the room; Matrix→XMPP %d messages, %d lost, %d duplicated, %d retransmissions under the same "+
+		"stanza id; %d XMPP resends",
+		hs, killed, nx, len(xLost), xLost, len(xDup), xDup, unmarked, found, nm, nm-md, mdup, atAlice.retransmissions(), resends)
 	if len(xLost) != 0 || len(xDup) != 0 || md != nm || mdup != 0 {
 		t.Errorf("%s: not exactly once: XMPP→Matrix %d lost, %d duplicated; Matrix→XMPP %d lost, %d duplicated",
 			hs, len(xLost), len(xDup), nm-md, mdup)
