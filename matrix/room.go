@@ -63,6 +63,33 @@ func (a *Adapter) learnDM(ctx context.Context, ghost, user id.UserID, room id.Ro
 	return a.storeDM(ctx, ghost, user, room)
 }
 
+// learnOwnDM links room, a DM that ghost created with user (its is_direct
+// invite came back in a transaction), unless the room is linked already.
+// dmRoom links a room it creates at once, but a crash between the creation
+// and the link left the user in a room whose messages no one bridged: the
+// next run created another. The room becomes the one to send to only when
+// the pair has none; either way the user's messages there are bridged.
+func (a *Adapter) learnOwnDM(ctx context.Context, ghost, user id.UserID, room id.RoomID) error {
+	unlock := a.pairs.Lock(dmKey(ghost, user))
+	defer unlock()
+	_, links := a.started()
+	if _, ok, err := links.Get(ctx, roomKey(room)); err != nil {
+		return fmt.Errorf("read link %s: %w", roomKey(room), err)
+	} else if ok {
+		return nil
+	}
+	if _, ok, err := links.Get(ctx, dmKey(ghost, user)); err != nil {
+		return fmt.Errorf("read link %s: %w", dmKey(ghost, user), err)
+	} else if !ok {
+		return a.storeDM(ctx, ghost, user, room)
+	}
+	if err := links.Put(ctx, roomKey(room), pairValue(ghost, user)); err != nil {
+		return fmt.Errorf("write link %s: %w", roomKey(room), err)
+	}
+	a.log.Info("older dm room linked", "room", room.String(), "ghost", ghost.String(), "user", user.String())
+	return nil
+}
+
 func (a *Adapter) storeDM(ctx context.Context, ghost, user id.UserID, room id.RoomID) error {
 	_, links := a.started()
 	if err := links.Put(ctx, roomKey(room), pairValue(ghost, user)); err != nil {

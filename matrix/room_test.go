@@ -218,3 +218,48 @@ func TestNewRoomNeedsNoLook(t *testing.T) {
 		t.Errorf("%d sends, %d looks; want 1, 0", sends, looks)
 	}
 }
+
+// TestOwnInviteLinksTheDM: a crash between creating a DM room and linking
+// it left the user in a room whose messages were acknowledged to the
+// homeserver and dropped ("not a dm"). The ghost's own is_direct invite,
+// which the homeserver sends back in a transaction, now links the room.
+func TestOwnInviteLinksTheDM(t *testing.T) {
+	const orphan = "!orphan:localhost"
+	for _, tc := range []struct {
+		name       string
+		linked     bool // the pair has a DM room already
+		wantDMLink string
+	}{
+		{"no dm yet", false, orphan},
+		{"another dm since", true, testRoom},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hs := newFakeHS(t, "as-secret")
+			host := newFakeHost()
+			if tc.linked {
+				linkDM(host)
+			}
+			a := newTestAdapter(t, hs, host)
+			body := txnBody(memberEvent("$inv", testGhost, orphan, testUser, "invite", true),
+				textEvent("$m1", testUser, orphan, "hello from the older room"))
+			if status, code := putTxn(t, a, "t1", body); status != http.StatusOK {
+				t.Fatalf("got %d %s", status, code)
+			}
+			if v, _ := host.links.Value("room:" + orphan); v != testGhost+"|"+testUser {
+				t.Errorf("room link %q", v)
+			}
+			if v, _ := host.links.Value("dm:" + testGhost + "|" + testUser); v != tc.wantDMLink {
+				t.Errorf("dm link %q, want %q", v, tc.wantDMLink)
+			}
+			var got []string
+			for _, e := range host.events() {
+				if m, ok := e.(*event.Message); ok {
+					got = append(got, m.Body)
+				}
+			}
+			if len(got) != 1 || got[0] != "hello from the older room" {
+				t.Errorf("dispatched %v", got)
+			}
+		})
+	}
+}

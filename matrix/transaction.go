@@ -291,8 +291,9 @@ func (a *Adapter) handleEvent(ctx context.Context, evt *mevent.Event) error {
 
 // handleMember acts on membership changes: a ghost invited by a real user
 // joins (and learns the DM link when the invite is is_direct or the room is
-// just the two of them); when either member of a DM leaves, the DM link is
-// dropped and the ghost leaves too.
+// just the two of them); a ghost's own is_direct invite of a real user links
+// the DM it created, if that is not done yet (learnOwnDM); when either
+// member of a DM leaves, the DM link is dropped and the ghost leaves too.
 func (a *Adapter) handleMember(ctx context.Context, evt *mevent.Event) error {
 	target := id.UserID(*evt.StateKey)
 	var content mevent.MemberEventContent
@@ -302,6 +303,9 @@ func (a *Adapter) handleMember(ctx context.Context, evt *mevent.Event) error {
 	}
 	switch content.Membership {
 	case mevent.MembershipInvite:
+		if a.owns(evt.Sender) && evt.Sender != a.bot && !a.owns(target) && content.IsDirect {
+			return a.learnOwnDM(ctx, evt.Sender, target, evt.RoomID)
+		}
 		if !a.owns(target) || a.owns(evt.Sender) {
 			return nil
 		}
