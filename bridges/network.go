@@ -34,7 +34,9 @@ type Network interface {
 	// conversations are. An error wrapped with Permanent is not retried and
 	// is reported to the sender; any other error is retried with backoff. A
 	// Send with the same evt.Head().ID may happen again after a crash, so an
-	// adapter should make repeated sends idempotent where its protocol can.
+	// adapter should make repeated sends idempotent where its protocol can;
+	// AttemptOf(ctx) tells when an earlier Send of it may have reached the
+	// network.
 	Send(ctx context.Context, evt event.Event) (string, error)
 }
 
