@@ -12,12 +12,22 @@ const (
 	KindFailure
 	KindPresence
 	KindSubscription
+	KindCallInvite
+	KindCallRinging
+	KindCallAnswer
+	KindCallHangup
 )
 
-var kindNames = [...]string{KindMessage: "message", KindFailure: "failure", KindPresence: "presence", KindSubscription: "subscription"}
+var kindNames = [...]string{
+	KindMessage: "message", KindFailure: "failure", KindPresence: "presence", KindSubscription: "subscription",
+	KindCallInvite: "call-invite", KindCallRinging: "call-ringing", KindCallAnswer: "call-answer", KindCallHangup: "call-hangup",
+}
 
 // Kinds lists every Kind, for metrics and exhaustive tests.
-var Kinds = []Kind{KindMessage, KindFailure, KindPresence, KindSubscription}
+var Kinds = []Kind{
+	KindMessage, KindFailure, KindPresence, KindSubscription,
+	KindCallInvite, KindCallRinging, KindCallAnswer, KindCallHangup,
+}
 
 // String returns the lowercase name of k, as used in metrics and the store.
 func (k Kind) String() string {
