@@ -1,0 +1,91 @@
+package media
+
+import (
+	"testing"
+
+	"github.com/pion/rtp"
+)
+
+func TestCheckRTP(t *testing.T) {
+	good, _ := (&rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 0, CSRC: []uint32{1, 2}}, Payload: []byte{1, 2, 3}}).Marshal()
+	ext := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111}, Payload: []byte{9}}
+	ext.SetExtension(1, []byte{0xaa})
+	withExt, _ := ext.Marshal()
+	padded, _ := (&rtp.Packet{Header: rtp.Header{Version: 2, Padding: true, PaddingSize: 4}, Payload: []byte{1}}).Marshal()
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		ok   bool
+	}{
+		{"with CSRC", good, true},
+		{"with extension", withExt, true},
+		{"padded", padded, true},
+		{"short", good[:11], false},
+		{"version 1", append([]byte{0x40}, good[1:]...), false},
+		{"CSRC past the end", []byte{0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, false},
+		{"extension past the end", append([]byte{0x90}, withExt[1:14]...), false},
+		{"padding past the end", []byte{0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200}, false},
+		{"zero padding", []byte{0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, false},
+	} {
+		if err := checkRTP(tc.b); (err == nil) != tc.ok {
+			t.Errorf("%s: checkRTP = %v", tc.name, err)
+		}
+	}
+}
+
+func TestCheckRTCP(t *testing.T) {
+	rr := []byte{0x80, 201, 0, 1, 0, 0, 0, 1}
+	bye := []byte{0x81, 203, 0, 1, 0, 0, 0, 1}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		ok   bool
+	}{
+		{"receiver report", rr, true},
+		{"compound", append(append([]byte{}, rr...), bye...), true},
+		{"RTP payload type", []byte{0x80, 0, 0, 1, 0, 0, 0, 1}, false},
+		{"length past the end", []byte{0x80, 201, 0, 9, 0, 0, 0, 1}, false},
+		{"trailing bytes", append(append([]byte{}, rr...), 0x80), false},
+		{"short", []byte{0x80}, false},
+	} {
+		if err := checkRTCP(tc.b); (err == nil) != tc.ok {
+			t.Errorf("%s: checkRTCP = %v", tc.name, err)
+		}
+	}
+}
+
+// FuzzCheckRTP holds checkRTP to pion/rtp: what it accepts, pion parses, and
+// the payload it would forward lies within the packet.
+func FuzzCheckRTP(f *testing.F) {
+	good, _ := (&rtp.Packet{Header: rtp.Header{Version: 2, CSRC: []uint32{7}}, Payload: []byte{1, 2, 3}}).Marshal()
+	ext := &rtp.Packet{Header: rtp.Header{Version: 2}, Payload: []byte{9}}
+	ext.SetExtension(1, []byte{0xaa, 0xbb})
+	withExt, _ := ext.Marshal()
+	for _, s := range [][]byte{good, withExt, {0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, {0x80}, {}} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if checkRTP(b) != nil {
+			return
+		}
+		var p rtp.Packet
+		if err := p.Unmarshal(b); err != nil {
+			t.Fatalf("checkRTP accepted %x, pion refuses it: %v", b, err)
+		}
+	})
+}
+
+// FuzzCheckRTCP: checkRTCP never panics and accepts only whole packets.
+func FuzzCheckRTCP(f *testing.F) {
+	f.Add([]byte{0x80, 201, 0, 1, 0, 0, 0, 1})
+	f.Add([]byte{0x80, 200, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if checkRTCP(b) != nil {
+			return
+		}
+		for len(b) > 0 {
+			n := 4 * (int(b[2])<<8 | int(b[3]) + 1)
+			b = b[n:]
+		}
+	})
+}
