@@ -9,7 +9,9 @@ import (
 func TestCheckRTP(t *testing.T) {
 	good, _ := (&rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 0, CSRC: []uint32{1, 2}}, Payload: []byte{1, 2, 3}}).Marshal()
 	ext := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111}, Payload: []byte{9}}
-	ext.SetExtension(1, []byte{0xaa})
+	if err := ext.SetExtension(1, []byte{0xaa}); err != nil {
+		t.Fatal(err)
+	}
 	withExt, _ := ext.Marshal()
 	padded, _ := (&rtp.Packet{Header: rtp.Header{Version: 2, Padding: true, PaddingSize: 4}, Payload: []byte{1}}).Marshal()
 	for _, tc := range []struct {
@@ -59,7 +61,9 @@ func TestCheckRTCP(t *testing.T) {
 func FuzzCheckRTP(f *testing.F) {
 	good, _ := (&rtp.Packet{Header: rtp.Header{Version: 2, CSRC: []uint32{7}}, Payload: []byte{1, 2, 3}}).Marshal()
 	ext := &rtp.Packet{Header: rtp.Header{Version: 2}, Payload: []byte{9}}
-	ext.SetExtension(1, []byte{0xaa, 0xbb})
+	if err := ext.SetExtension(1, []byte{0xaa, 0xbb}); err != nil {
+		f.Fatal(err)
+	}
 	withExt, _ := ext.Marshal()
 	for _, s := range [][]byte{good, withExt, {0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, {0x80}, {}} {
 		f.Add(s)

@@ -33,6 +33,7 @@ type endpoint struct {
 	conn     *net.UDPConn
 	batch    *ipv4.PacketConn
 	expected netip.AddrPort
+	toExpect *peer // expected, made once
 	latchAny bool
 	peer     atomic.Pointer[peer]
 }
@@ -65,10 +66,17 @@ func (l *Leg) Addr() netip.AddrPort {
 // latchAny is set (the address is unknown, or the party is behind a NAT):
 // then the first packet from anywhere does. Call it before NewRelay.
 func (l *Leg) SetRemote(rtp netip.AddrPort, latchAny bool) {
-	l.rtp.expected, l.rtp.latchAny = rtp, latchAny
-	l.rtcp.latchAny = latchAny
+	l.rtp.latchAny, l.rtcp.latchAny = latchAny, latchAny
+	l.rtp.expect(rtp)
 	if rtp.IsValid() {
-		l.rtcp.expected = netip.AddrPortFrom(rtp.Addr(), rtp.Port()+1)
+		l.rtcp.expect(netip.AddrPortFrom(rtp.Addr(), rtp.Port()+1))
+	}
+}
+
+func (e *endpoint) expect(a netip.AddrPort) {
+	e.expected, e.toExpect = a, nil
+	if a.IsValid() {
+		e.toExpect = &peer{addr: a, udp: net.UDPAddrFromAddrPort(a)}
 	}
 }
 
@@ -114,9 +122,5 @@ func (e *endpoint) dest() *peer {
 	if p := e.peer.Load(); p != nil {
 		return p
 	}
-	if e.expected.IsValid() {
-		p := &peer{addr: e.expected, udp: net.UDPAddrFromAddrPort(e.expected)}
-		return p
-	}
-	return nil
+	return e.toExpect
 }

@@ -36,6 +36,13 @@ func listen(t testing.TB) *net.UDPConn {
 	return c
 }
 
+func send(t testing.TB, c *net.UDPConn, b []byte, to *net.UDPAddr) {
+	t.Helper()
+	if _, err := c.WriteToUDP(b, to); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func addr(c *net.UDPConn) netip.AddrPort { return c.LocalAddr().(*net.UDPAddr).AddrPort() }
 
 func packet(t testing.TB, pt uint8, seq uint16, payload []byte) []byte {
@@ -50,7 +57,7 @@ func packet(t testing.TB, pt uint8, seq uint16, payload []byte) []byte {
 func read(t testing.TB, c *net.UDPConn) []byte {
 	t.Helper()
 	buf := make([]byte, 2048)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	n, err := c.Read(buf)
 	if err != nil {
 		t.Fatalf("read on %s: %v", c.LocalAddr(), err)
@@ -91,8 +98,8 @@ func TestRelayBothWaysByteExact(t *testing.T) {
 			// pb's RTP and RTCP ports must be adjacent for the RTCP default:
 			// take RTCP from the expected address explicitly instead.
 			_, a, b := pair(t, pa, pb, RelayConfig{Batch: batch})
-			b.rtcp.expected = addr(pb.rtcp)
-			a.rtcp.expected = addr(pa.rtcp)
+			b.rtcp.expect(addr(pb.rtcp))
+			a.rtcp.expect(addr(pa.rtcp))
 			toA := net.UDPAddrFromAddrPort(a.Addr())
 			toB := net.UDPAddrFromAddrPort(b.Addr())
 			for i := range 20 {
@@ -145,7 +152,7 @@ func TestRelayLatchingDropsThirdParty(t *testing.T) {
 			toA := net.UDPAddrFromAddrPort(a.Addr())
 			toB := net.UDPAddrFromAddrPort(b.Addr())
 			first := packet(t, 8, 1, []byte("first"))
-			pa.rtp.WriteToUDP(first, toA)
+			send(t, pa.rtp, first, toA)
 			if got := read(t, pb.rtp); !bytes.Equal(got, first) {
 				t.Fatalf("first packet: %x", got)
 			}
@@ -154,20 +161,20 @@ func TestRelayLatchingDropsThirdParty(t *testing.T) {
 			}
 			// The intruder sends to both legs: nothing of it may pass.
 			bleed := packet(t, 8, 2, []byte("injected"))
-			intruder.rtp.WriteToUDP(bleed, toA)
-			intruder.rtp.WriteToUDP(bleed, toB) // b expects pb only
+			send(t, intruder.rtp, bleed, toA)
+			send(t, intruder.rtp, bleed, toB) // b expects pb only
 			// A marker from the real parties proves the bleed was not queued
 			// before it.
 			marker := packet(t, 8, 3, []byte("marker"))
-			pa.rtp.WriteToUDP(marker, toA)
+			send(t, pa.rtp, marker, toA)
 			if got := read(t, pb.rtp); !bytes.Equal(got, marker) {
 				t.Fatalf("b's party got %q, want the marker", got)
 			}
-			pb.rtp.WriteToUDP(marker, toB)
+			send(t, pb.rtp, marker, toB)
 			if got := read(t, pa.rtp); !bytes.Equal(got, marker) {
 				t.Fatalf("a's party got %q, want the marker", got)
 			}
-			intruder.rtp.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			_ = intruder.rtp.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 			if n, _, err := intruder.rtp.ReadFrom(make([]byte, 100)); err == nil {
 				t.Fatalf("the intruder received %d bytes", n)
 			}
@@ -175,8 +182,8 @@ func TestRelayLatchingDropsThirdParty(t *testing.T) {
 				t.Errorf("dropped: a %d, b %d, want 1 each", a.Stats().Dropped, b.Stats().Dropped)
 			}
 			// Malformed packets from the latched party are dropped too.
-			pa.rtp.WriteToUDP([]byte{0x00, 1, 2}, toA)
-			pa.rtp.WriteToUDP(marker, toA)
+			send(t, pa.rtp, []byte{0x00, 1, 2}, toA)
+			send(t, pa.rtp, marker, toA)
 			if got := read(t, pb.rtp); !bytes.Equal(got, marker) {
 				t.Fatalf("after a malformed packet b's party got %x", got)
 			}
@@ -193,7 +200,7 @@ func TestRelayMediaTimeout(t *testing.T) {
 	_, a, _ := pair(t, pa, pb, RelayConfig{Timeout: 100 * time.Millisecond, OnTimeout: func(r event.HangupReason) { fired <- r }})
 	// Traffic keeps the call alive for a while, then stops.
 	for i := range 5 {
-		pa.rtp.WriteToUDP(packet(t, 0, uint16(i), []byte("x")), net.UDPAddrFromAddrPort(a.Addr()))
+		send(t, pa.rtp, packet(t, 0, uint16(i), []byte("x")), net.UDPAddrFromAddrPort(a.Addr()))
 		time.Sleep(30 * time.Millisecond)
 	}
 	select {
