@@ -1,6 +1,7 @@
 package media
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -127,7 +128,7 @@ func (r *Relay) pump(from *Leg, src *endpoint, to *Leg, dst *endpoint, check fun
 	for {
 		n, _, _, addr, err := src.conn.ReadMsgUDPAddrPort(buf, nil)
 		if err != nil {
-			if r.closing.Load() {
+			if r.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
@@ -162,7 +163,7 @@ func (r *Relay) pumpBatch(from *Leg, src *endpoint, to *Leg, dst *endpoint, chec
 	for {
 		n, err := src.batch.ReadBatch(in, 0)
 		if err != nil {
-			if r.closing.Load() {
+			if r.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
