@@ -17,7 +17,7 @@ import (
 // runs as make demo runs it, without staying up at the end.
 func TestDemoCrossesEveryDirection(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts Prosody, Synapse, sipp and Parley")
+		t.Skip("-short: the demo starts Prosody, Synapse, sipp and Parley")
 	}
 	for _, bin := range []string{"prosody", "sipp"} {
 		_, err := exec.LookPath(bin)
