@@ -134,8 +134,18 @@ func TestRelayBothWaysByteExact(t *testing.T) {
 			if got := read(t, pa.rtcp); !bytes.Equal(got, rr) {
 				t.Fatalf("RTCP b→a: %x", got)
 			}
+			// A leg counts a packet out after its write returns, so the
+			// last packet may be read before it is counted: wait for the
+			// counts to settle, within a bound.
+			want := func(sa, sb Stats) bool {
+				return sa.PacketsIn == 21 && sb.PacketsIn == 21 && sa.PacketsOut == 21 && sb.PacketsOut == 21 && sa.Dropped+sb.Dropped == 0
+			}
 			sa, sb := a.Stats(), b.Stats()
-			if sa.PacketsIn != 21 || sb.PacketsIn != 21 || sa.PacketsOut != 21 || sb.PacketsOut != 21 || sa.Dropped+sb.Dropped != 0 {
+			for deadline := time.Now().Add(2 * time.Second); !want(sa, sb) && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+				sa, sb = a.Stats(), b.Stats()
+			}
+			if !want(sa, sb) {
 				t.Errorf("stats a %+v, b %+v", sa, sb)
 			}
 		})
