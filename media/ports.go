@@ -20,14 +20,30 @@ var ErrExhausted = errors.New("media port range exhausted")
 // use.
 type Ports struct {
 	addr     netip.Addr
+	public   netip.Addr // what offers and answers say; addr unless set
+	batch    int
 	min, max int // even min; pairs are (p, p+1) with p+1 <= max
 	mu       sync.Mutex
 	used     map[int]bool
 	next     int
 }
 
+// Option sets an optional property of a port range.
+type Option func(*Ports)
+
+// WithPublic makes legs announce a instead of the address they bind, for a
+// gateway behind a 1:1 NAT.
+func WithPublic(a netip.Addr) Option { return func(p *Ports) { p.public = a } }
+
+// WithBatch makes each leg read up to n datagrams per system call
+// (recvmmsg), and write as many at once to another plain leg (sendmmsg); 0
+// or 1 reads and writes one at a time. Batching pays with few busy legs and
+// costs with many (about 80 KiB of buffers per leg, and slower with 1,000
+// legs; see relay_bench_test.go), so it is off unless asked for.
+func WithBatch(n int) Option { return func(p *Ports) { p.batch = n } }
+
 // NewPorts returns an allocator of the pairs in [min, max] on addr.
-func NewPorts(addr netip.Addr, min, max int) (*Ports, error) {
+func NewPorts(addr netip.Addr, min, max int, opts ...Option) (*Ports, error) {
 	if !addr.IsValid() {
 		return nil, errors.New("media ports: no address")
 	}
@@ -37,8 +53,18 @@ func NewPorts(addr netip.Addr, min, max int) (*Ports, error) {
 	if min < 1024 || max > 65535 || max < min+1 {
 		return nil, fmt.Errorf("media ports: range %d-%d holds no pair above 1023", min, max)
 	}
-	return &Ports{addr: addr, min: min, max: max, used: map[int]bool{}, next: min}, nil
+	p := &Ports{addr: addr, public: addr, min: min, max: max, used: map[int]bool{}, next: min}
+	for _, o := range opts {
+		o(p)
+	}
+	if !p.public.IsValid() {
+		p.public = addr
+	}
+	return p, nil
 }
+
+// Range returns the range's first and last port, for messages and metrics.
+func (p *Ports) Range() (min, max int) { return p.min, p.max }
 
 // Pairs returns how many pairs the range has and how many are in use.
 func (p *Ports) Pairs() (total, inUse int) {

@@ -30,7 +30,7 @@ func BenchmarkRelays(b *testing.B) {
 func benchRelays(b *testing.B, n, batch int) {
 	send, recv := listen(b), listen(b)
 	_ = recv.SetReadBuffer(4 << 20)
-	ports, err := NewPorts(loopback, 20000, 20000+4*n+10)
+	ports, err := NewPorts(loopback, 20000, 20000+4*n+10, WithBatch(batch))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func benchRelays(b *testing.B, n, batch int) {
 		}
 		la.SetRemote(addr(send), false)
 		lb.SetRemote(addr(recv), false)
-		relays[i] = NewRelay(la, lb, RelayConfig{Batch: batch, Timeout: time.Hour})
+		relays[i] = NewRelay(la, lb, RelayConfig{Timeout: time.Hour})
 		targets[i] = net.UDPAddrFromAddrPort(la.Addr())
 	}
 	time.Sleep(10 * time.Millisecond) // let the readers park

@@ -66,9 +66,9 @@ func read(t testing.TB, c *net.UDPConn) []byte {
 }
 
 // pair sets up a relay whose leg a expects pa and leg b expects pb.
-func pair(t testing.TB, pa, pb *party, cfg RelayConfig) (*Relay, *Leg, *Leg) {
+func pair(t testing.TB, pa, pb *party, batch int, cfg RelayConfig) (*Relay, *Leg, *Leg) {
 	t.Helper()
-	ports, err := NewPorts(loopback, 30000, 30099)
+	ports, err := NewPorts(loopback, 30000, 30099, WithBatch(batch))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,15 +91,22 @@ func pair(t testing.TB, pa, pb *party, cfg RelayConfig) (*Relay, *Leg, *Leg) {
 	return r, a, b
 }
 
+// expectRTCP makes l expect its party's RTCP at a, not on the port after its
+// RTP.
+func expectRTCP(l *Leg, a netip.AddrPort) {
+	l.rtcp.remote.Store(&remote{addr: newAddr(a)})
+	l.rtcp.peer.Store(nil)
+}
+
 func TestRelayBothWaysByteExact(t *testing.T) {
 	for _, batch := range []int{1, 8} {
 		t.Run(map[int]string{1: "single", 8: "batched"}[batch], func(t *testing.T) {
 			pa, pb := newParty(t), newParty(t)
 			// pb's RTP and RTCP ports must be adjacent for the RTCP default:
 			// take RTCP from the expected address explicitly instead.
-			_, a, b := pair(t, pa, pb, RelayConfig{Batch: batch})
-			b.rtcp.expect(addr(pb.rtcp))
-			a.rtcp.expect(addr(pa.rtcp))
+			_, a, b := pair(t, pa, pb, batch, RelayConfig{})
+			expectRTCP(b, addr(pb.rtcp))
+			expectRTCP(a, addr(pa.rtcp))
 			toA := net.UDPAddrFromAddrPort(a.Addr())
 			toB := net.UDPAddrFromAddrPort(b.Addr())
 			for i := range 20 {
@@ -158,7 +165,7 @@ func TestRelayLatchingDropsThirdParty(t *testing.T) {
 			pa, pb, intruder := newParty(t), newParty(t), newParty(t)
 			// Leg a does not know its party's address (NAT): the first
 			// packet latches it.
-			_, a, b := pair(t, nil, pb, RelayConfig{Batch: batch})
+			_, a, b := pair(t, nil, pb, batch, RelayConfig{})
 			toA := net.UDPAddrFromAddrPort(a.Addr())
 			toB := net.UDPAddrFromAddrPort(b.Addr())
 			first := packet(t, 8, 1, []byte("first"))
@@ -207,7 +214,7 @@ func TestRelayLatchingDropsThirdParty(t *testing.T) {
 func TestRelayMediaTimeout(t *testing.T) {
 	pa, pb := newParty(t), newParty(t)
 	fired := make(chan event.HangupReason, 2)
-	_, a, _ := pair(t, pa, pb, RelayConfig{Timeout: 100 * time.Millisecond, OnTimeout: func(r event.HangupReason) { fired <- r }})
+	_, a, _ := pair(t, pa, pb, 1, RelayConfig{Timeout: 100 * time.Millisecond, OnTimeout: func(r event.HangupReason) { fired <- r }})
 	// Traffic keeps the call alive for a while, then stops.
 	for i := range 5 {
 		send(t, pa.rtp, packet(t, 0, uint16(i), []byte("x")), net.UDPAddrFromAddrPort(a.Addr()))

@@ -1,0 +1,99 @@
+package media
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// sink is an Endpoint that keeps what it is given.
+type sink struct {
+	mu        sync.Mutex
+	rtp, rtcp [][]byte
+}
+
+func (s *sink) SetPeer(Endpoint) {}
+func (s *sink) WriteRTP(p []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rtp = append(s.rtp, bytes.Clone(p))
+	return nil
+}
+func (s *sink) WriteRTCP(p []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rtcp = append(s.rtcp, bytes.Clone(p))
+	return nil
+}
+func (s *sink) LastPacket() time.Time { return time.Time{} }
+func (s *sink) Stats() Stats          { return Stats{} }
+func (s *sink) Close() error          { return nil }
+
+func (s *sink) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.rtp)
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !ok(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A leg forwards to any Endpoint, and a new remote address (a re-INVITE)
+// moves the latch: the old address is dropped from then on.
+func TestLegSetRemoteMovesLatch(t *testing.T) {
+	ports, err := NewPorts(loopback, 30100, 30199)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ports.NewLeg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	s := &sink{}
+	l.SetPeer(s)
+	old, moved := newParty(t), newParty(t)
+	l.SetRemote(addr(old.rtp), false)
+	to := net.UDPAddrFromAddrPort(l.Addr())
+	created := l.LastPacket()
+
+	send(t, old.rtp, packet(t, 8, 1, []byte("a")), to)
+	waitFor(t, "the first packet", func() bool { return s.count() == 1 })
+	if !l.LastPacket().After(created) {
+		t.Error("LastPacket did not move on an accepted packet")
+	}
+	if p, ok := l.Peer(); !ok || p != addr(old.rtp) {
+		t.Fatalf("latched to %v %v", p, ok)
+	}
+
+	l.SetRemote(addr(moved.rtp), false)
+	send(t, old.rtp, packet(t, 8, 2, []byte("b")), to)
+	send(t, moved.rtp, packet(t, 8, 3, []byte("c")), to)
+	waitFor(t, "the moved party's packet", func() bool { return s.count() == 2 })
+	waitFor(t, "the old party's packet to be dropped", func() bool { return l.Stats().Dropped == 1 })
+	if p, _ := l.Peer(); p != addr(moved.rtp) {
+		t.Fatalf("latched to %v after the move", p)
+	}
+	// What the core writes goes to the latched party.
+	if err := l.WriteRTP(packet(t, 8, 9, []byte("z"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, moved.rtp); !bytes.Equal(got, packet(t, 8, 9, []byte("z"))) {
+		t.Fatalf("party got %x", got)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, used := ports.Pairs(); used != 0 {
+		t.Fatalf("%d pairs still in use after Close", used)
+	}
+}
