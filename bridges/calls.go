@@ -58,6 +58,10 @@ type CallNetwork interface {
 	Signal(ctx context.Context, evt event.Event) error
 }
 
+// Events of calls name their leg's party in Header.From: the caller for the
+// caller leg, the device for a callee leg. The core finds a leg by that
+// address's network and the event's Call.
+
 // CallHost is what an adapter that carries calls may ask of the core, in
 // addition to Host. Its methods are safe for concurrent use.
 type CallHost interface {
@@ -86,16 +90,3 @@ var ErrCallLimit = errors.New("call limit reached")
 // ErrUnknownCall is returned by CallHost.CallEvent for a leg the core does
 // not know, or no longer.
 var ErrUnknownCall = errors.New("unknown call")
-
-var _ CallHost = (*Router)(nil)
-
-// Call implements CallHost.
-func (r *Router) Call(_ context.Context, _ *event.CallInvite, m media.Endpoint) error {
-	if m != nil {
-		_ = m.Close()
-	}
-	return errors.New("calls are not routed yet")
-}
-
-// CallEvent implements CallHost.
-func (r *Router) CallEvent(context.Context, event.Event) error { return ErrUnknownCall }

@@ -63,6 +63,9 @@ type Router struct {
 	runCtx    context.Context
 	cancelRun context.CancelFunc
 	workers   sync.WaitGroup
+
+	callCfg CallConfig
+	calls   callTable
 }
 
 var _ Host = (*Router)(nil)
@@ -161,6 +164,7 @@ func (r *Router) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		r.log.Warn("stopping with undelivered events in the outbox", "conversations", r.conversations())
 	}
+	r.endCalls(ctx)
 	r.cancelRun()
 	r.workers.Wait()
 

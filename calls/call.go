@@ -225,11 +225,18 @@ func (c *Call) Expire() []Action {
 
 // MediaTimeout ends the call with HangupMediaTimeout on every leg: the
 // media relay saw no packet for its configured time.
-func (c *Call) MediaTimeout() []Action {
+func (c *Call) MediaTimeout() []Action { return c.End(event.HangupMediaTimeout) }
+
+// End ends the call for reason on every live leg, in any state: the gateway
+// stops, say. An ended call gives no action.
+func (c *Call) End(reason event.HangupReason) []Action {
 	if c.state == StateEnded {
 		return nil
 	}
-	return c.end(event.HangupMediaTimeout, "")
+	if !reason.Valid() {
+		reason = event.HangupFailure
+	}
+	return c.end(reason, "")
 }
 
 func (c *Call) callee(id LegID) *leg {

@@ -293,3 +293,47 @@ func (m *Map) Patterns(on event.Network) []string {
 	}
 	return out
 }
+
+// CallTargets returns the real addresses that a call from from to to must
+// ring, all at once (the first to answer wins): every account of the
+// identity whose alias to is (but from itself), the real address behind a
+// ghost, or to itself when it is an address on from's own network that
+// Parley does not serve (a network that calls its own users, such as a SIP
+// phone calling another phone registered with Parley).
+func (m *Map) CallTargets(from, to event.Address) ([]event.Address, error) {
+	if m.Serves(from) {
+		return nil, fmt.Errorf("call from %s: %w", from, ErrLoop)
+	}
+	if id := m.alias(to); id != nil {
+		out := make([]event.Address, 0, len(id.accounts))
+		for _, a := range id.accounts {
+			if a != from {
+				out = append(out, a)
+			}
+		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("call %s: %w", to, ErrNoRoute)
+		}
+		return out, nil
+	}
+	if m.Serves(to) {
+		real, ok := m.recipient(from, to)
+		if !ok {
+			return nil, fmt.Errorf("call %s: %w", to, ErrNoRoute)
+		}
+		return []event.Address{real}, nil
+	}
+	if to.Network == from.Network && to != from {
+		return []event.Address{to}, nil
+	}
+	return nil, fmt.Errorf("call %s: %w", to, ErrNoRoute)
+}
+
+// CallerAppearance returns the address the caller from shows as to a callee
+// on network on: from itself on its own network, otherwise its Appearance.
+func (m *Map) CallerAppearance(from event.Address, on event.Network) (event.Address, error) {
+	if from.Network == on {
+		return from, nil
+	}
+	return m.Appearance(from, on)
+}
