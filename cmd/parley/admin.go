@@ -14,13 +14,14 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/media"
 )
 
 // startAdmin serves /healthz (the process is up), /readyz (every adapter is
 // connected; the body tells each one's state) and /metrics on listen, and
 // with pprof Go's profiler under /debug/pprof/. An empty listen disables
 // it.
-func startAdmin(listen string, pprof bool, router *bridges.Router, m *metrics, log *slog.Logger) (*http.Server, error) {
+func startAdmin(listen string, pprof bool, router *bridges.Router, ports *media.Ports, m *metrics, log *slog.Logger) (*http.Server, error) {
 	if listen == "" {
 		return nil, nil
 	}
@@ -29,7 +30,7 @@ func startAdmin(listen string, pprof bool, router *bridges.Router, m *metrics, l
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		ready, body := readiness(router.States())
+		ready, body := readiness(router.States(), ports, router.ActiveCalls())
 		w.Header().Set("Content-Type", "application/json")
 		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -66,10 +67,29 @@ type adapterStatus struct {
 type readyBody struct {
 	Ready    bool                     `json:"ready"`
 	Adapters map[string]adapterStatus `json:"adapters"`
+	Calls    *callsStatus             `json:"calls,omitempty"`
 }
 
-func readiness(states map[event.Network]bridges.Status) (bool, readyBody) {
+// callsStatus tells the media port range's use: with every pair taken, no
+// new call can be carried, and Parley is not ready.
+type callsStatus struct {
+	Active     int    `json:"active"`
+	PortPairs  int    `json:"port_pairs"`
+	PairsInUse int    `json:"port_pairs_in_use"`
+	Error      string `json:"error,omitempty"`
+}
+
+func readiness(states map[event.Network]bridges.Status, ports *media.Ports, activeCalls int) (bool, readyBody) {
 	body := readyBody{Ready: len(states) > 0, Adapters: map[string]adapterStatus{}}
+	if ports != nil {
+		total, used := ports.Pairs()
+		body.Calls = &callsStatus{Active: activeCalls, PortPairs: total, PairsInUse: used}
+		if used >= total {
+			lo, hi := ports.Range()
+			body.Calls.Error = fmt.Sprintf("media port range %d-%d exhausted", lo, hi)
+			body.Ready = false
+		}
+	}
 	for n, s := range states {
 		st := adapterStatus{State: s.State.String(), Since: s.Since.UTC()}
 		if s.Err != nil {

@@ -47,6 +47,7 @@ type Config struct {
 	XMPP    *xmpp.Config   `yaml:"xmpp"`
 	Matrix  *matrix.Config `yaml:"matrix"`
 	SIP     *sip.Config    `yaml:"sip"`
+	Calls   *CallsConfig   `yaml:"calls"`
 	Mapping mapping.Config `yaml:"mapping"`
 }
 
@@ -128,6 +129,11 @@ func parseConfig(path string, data []byte, deferSecrets bool) (*Config, []string
 			resolve(fmt.Sprintf("sip.trusted_peers[%d].password", i), "the digest password of trusted peer "+cfg.SIP.TrustedPeers[i].Name, &cfg.SIP.TrustedPeers[i].Password)
 		}
 	}
+	if cfg.Calls != nil {
+		for i := range cfg.Calls.ICEServers {
+			resolve(fmt.Sprintf("calls.ice_servers[%d].credential", i), "the TURN server's credential", &cfg.Calls.ICEServers[i].Credential)
+		}
+	}
 	errs = append(errs, cfg.validate())
 	if err := errors.Join(errs...); err != nil {
 		return nil, nil, locate(path, err, lines)
@@ -204,6 +210,9 @@ func (c *Config) validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("shutdown_timeout: %s must be positive", c.ShutdownTimeout))
+	}
+	if c.Calls != nil {
+		errs = append(errs, c.Calls.validate())
 	}
 	errs = append(errs, c.Mapping.Validate())
 	return errors.Join(errs...)

@@ -28,6 +28,7 @@ import (
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/mapping"
 	"github.com/parleygw/parley/matrix"
+	"github.com/parleygw/parley/media"
 	"github.com/parleygw/parley/sip"
 	"github.com/parleygw/parley/store"
 	"github.com/parleygw/parley/xmpp"
@@ -364,7 +365,15 @@ func serve(path string, stderr io.Writer) error {
 	defer func() { _ = st.Close() }()
 
 	metrics := newMetrics()
-	router := bridges.NewRouter(st, m, bridges.WithLogger(log), bridges.WithMetrics(metrics))
+	opts := []bridges.Option{bridges.WithLogger(log), bridges.WithMetrics(metrics)}
+	var ports *media.Ports
+	if cfg.Calls != nil {
+		if ports, err = cfg.Calls.ports(); err != nil {
+			return err
+		}
+		opts = append(opts, bridges.WithCalls(cfg.Calls.router()))
+	}
+	router := bridges.NewRouter(st, m, opts...)
 	if cfg.XMPP != nil {
 		a, err := xmpp.New(*cfg.XMPP, xmpp.WithLogger(log.With("network", "xmpp")))
 		if err != nil {
@@ -387,7 +396,7 @@ func serve(path string, stderr io.Writer) error {
 		router.Add(a)
 	}
 
-	admin, err := startAdmin(cfg.Admin.Listen, cfg.Admin.Pprof, router, metrics, log)
+	admin, err := startAdmin(cfg.Admin.Listen, cfg.Admin.Pprof, router, ports, metrics, log)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ type metrics struct {
 	duplicates map[event.Network]prometheus.Counter
 	queued     prometheus.Gauge
 	latency    prometheus.Observer
+	calls      callMetrics
 }
 
 func newMetrics() *metrics {
@@ -66,6 +67,7 @@ func newMetrics() *metrics {
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)})
 	m.latency = hist
 	reg.MustRegister(m.queued, hist)
+	m.calls = newCallMetrics(reg)
 	return m
 }
 
