@@ -77,6 +77,7 @@ type liveCall struct {
 	done    chan struct{} // closed when the call has ended
 	media   *callLeg      // the callee whose media is connected with the caller's
 	answer  time.Time
+	onPhone []event.Address // the accounts shown on the phone during the call
 }
 
 // callLeg is one leg of a call, on one network.
@@ -366,6 +367,9 @@ func (c *liveCall) run(inv *event.CallInvite) {
 	for _, l := range c.byID {
 		c.closeLeg(l)
 	}
+	if c.onPhone != nil {
+		r.setOnPhone(r.runCtx, -1, c.onPhone...)
+	}
 	if cm, ok := r.metrics.(CallMetrics); ok {
 		cm.CallEnded(c.sm.Reason())
 	}
@@ -448,6 +452,8 @@ func (c *liveCall) do(acts []calls.Action, inv *event.CallInvite) {
 				cm.CallAnswered(c.r.now().Sub(c.started))
 			}
 			c.signal(ctx, l, &event.CallAnswer{Header: c.header(l), Call: l.key.call, Answer: from.media})
+			c.onPhone = []event.Address{c.caller.to, from.to}
+			c.r.setOnPhone(ctx, 1, c.onPhone...)
 		case calls.OpHangup:
 			if c.media == l {
 				media.Connect(c.caller.ep, nil)

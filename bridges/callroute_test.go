@@ -28,10 +28,10 @@ func startCalls(t *testing.T, cfg bridges.CallConfig) *callHarness {
 			"matrix:alice@hs.example", "xmpp:alice@example.org", "sip:alice@pbx.example",
 		}}},
 		Ghosts: map[event.Network]map[event.Network]string{
-			event.Matrix: {event.SIP: "_sip_{user}_{domain}@hs.example"},
+			event.Matrix: {event.SIP: "_sip_{user}_{domain}@hs.example", event.XMPP: "_xmpp_{user}_{domain}@hs.example"},
 			event.SIP:    {event.Matrix: "matrix_{user}_{domain}@gw.example"},
 		},
-		Aliases: map[event.Network]string{event.SIP: "{name}@gw.example"},
+		Aliases: map[event.Network]string{event.SIP: "{name}@gw.example", event.XMPP: "{name}@xmpp.gw"},
 	}, map[event.Network]mapping.Codec{event.XMPP: bridgestest.Codec{}, event.Matrix: bridgestest.Codec{}, event.SIP: bridgestest.Codec{}})
 	if err != nil {
 		t.Fatal(err)
@@ -301,4 +301,29 @@ func TestStopEndsCalls(t *testing.T) {
 		t.Fatalf("the caller was not hung up: %v", h.sip.Calls())
 	}
 	_ = m
+}
+
+// A person in a call shows on the phone to their watchers on every network,
+// and as before once it ends.
+func TestCallShowsOnThePhone(t *testing.T) {
+	h := startCalls(t, bridges.CallConfig{})
+	ctx := context.Background()
+	if err := h.router.Dispatch(ctx, subscription("bob@example.org", "alice@xmpp.gw", true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.router.Dispatch(ctx, &event.Presence{Header: event.Header{From: aliceM}, State: event.Available}); err != nil {
+		t.Fatal(err)
+	}
+	if ps := waitPresences(t, h.xmpp, 1); len(ps) != 1 || ps[0].State != event.Available {
+		t.Fatalf("watcher got %+v", ps)
+	}
+	_, s, _ := placeCall(t, h, "c1")
+	legEvent(t, h, aliceS, &event.CallAnswer{Call: s.Call, Answer: pcmu})
+	if ps := waitPresences(t, h.xmpp, 2); len(ps) != 2 || ps[1].State != event.OnThePhone || ps[1].From.ID != "alice@xmpp.gw" {
+		t.Fatalf("watcher during the call got %+v", ps)
+	}
+	legEvent(t, h, phone, &event.CallHangup{Call: "c1", Reason: event.HangupNormal})
+	if ps := waitPresences(t, h.xmpp, 3); len(ps) != 3 || ps[2].State != event.Available {
+		t.Fatalf("watcher after the call got %+v", ps)
+	}
 }

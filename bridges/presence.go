@@ -88,25 +88,61 @@ func (r *Router) recordPresence(a event.Address, state event.PresenceState, stat
 // mergedPresence returns the state to show for the person of account a,
 // whose own latest state is own: for an identity with several accounts,
 // event.Merge of all of them (with the status text of the account that
-// decided it); otherwise own.
+// decided it); otherwise own. An account in a call counts as on the phone,
+// whatever it said last.
 func (r *Router) mergedPresence(a event.Address, own presenceOf, m *mapping.Map) (event.PresenceState, string) {
-	accounts := m.Accounts(a)
-	if len(accounts) < 2 {
-		return own.state, own.status
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	accounts := m.Accounts(a)
+	if len(accounts) < 2 {
+		if r.onPhone[a] > 0 {
+			return event.OnThePhone, ""
+		}
+		return own.state, own.status
+	}
 	states := make([]event.PresenceState, 0, len(accounts))
 	for _, acc := range accounts {
-		states = append(states, r.lastPresence[acc].state)
+		states = append(states, r.presenceOfLocked(acc).state)
 	}
 	merged := event.Merge(states...)
 	for _, acc := range accounts {
-		if p := r.lastPresence[acc]; p.state == merged {
+		if p := r.presenceOfLocked(acc); p.state == merged {
 			return merged, p.status
 		}
 	}
 	return merged, ""
+}
+
+// presenceOfLocked is the latest state of account a, on the phone while it
+// is in a call. r.mu is held.
+func (r *Router) presenceOfLocked(a event.Address) presenceOf {
+	if r.onPhone[a] > 0 {
+		return presenceOf{state: event.OnThePhone}
+	}
+	return r.lastPresence[a]
+}
+
+// setOnPhone marks the accounts as in a call (delta 1) or out of one (-1),
+// and shows their persons' presence, on the phone or as it was before, to
+// their watchers on every network.
+func (r *Router) setOnPhone(ctx context.Context, delta int, accounts ...event.Address) {
+	m := r.mapping.Load()
+	r.mu.Lock()
+	for _, a := range accounts {
+		if r.onPhone[a] += delta; r.onPhone[a] <= 0 {
+			delete(r.onPhone, a)
+		}
+	}
+	r.mu.Unlock()
+	for _, a := range accounts {
+		r.mu.Lock()
+		own := r.lastPresence[a]
+		r.mu.Unlock()
+		state, status := r.mergedPresence(a, own, m)
+		if err := r.fanoutPresence(ctx, a, state, status, r.now(), m); err != nil {
+			r.log.Warn("call: show presence", "account", a, "err", err)
+		}
+	}
 }
 
 type presenceOf struct {

@@ -52,11 +52,13 @@ type Router struct {
 	// lastPresence is the latest state each real account reported, for
 	// merging an identity's presence.
 	lastPresence map[event.Address]presenceOf
-	watchers     *watchers
-	addressed    *addressed
-	states       map[event.Network]Status
-	stopping     bool
-	drained      chan struct{} // closed when stopping and no queue is left
+	// onPhone counts the answered calls each real account is in.
+	onPhone   map[event.Address]int
+	watchers  *watchers
+	addressed *addressed
+	states    map[event.Network]Status
+	stopping  bool
+	drained   chan struct{} // closed when stopping and no queue is left
 
 	// runCtx lives from Start to the end of Stop: it bounds the workers'
 	// Sends and backoff waits. Cancelling it is how Stop interrupts them.
@@ -100,6 +102,7 @@ func NewRouter(st store.Store, m *mapping.Map, opts ...Option) *Router {
 		queues:       map[conversation]*queue{},
 		presence:     map[conversation]*presenceSlot{},
 		lastPresence: map[event.Address]presenceOf{},
+		onPhone:      map[event.Address]int{},
 		states:       map[event.Network]Status{},
 	}
 	r.watchers = newWatchers(st)

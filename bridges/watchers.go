@@ -163,12 +163,18 @@ func (r *Router) dispatchSubscription(ctx context.Context, s *event.Subscription
 // (and to the watchers of the other accounts of its identity), each as its
 // own network shows the presentity.
 func (r *Router) broadcastPresence(ctx context.Context, p *event.Presence, m *mapping.Map) error {
-	presentity := p.From
+	state, status := r.recordPresence(p.From, p.State, p.Status, m)
+	r.metrics.Received(p.From.Network, event.KindPresence)
+	return r.fanoutPresence(ctx, p.From, state, status, p.Time, m)
+}
+
+// fanoutPresence sends the person of account presentity, in state, to every
+// watcher of any of the person's accounts.
+func (r *Router) fanoutPresence(ctx context.Context, presentity event.Address, state event.PresenceState, status string, at time.Time, m *mapping.Map) error {
 	accounts := m.Accounts(presentity)
 	if accounts == nil {
 		accounts = []event.Address{presentity}
 	}
-	state, status := r.recordPresence(presentity, p.State, p.Status, m)
 	var targets []conversation // {the account watched, its watcher}
 	for _, acc := range accounts {
 		ws, err := r.watchers.list(ctx, acc)
@@ -179,7 +185,6 @@ func (r *Router) broadcastPresence(ctx context.Context, p *event.Presence, m *ma
 			targets = append(targets, conversation{acc, w})
 		}
 	}
-	r.metrics.Received(presentity.Network, event.KindPresence)
 	for _, t := range targets {
 		w := t.to
 		if !m.MayWatch(w, presentity) {
@@ -194,7 +199,7 @@ func (r *Router) broadcastPresence(ctx context.Context, p *event.Presence, m *ma
 			r.log.Debug("presence has no appearance for a watcher", "presentity", presentity, "watcher", w, "err", err)
 			continue
 		}
-		r.queuePresence(&event.Presence{Header: event.Header{From: from, To: w, FromName: m.DisplayName(presentity), Time: p.Time},
+		r.queuePresence(&event.Presence{Header: event.Header{From: from, To: w, FromName: m.DisplayName(presentity), Time: at},
 			State: state, Status: status}, m)
 	}
 	return nil
