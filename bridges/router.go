@@ -137,8 +137,11 @@ func (r *Router) Start(ctx context.Context) error {
 	if len(pending) > 0 {
 		r.log.Info("resuming outbox", "events", len(pending))
 	}
+	// resumedThrough is read by the workers that push starts: set it first.
 	for _, e := range pending {
 		r.resumedThrough = max(r.resumedThrough, e.Seq)
+	}
+	for _, e := range pending {
 		r.push(e)
 	}
 	for name, n := range r.networks {
