@@ -100,6 +100,13 @@ const (
 
 var sipUsers = map[string]string{"1001": "pw-1001", "1002": "pw-1002", "1003": "pw-1003"}
 
+// Parley's media ports in the tests, away from sipp's (16000 on) and the
+// homeserver's; and the media timeout, short enough to test.
+const (
+	mediaPortMin = 20000
+	mediaTimeout = "3s"
+)
+
 func newStack(t testing.TB, s stackSettings) *stack {
 	t.Helper()
 	if testing.Short() {
@@ -200,7 +207,11 @@ sip:
   max_message_size: 2048
   min_expires: 2s
   rate_limit: {per_second: 10000, burst: 20000}
-%smapping:
+%scalls:
+  media: {address: 127.0.0.1, ports: %d-%d}
+  ring_timeout: 20s
+  media_timeout: %s
+mapping:
   ghosts:
     matrix: {xmpp: "@_xmpp_{user}_{domain}:localhost", sip: "@_sip_{user}_{domain}:localhost"}
     xmpp: {matrix: "{user}%%{domain}@matrix.localhost", sip: "{user}+{domain}@matrix.localhost"}
@@ -215,10 +226,14 @@ sip:
     - name: dana
       display_name: Dana Both
       accounts: ["xmpp:dana@localhost", "matrix:@dana:localhost"]
+    - name: erin
+      display_name: Erin Phone
+      accounts: ["sip:sip:1003@%s", "matrix:@erin:localhost"]
 `, filepath.Join(st.dir, "parley.db"), level, adminPort, st.prosody.ComponentAddr, componentDomain, secret,
 		hsURL, asPort, asToken, st.hsToken,
 		sipDomain, st.sipAddr, st.sipAddr, sipUsers["1001"], sipUsers["1002"], sipUsers["1003"], peer,
-		sipDomain, sipDomain, sipDomain)
+		mediaPortMin, mediaPortMin+999, mediaTimeout,
+		sipDomain, sipDomain, sipDomain, sipDomain)
 	if err := os.WriteFile(st.config, []byte(cfg), 0o600); err != nil {
 		st.t.Fatal(err)
 	}

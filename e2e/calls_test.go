@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/parleygw/parley/internal/peertest"
+)
+
+// g711aPcap is sipp's recording of one side of a G.711 A-law call.
+const g711aPcap = "/usr/share/sip-tester/g711a.pcap"
+
+// pcapRTP returns the RTP packets (UDP payloads) of an Ethernet/IPv4 pcap
+// file, in order.
+func pcapRTP(t testing.TB, path string) [][]byte {
+	t.Helper()
+	d, err := os.ReadFile(path)
+	if err != nil {
+		peertest.Require(t, "sipp's g711a.pcap (package sip-tester)", err)
+	}
+	if len(d) < 24 || binary.LittleEndian.Uint32(d) != 0xa1b2c3d4 || binary.LittleEndian.Uint32(d[20:]) != 1 {
+		t.Fatalf("%s: not a little-endian Ethernet pcap", path)
+	}
+	var out [][]byte
+	for o := 24; o+16 <= len(d); {
+		n := int(binary.LittleEndian.Uint32(d[o+8:]))
+		frame := d[o+16 : o+16+n]
+		o += 16 + n
+		if len(frame) < 14+20+8 || frame[12] != 0x08 || frame[13] != 0x00 || frame[14+9] != 17 {
+			continue // not IPv4/UDP
+		}
+		ihl := int(frame[14]&0x0f) * 4
+		out = append(out, frame[14+ihl+8:])
+	}
+	return out
+}
+
+// phoneMedia is the media socket of a test phone whose signalling sipp does:
+// it keeps every RTP packet Parley sends it and echoes each one back.
+type phoneMedia struct {
+	conn *net.UDPConn
+	mu   sync.Mutex
+	got  [][]byte
+	from netip.AddrPort
+	done chan struct{}
+}
+
+func newPhoneMedia(t testing.TB) *phoneMedia {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &phoneMedia{conn: c, done: make(chan struct{})}
+	go m.run()
+	t.Cleanup(func() { _ = c.Close(); <-m.done })
+	return m
+}
+
+func (m *phoneMedia) port() int { return m.conn.LocalAddr().(*net.UDPAddr).Port }
+
+func (m *phoneMedia) run() {
+	defer close(m.done)
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := m.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		m.mu.Lock()
+		m.got = append(m.got, bytes.Clone(buf[:n]))
+		m.from = from
+		m.mu.Unlock()
+		_, _ = m.conn.WriteToUDPAddrPort(buf[:n], from)
+	}
+}
+
+func (m *phoneMedia) packets() ([][]byte, netip.AddrPort) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([][]byte(nil), m.got...), m.from
+}
+
+// startCallee registers a sipp phone as user and answers one call with
+// uas_call.xml, its media at m.
+func startCallee(t *testing.T, st *stack, user string, m *phoneMedia, hangup string) *peertest.SippProcess {
+	t.Helper()
+	abs, err := filepath.Abs("testdata/uas_call.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := peertest.StartSipp(t, peertest.SippOptions{
+		Scenario: "uac_register_then_uas.xml", OOCScenario: abs, Target: st.sipAddr,
+		Service: user, AuthPassword: sipUsers[user], Name: "callee-" + user,
+		Vars: map[string]string{
+			"domain": sipDomain, "messages": "1", "rtp_ip": "127.0.0.1", "rtp_port": fmt.Sprint(m.port()),
+			"talk": "6000", "hangup": hangup,
+		},
+	})
+	waitLog(t, p, "REGISTERED", 10*time.Second)
+	return p
+}
+
+// waitLog waits until sipp's log has a line containing s.
+func waitLog(t *testing.T, p *peertest.SippProcess, s string, d time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(d); ; {
+		for _, l := range p.Logs() {
+			if strings.Contains(l, s) {
+				return
+			}
+		}
+		if time.Now().After(deadline) || p.Exited() {
+			t.Fatalf("sipp never logged %q; log: %v", s, p.Logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// SIP → SIP: a phone plays sipp's G.711 recording through Parley to another
+// registered phone. Every packet arrives byte for byte, the far side's
+// packets come back through Parley, and a BYE from either end ends both
+// legs.
+func TestCallSIPToSIP(t *testing.T) {
+	want := pcapRTP(t, g711aPcap)
+	st := newStack(t, stackSettings{})
+	st.start(true)
+	for i, hangup := range []string{"caller", "callee"} {
+		t.Run("hangup by "+hangup, func(t *testing.T) {
+			media := newPhoneMedia(t)
+			callee := startCallee(t, st, "1002", media, hangup)
+			caller := peertest.StartSipp(t, peertest.SippOptions{
+				Scenario: filepath.Join("testdata", "uac_call.xml"), Target: st.sipAddr, Service: "1001",
+				AuthPassword: sipUsers["1001"], Name: "caller",
+				Vars: map[string]string{"domain": sipDomain, "to": "1002", "talk": "6000", "hangup": hangup},
+			})
+			caller.Wait(t)
+			callee.Wait(t)
+
+			got, from := media.packets()
+			if len(got) != len(want) {
+				t.Errorf("the callee got %d RTP packets, the caller sent %d", len(got), len(want))
+			}
+			for j := range min(len(got), len(want)) {
+				if !bytes.Equal(got[j], want[j]) {
+					t.Fatalf("packet %d differs:\n got %x\nwant %x", j, got[j], want[j])
+				}
+			}
+			if from.Port() < mediaPortMin || from.Port() > mediaPortMin+999 {
+				t.Errorf("media came from %s, outside Parley's range", from)
+			}
+			// The callee's echo went back to the caller: both legs
+			// counted it, in and out.
+			waitMetric(t, st, `parley_calls_ended_total{reason="normal"}`, float64(i+1))
+			_, m := st.get("/metrics")
+			in := metricValue(m, `parley_media_packets_received_total{network="sip"}`)
+			out := metricValue(m, `parley_media_packets_sent_total{network="sip"}`)
+			if in < float64(2*len(want)*(i+1)) || out < float64(2*len(want)*(i+1)) {
+				t.Errorf("media counted: %v in, %v out; want at least %d each way", in, out, 2*len(want)*(i+1))
+			}
+			if v := metricValue(m, "parley_calls_active"); v != 0 {
+				t.Errorf("calls still active: %v", v)
+			}
+		})
+	}
+}
+
+// waitMetric waits until a series of /metrics reaches want.
+func waitMetric(t *testing.T, st *stack, series string, want float64) {
+	t.Helper()
+	var v float64
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		_, m := st.get("/metrics")
+		if v = metricValue(m, series); v >= want {
+			return
+		}
+	}
+	t.Fatalf("%s = %v, want %v", series, v, want)
+}
+
+// SIP → SIP with two real phones: baresip 1001 calls baresip 1002 through
+// Parley; each sends its own tone and hears the other's; when the caller
+// hangs up, the callee's call ends too.
+func TestCallSIPToSIPAudio(t *testing.T) {
+	st := newStack(t, stackSettings{})
+	st.start(true)
+	callee := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1002", Password: sipUsers["1002"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 1000,
+	})
+	callee.WaitLog(t, "200 OK", 10*time.Second) // registered
+	caller := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1001", Password: sipUsers["1001"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 440,
+		Dial: "sip:1002@" + sipDomain, QuitAfter: 7 * time.Second,
+	})
+	caller.WaitLog(t, "Call established", 15*time.Second)
+	caller.Wait(t, 20*time.Second)
+	callee.WaitLog(t, "terminated", 10*time.Second)
+
+	heard, rate := caller.Received(t)
+	if share := peertest.ToneShare(heard, rate, 1000, time.Second); share < 0.5 {
+		t.Errorf("the caller did not hear the callee's 1 kHz tone: share %.3f of %d samples", share, len(heard))
+	}
+	heard, rate = callee.Received(t)
+	if share := peertest.ToneShare(heard, rate, 440, time.Second); share < 0.5 {
+		t.Errorf("the callee did not hear the caller's 440 Hz tone: share %.3f of %d samples", share, len(heard))
+	}
+	waitMetric(t, st, `parley_calls_ended_total{reason="normal"}`, 1)
+}
