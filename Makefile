@@ -17,7 +17,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 export PARLEY_PEERS := $(PEERS)
 
-.PHONY: all build test unit lint fuzz bench bench-e2e bench-sip bench-presence demo peers docker clean
+.PHONY: all build test unit lint fuzz bench bench-e2e bench-sip bench-presence bench-calls demo peers docker clean
 
 all: build
 
@@ -75,6 +75,13 @@ bench-presence: peers
 	PARLEY_BENCH_WATCHERS=$${WATCHERS:-5000} PARLEY_BENCH_XMPP_WATCHERS=$${XMPP_WATCHERS:-5000} \
 	  $(GO) test ./e2e -run '^$$' -bench PresenceNotify -benchtime 3x -count=1 -timeout 20m
 	$(GO) test ./bridges -run '^$$' -bench 'PresenceFanout|SubscribeSQLite' -benchtime 20x -count 1
+
+# CALLS concurrent SIP → SIP G.711 calls (sipp) with 50 packets/s each way
+# per call through Parley, for SECONDS: calls held, packets/s, added
+# latency p50/p99, loss, CPU per 1,000 calls, memory per call.
+bench-calls: peers
+	ulimit -n 65536; PARLEY_BENCH_CALLS=$${CALLS:-1000} PARLEY_BENCH_SECONDS=$${SECONDS:-10} \
+	  $(GO) test ./e2e -run '^$$' -bench '^BenchmarkCalls$$' -benchtime 1x -count=1 -timeout 20m
 
 demo: peers build
 	$(GO) build -o $(BIN)/parley-demo ./internal/demo

@@ -115,7 +115,7 @@ func startCallee(t *testing.T, st *stack, user string, m *phoneMedia, hangup str
 }
 
 // waitLog waits until sipp's log has a line containing s.
-func waitLog(t *testing.T, p *peertest.SippProcess, s string, d time.Duration) {
+func waitLog(t testing.TB, p *peertest.SippProcess, s string, d time.Duration) {
 	t.Helper()
 	for deadline := time.Now().Add(d); ; {
 		for _, l := range p.Logs() {
