@@ -77,6 +77,7 @@ type Adapter struct {
 	kick  chan struct{} // asks the connect loop to check the homeserver again
 	txnMu sync.Mutex    // one transaction at a time, in the order they come
 	pairs keylock.Set   // one DM room operation per (ghost, user) at a time
+	calls callState     // live calls (call.go)
 }
 
 // Option configures an Adapter.
@@ -181,6 +182,11 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 	go a.connect(loopCtx, host, connectDone)
 	go a.refreshPresence(loopCtx, refreshDone)
 	go a.pollPresence(loopCtx, pollDone)
+	if a.calls.on {
+		if left := a.leftoverCalls(ctx, a.links); len(left) > 0 {
+			go a.endLeftoverCalls(loopCtx, left)
+		}
+	}
 	go func() {
 		<-connectDone
 		<-refreshDone

@@ -286,6 +286,9 @@ func (a *Adapter) handleEvent(ctx context.Context, evt *mevent.Event) error {
 	case mevent.EventMessage.Type, mevent.EventEncrypted.Type, mevent.EventSticker.Type:
 		return a.handleMessage(ctx, evt)
 	}
+	if isCallEvent(evt.Type.Type) {
+		return a.handleCall(ctx, evt)
+	}
 	return nil
 }
 
