@@ -7,6 +7,9 @@
 # Everything that is not an apt package goes into a cache directory:
 #   ${PARLEY_PEERS:-<repo>/.cache/peers}
 #     venv/            Python venv with matrix-synapse
+#     voip-venv/       Python venv with aiortc and matrix-nio, for the Matrix
+#                      VoIP test client (e2e/testdata/voipclient.py); the
+#                      pinned versions are recorded in voip-venv/parley-pins
 #     dendrite-src/    scratch Go module used to build Dendrite
 #     bin/             dendrite, generate-keys, create-account
 #     logs/            output of the last apt/pip/go run of each step
@@ -29,6 +32,7 @@ set -euo pipefail
 
 SYNAPSE_VERSION=1.163.2
 DENDRITE_VERSION=v0.15.2
+VOIP_PINS="aiortc==1.16.0 matrix-nio==0.26.0"
 APT_PACKAGES=(prosody postgresql kamailio sip-tester python3-slixmpp python3-venv)
 # Installed when the apt sources offer them (Debian 12 does), skipped otherwise.
 # baresip is the metapackage; with --no-install-recommends it brings only
@@ -171,6 +175,26 @@ else
 		die "pip install matrix-synapse==$SYNAPSE_VERSION failed"
 	quiet synapse-import "$VENV/bin/python" -c 'import synapse.app.homeserver' || die "synapse installed but does not import"
 	step "synapse: installed matrix-synapse $SYNAPSE_VERSION"
+fi
+
+# ------------------------------------------------------- voip client venv
+VOIP_VENV="$PEERS/voip-venv"
+installed_voip="$(cat "$VOIP_VENV/parley-pins" 2>/dev/null || true)"
+if [ "$installed_voip" = "$VOIP_PINS" ] && [ -x "$VOIP_VENV/bin/python" ]; then
+	step "voip client: $VOIP_PINS already in $VOIP_VENV"
+else
+	if [ ! -x "$VOIP_VENV/bin/python" ]; then
+		command -v "$PYTHON" >/dev/null 2>&1 || die "python interpreter '$PYTHON' not found (set PYTHON)"
+		step "voip client: creating venv $VOIP_VENV with $("$PYTHON" --version 2>&1)"
+		quiet voip-venv "$PYTHON" -m venv "$VOIP_VENV" || die "python venv creation failed ($PYTHON -m venv $VOIP_VENV)"
+	fi
+	step "voip client: pip install $VOIP_PINS (was: ${installed_voip:-none})"
+	# shellcheck disable=SC2086 # the pins are words
+	quiet voip-pip "$VOIP_VENV/bin/python" -m pip install --disable-pip-version-check $VOIP_PINS ||
+		die "pip install $VOIP_PINS failed"
+	quiet voip-import "$VOIP_VENV/bin/python" -c 'import aiortc, av, nio' || die "voip client packages installed but do not import"
+	printf '%s\n' "$VOIP_PINS" >"$VOIP_VENV/parley-pins"
+	step "voip client: installed $VOIP_PINS"
 fi
 
 # ----------------------------------------------------------------- dendrite

@@ -33,8 +33,10 @@ func installPeers(t *testing.T, mode string) (cmd *exec.Cmd, dir, policy string)
 			t.Fatal(err)
 		}
 	}
-	// Synapse and Dendrite are there already.
+	// Synapse, the VoIP client's venv and Dendrite are there already.
 	write(filepath.Join(peers, "venv/bin/pip"), "#!/bin/sh\necho 'Version: 1.163.2'\n")
+	write(filepath.Join(peers, "voip-venv/bin/python"), "#!/bin/sh\n")
+	write(filepath.Join(peers, "voip-venv/parley-pins"), "aiortc==1.16.0 matrix-nio==0.26.0\n")
 	for _, b := range []string{"dendrite", "generate-keys", "create-account"} {
 		write(filepath.Join(peers, "bin", b), "#!/bin/sh\n")
 	}
