@@ -14,7 +14,7 @@ ready, invite_sent, invite, answer_sent, answer, select_answer, candidates,
 media (every second: packets and tone ratio so far), hangup_sent,
 reject_sent, hangup (the remote's m.call.hangup or m.call.reject), error,
 and last result (with packets_received, frames, tone_ratio, tone_detected,
-ended_by, reason). It exits 0 when the call went as asked, 1 otherwise.
+control_ratio for --control, ended_by, reason). It exits 0 when the call went as asked, 1 otherwise.
 
 Run it with the interpreter of the venv that scripts/install-peers.sh makes
 (.cache/peers/voip-venv). On a machine with only loopback, pass --loopback:
@@ -100,10 +100,12 @@ def goertzel_ratio(samples, rate, freq):
 class Detector:
     """Reads a remote track and measures the tone in it."""
 
-    def __init__(self, freq):
+    def __init__(self, freq, control):
         self.freq = freq
+        self.control = control
         self.frames = 0
         self.ratios = []
+        self.controls = []
         self.first = None
 
     def first_channel(self, frame):
@@ -127,11 +129,20 @@ class Detector:
                 continue
             samples = self.first_channel(frame)
             self.ratios.append(goertzel_ratio(samples, frame.sample_rate, self.freq))
+            if self.control:
+                self.controls.append(goertzel_ratio(samples, frame.sample_rate, self.control))
+
+    @staticmethod
+    def mean(ratios):
+        # the last two seconds, past the first frames of the jitter buffer
+        recent = ratios[-100:]
+        return sum(recent) / len(recent) if recent else 0.0
 
     def ratio(self):
-        # the last two seconds, past the first frames of the jitter buffer
-        recent = self.ratios[-100:]
-        return sum(recent) / len(recent) if recent else 0.0
+        return self.mean(self.ratios)
+
+    def control_ratio(self):
+        return self.mean(self.controls)
 
 
 def parse_args():
@@ -146,6 +157,8 @@ def parse_args():
     p.add_argument("--reject", action="store_true", help="with --answer: reject the invite instead")
     p.add_argument("--tone", type=float, default=440.0, help="frequency of the tone to send (Hz)")
     p.add_argument("--detect", type=float, default=440.0, help="frequency to detect in what comes back (Hz)")
+    p.add_argument("--control", type=float, default=0.0,
+                   help="also measure this frequency, which should not be there (Hz)")
     p.add_argument("--threshold", type=float, default=0.5, help="tone ratio that counts as detected")
     p.add_argument("--hangup-after", type=float, default=0.0,
                    help="hang up after this many seconds of received media (0: wait for the remote hangup)")
@@ -163,7 +176,7 @@ class Client:
         self.call_id = None
         self.remote_party = None
         self.pc = None
-        self.detector = Detector(args.detect)
+        self.detector = Detector(args.detect, args.control)
         self.ended = asyncio.Event()
         self.answered = asyncio.Event()
         self.ended_by = None
@@ -329,6 +342,7 @@ class Client:
         ratio = self.detector.ratio()
         out("result", call_id=self.call_id, packets_received=packets, frames=self.detector.frames,
             tone_ratio=round(ratio, 3), tone_detected=ratio >= self.args.threshold,
+            control_ratio=round(self.detector.control_ratio(), 3),
             ended_by=self.ended_by, reason=self.reason)
         for t in [sync, media] + self.tasks:
             t.cancel()
