@@ -298,9 +298,14 @@ func (a *Adapter) endLocally(c *mcall, reason event.HangupReason) {
 	a.log.Info("call ended", "call", c.id, "reason", reason.String())
 }
 
-// watchMedia ends c when its WebRTC leg fails.
+// watchMedia ends c when its WebRTC leg fails; it returns when the leg
+// is closed.
 func (a *Adapter) watchMedia(c *mcall) {
-	<-c.leg.Failed()
+	select {
+	case <-c.leg.Failed():
+	case <-c.leg.Done():
+		return
+	}
 	c.mu.Lock()
 	ended := c.ended
 	c.mu.Unlock()

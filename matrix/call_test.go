@@ -51,7 +51,7 @@ func (h *fakeCallHost) CallEvent(_ context.Context, evt event.Event) error {
 // waitUntil polls f until it is true.
 func waitUntil(t *testing.T, what string, f func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !f() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -485,4 +485,52 @@ func FuzzParseCallContent(f *testing.F) {
 			t.Fatalf("unusable call_id %q kept", c.CallID)
 		}
 	})
+}
+
+// A call whose media finds no path is hung up with ice_failed, and the
+// core told HangupMediaFailed.
+func TestCallMediaFailure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for ICE to fail")
+	}
+	hs := newFakeHS(t, "as-secret")
+	host := &fakeCallHost{fakeHost: newFakeHost()}
+	linkDM(host.fakeHost)
+	a := newCallAdapter(t, hs, host)
+	ctx := context.Background()
+	leg, err := a.Invite(ctx, &event.CallInvite{Header: event.Header{
+		From: event.Address{Network: event.Matrix, ID: testGhost},
+		To:   event.Address{Network: event.Matrix, ID: testUser},
+	}, Call: "f1", Offer: clientCodecs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leg.Close()
+	u, err := media.NewWebRTCLeg(webrtcConfig(t), clientCodecs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer, _, err := u.Answer(ctx, sdpOf(waitSent(t, hs, "m.call.invite"), "offer"), event.Media{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Close() // the user's client goes away: no ICE checks are answered
+	putCallTxn(t, a, "t1", callEvent("$a", testUser, "m.call.answer", map[string]any{"call_id": "f1", "party_id": "p", "version": "1",
+		"answer": map[string]any{"type": "answer", "sdp": answer}}))
+	var hup *event.CallHangup
+	waitUntil(t, "the media failure", func() bool {
+		for _, e := range host.callEvents() {
+			if h, ok := e.(*event.CallHangup); ok {
+				hup = h
+				return true
+			}
+		}
+		return false
+	})
+	if hup.Call != "f1" || hup.Reason != event.HangupMediaFailed {
+		t.Fatalf("hangup %+v", hup)
+	}
+	if h := waitSent(t, hs, "m.call.hangup"); h.Content["reason"] != "ice_failed" {
+		t.Fatalf("hangup sent %+v", h.Content)
+	}
 }

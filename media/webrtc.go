@@ -98,6 +98,7 @@ type WebRTCLeg struct {
 
 	failOnce sync.Once
 	failed   chan struct{}
+	done     chan struct{} // closed by Close
 	failErr  atomic.Pointer[error]
 	wg       sync.WaitGroup
 }
@@ -132,6 +133,7 @@ func NewWebRTCLeg(cfg WebRTCConfig, codecs event.Media) (*WebRTCLeg, error) {
 		start:      time.Now(),
 		candidates: map[string]bool{},
 		failed:     make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	identity := identityMap()
 	l.toCore.Store(identity)
@@ -234,6 +236,9 @@ func codecParameters(c event.Codec) webrtc.RTPCodecParameters {
 // Failed is closed when ICE or DTLS failed; FailErr then says why. The
 // adapter hangs the call up with event.HangupMediaFailed.
 func (l *WebRTCLeg) Failed() <-chan struct{} { return l.failed }
+
+// Done is closed when the leg is closed.
+func (l *WebRTCLeg) Done() <-chan struct{} { return l.done }
 
 // FailErr returns why the leg failed, or nil.
 func (l *WebRTCLeg) FailErr() error {
@@ -528,6 +533,7 @@ func (l *WebRTCLeg) Close() error {
 	}
 	l.closed = true
 	l.mu.Unlock()
+	close(l.done)
 	err := l.pc.Close()
 	l.wg.Wait()
 	l.release()

@@ -27,7 +27,7 @@ func (s *sink) Stats() Stats           { return Stats{} }
 func (s *sink) Close() error           { return nil }
 func (s *sink) WriteRTP(b []byte) error {
 	var p rtp.Packet
-	if err := p.Unmarshal(b); err != nil {
+	if err := p.Unmarshal(append([]byte(nil), b...)); err != nil { // b is the leg's buffer
 		return err
 	}
 	s.mu.Lock()
