@@ -165,6 +165,8 @@ def parse_args():
     p.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
     p.add_argument("--loopback", action="store_true", help="offer 127.0.0.1 as an ICE candidate")
     p.add_argument("--no-candidates", action="store_true", help="send no m.call.candidates (they repeat the SDP's)")
+    p.add_argument("--trickle", action="store_true",
+                   help="leave the candidates out of the SDP: send them only as m.call.candidates, as browsers do")
     return p.parse_args()
 
 
@@ -215,13 +217,20 @@ class Client:
         cands.append({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0})  # end of candidates
         await self.send("m.call.candidates", {"candidates": cands})
 
+    def local_sdp(self):
+        sdp = self.pc.localDescription.sdp
+        if self.args.trickle:
+            sdp = "".join(l + "\r\n" for l in sdp.splitlines()
+                          if not l.startswith("a=candidate:") and l != "a=end-of-candidates")
+        return sdp
+
     async def place(self):
         self.call_id = "vc" + uuid.uuid4().hex
         self.pc = self.new_pc()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.send("m.call.invite", {
             "lifetime": 60000, "invitee": self.args.call,
-            "offer": {"type": "offer", "sdp": self.pc.localDescription.sdp},
+            "offer": {"type": "offer", "sdp": self.local_sdp()},
         })
         out("invite_sent", call_id=self.call_id)
         await self.send_candidates()
@@ -240,7 +249,7 @@ class Client:
         offer = content.get("offer") or {}
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer.get("sdp", ""), type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        await self.send("m.call.answer", {"answer": {"type": "answer", "sdp": self.pc.localDescription.sdp}})
+        await self.send("m.call.answer", {"answer": {"type": "answer", "sdp": self.local_sdp()}})
         out("answer_sent", call_id=self.call_id)
         await self.send_candidates()
         self.answered.set()
