@@ -14,18 +14,18 @@ import (
 	"github.com/parleygw/parley/event"
 )
 
-// sink is an Endpoint that keeps what it is written.
-type sink struct {
+// rtpSink is an Endpoint that keeps what it is written.
+type rtpSink struct {
 	mu   sync.Mutex
 	pkts []rtp.Packet
 }
 
-func (s *sink) SetPeer(Endpoint)       {}
-func (s *sink) WriteRTCP([]byte) error { return nil }
-func (s *sink) LastPacket() time.Time  { return time.Time{} }
-func (s *sink) Stats() Stats           { return Stats{} }
-func (s *sink) Close() error           { return nil }
-func (s *sink) WriteRTP(b []byte) error {
+func (s *rtpSink) SetPeer(Endpoint)       {}
+func (s *rtpSink) WriteRTCP([]byte) error { return nil }
+func (s *rtpSink) LastPacket() time.Time  { return time.Time{} }
+func (s *rtpSink) Stats() Stats           { return Stats{} }
+func (s *rtpSink) Close() error           { return nil }
+func (s *rtpSink) WriteRTP(b []byte) error {
 	var p rtp.Packet
 	if err := p.Unmarshal(append([]byte(nil), b...)); err != nil { // b is the leg's buffer
 		return err
@@ -37,7 +37,7 @@ func (s *sink) WriteRTP(b []byte) error {
 }
 
 // waitFor returns the first packet of payload type pt that s got.
-func (s *sink) waitFor(t *testing.T, pt uint8) rtp.Packet {
+func (s *rtpSink) waitFor(t *testing.T, pt uint8) rtp.Packet {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -115,7 +115,7 @@ func TestWebRTCLegsExchangeRTP(t *testing.T) {
 	if chosenA.Codecs[0].PayloadType != 96 {
 		t.Fatalf("answer's codecs, in a's numbering = %v", chosenA.Codecs)
 	}
-	sa, sb := &sink{}, &sink{}
+	sa, sb := &rtpSink{}, &rtpSink{}
 	a.SetPeer(sa)
 	b.SetPeer(sb)
 	send := func(l *WebRTCLeg, pt uint8, seq uint16) {
