@@ -93,6 +93,12 @@ type callState struct {
 	byID  map[string]*mcall
 	media media.WebRTCConfig
 	on    bool
+	// turn, with hsTURN, caches the homeserver's TURN servers
+	// (/voip/turnServer) until turnUntil.
+	hsTURN    bool
+	turnMu    sync.Mutex
+	turn      []media.ICEServer
+	turnUntil time.Time
 }
 
 // WithCalls lets the adapter carry calls, with WebRTC legs made from cfg
@@ -105,7 +111,41 @@ func WithCalls(cfg media.WebRTCConfig) Option {
 	}
 }
 
+// WithHomeserverTURN adds the homeserver's TURN servers (its
+// /voip/turnServer answer, asked as the bot and kept for half its TTL) to
+// the ICE servers of every call's WebRTC leg.
+func WithHomeserverTURN() Option { return func(a *Adapter) { a.calls.hsTURN = true } }
+
 var _ bridges.CallNetwork = (*Adapter)(nil)
+
+// legConfig is the configuration of a new WebRTC leg: WithCalls's, plus the
+// homeserver's TURN servers when asked for. A homeserver without TURN, or
+// one that fails to answer, leaves the configured servers alone.
+func (a *Adapter) legConfig(ctx context.Context) media.WebRTCConfig {
+	cfg := a.calls.media
+	if !a.calls.hsTURN {
+		return cfg
+	}
+	a.calls.turnMu.Lock()
+	defer a.calls.turnMu.Unlock()
+	if time.Now().After(a.calls.turnUntil) {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		resp, err := a.client(a.bot).TurnServer(ctx)
+		switch {
+		case err != nil:
+			a.log.Debug("no TURN servers from the homeserver", "err", err)
+			a.calls.turn, a.calls.turnUntil = nil, time.Now().Add(time.Minute)
+		case len(resp.URIs) == 0:
+			a.calls.turn, a.calls.turnUntil = nil, time.Now().Add(10*time.Minute)
+		default:
+			a.calls.turn = []media.ICEServer{{URLs: resp.URIs, Username: resp.Username, Credential: resp.Password}}
+			a.calls.turnUntil = time.Now().Add(time.Duration(max(resp.TTL, 60)) * time.Second / 2)
+		}
+	}
+	cfg.ICEServers = append(append([]media.ICEServer(nil), cfg.ICEServers...), a.calls.turn...)
+	return cfg
+}
 
 func (a *Adapter) callHost() (bridges.CallHost, bool) {
 	host, _ := a.started()
@@ -239,7 +279,7 @@ func (a *Adapter) Invite(ctx context.Context, inv *event.CallInvite) (media.Endp
 	if !validCallID(callID) {
 		return nil, bridges.Permanent(fmt.Errorf("matrix call: leg ID %q cannot be a call_id", inv.Call))
 	}
-	leg, err := media.NewWebRTCLeg(a.calls.media, inv.Offer)
+	leg, err := media.NewWebRTCLeg(a.legConfig(ctx), inv.Offer)
 	if err != nil {
 		return nil, fmt.Errorf("matrix call %s: %w", callID, err)
 	}
@@ -537,7 +577,7 @@ func (a *Adapter) handleInvite(ctx context.Context, evt *mevent.Event, content c
 		_ = a.hangup(ctx, c, event.HangupIncompatibleMedia)
 		return
 	}
-	leg, err := media.NewWebRTCLeg(a.calls.media, offer)
+	leg, err := media.NewWebRTCLeg(a.legConfig(ctx), offer)
 	if err != nil {
 		log.Warn("no media for the call; hanging up", "err", err)
 		_ = a.hangup(ctx, c, event.HangupFailure)

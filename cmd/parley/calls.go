@@ -28,7 +28,7 @@ type CallsConfig struct {
 		// behind a 1:1 NAT.
 		PublicAddress string `yaml:"public_address"`
 		// Ports is the UDP range for media, "20000-20999": a plain RTP leg
-		// takes two ports (RTP and RTCP), a WebRTC leg one.
+		// takes two ports (RTP and RTCP), and so does a WebRTC leg (one used).
 		Ports string `yaml:"ports"`
 	} `yaml:"media"`
 	// ICEServers are the STUN and TURN servers offered to WebRTC legs.
@@ -116,6 +116,20 @@ func (c *CallsConfig) ports() (*media.Ports, error) {
 		opts = append(opts, media.WithPublic(netip.MustParseAddr(c.Media.PublicAddress)))
 	}
 	return media.NewPorts(netip.MustParseAddr(c.Media.Address), lo, hi, opts...)
+}
+
+// webrtc is the configuration of WebRTC legs (Matrix clients). A loopback
+// media address offers loopback candidates, which WebRTC stacks otherwise
+// leave out (a gateway and clients on one machine).
+func (c *CallsConfig) webrtc(ports *media.Ports) media.WebRTCConfig {
+	cfg := media.WebRTCConfig{Ports: ports, Loopback: netip.MustParseAddr(c.Media.Address).IsLoopback()}
+	if c.Media.PublicAddress != "" {
+		cfg.PublicIP = netip.MustParseAddr(c.Media.PublicAddress)
+	}
+	for _, s := range c.ICEServers {
+		cfg.ICEServers = append(cfg.ICEServers, media.ICEServer{URLs: s.URLs, Username: s.Username, Credential: s.Credential})
+	}
+	return cfg
 }
 
 func (c *CallsConfig) router() bridges.CallConfig {

@@ -382,7 +382,14 @@ func serve(path string, stderr io.Writer) error {
 		router.Add(a)
 	}
 	if cfg.Matrix != nil {
-		a, err := matrix.New(*cfg.Matrix, matrix.WithLogger(log.With("network", "matrix")))
+		mopts := []matrix.Option{matrix.WithLogger(log.With("network", "matrix"))}
+		if ports != nil {
+			mopts = append(mopts, matrix.WithCalls(cfg.Calls.webrtc(ports)))
+			if cfg.Calls.TURNFromHomeserver {
+				mopts = append(mopts, matrix.WithHomeserverTURN())
+			}
+		}
+		a, err := matrix.New(*cfg.Matrix, mopts...)
 		if err != nil {
 			return err
 		}
