@@ -1,17 +1,12 @@
 package matrix
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -52,98 +47,11 @@ func (h *echoHost) Call(ctx context.Context, inv *event.CallInvite, m media.Endp
 	return nil
 }
 
-// voipClient is a running voipclient.py; its JSON lines come on lines.
-type voipClient struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	lines  chan map[string]any
-	stderr *strings.Builder
-	mu     sync.Mutex
-	seen   []map[string]any
-}
-
-func voipPython(t *testing.T) string {
-	python := filepath.Join(peertest.Dir(), "voip-venv", "bin", "python")
-	err := exec.Command(python, "-c", "import aiortc, nio").Run()
-	peertest.Require(t, "voip client (aiortc, matrix-nio)", err)
-	return python
-}
-
-func startVoIPClient(t *testing.T, python string, args ...string) *voipClient {
-	t.Helper()
-	script, err := filepath.Abs(filepath.Join("..", "e2e", "testdata", "voipclient.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(python, append([]string{script, "--loopback"}, args...)...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &voipClient{t: t, cmd: cmd, lines: make(chan map[string]any, 1000), stderr: &strings.Builder{}}
-	cmd.Stderr = &lockedWriter{b: c.stderr, mu: &c.mu}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer close(c.lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
-				c.lines <- m
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			c.mu.Lock()
-			t.Logf("voipclient stderr:\n%s", c.stderr.String())
-			c.mu.Unlock()
-		}
-	})
-	return c
-}
-
-type lockedWriter struct {
-	b  *strings.Builder
-	mu *sync.Mutex
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-// next returns the client's next line of the given event, failing the
-// test after timeout or when the client exits first.
-func (c *voipClient) next(name string, timeout time.Duration) map[string]any {
-	c.t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case m, ok := <-c.lines:
-			if !ok {
-				c.t.Fatalf("voipclient exited before %q; its lines: %v", name, c.seen)
-			}
-			c.seen = append(c.seen, m)
-			if m["event"] == name {
-				return m
-			}
-		case <-deadline:
-			c.t.Fatalf("voipclient: no %q in %s; its lines: %v", name, timeout, c.seen)
-		}
-	}
-}
-
 func TestCallIntegrationSynapse(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: skipped with -short")
 	}
-	python := voipPython(t)
+	peertest.VoIPPython(t)
 	cfg := Config{
 		HomeserverURL: "http://127.0.0.1:1",
 		ServerName:    "localhost",
@@ -201,9 +109,9 @@ func TestCallIntegrationSynapse(t *testing.T) {
 	// The caller trickles its candidates, as browsers do: its offer has
 	// none, they come in m.call.candidates.
 	t.Run("user calls a ghost", func(t *testing.T) {
-		c := startVoIPClient(t, python, append(clientArgs, "--trickle", "--call", ghost, "--tone", "440", "--detect", "440", "--control", "1000", "--hangup-after", "3")...)
-		c.next("answer", 30*time.Second)
-		res := c.next("result", 60*time.Second)
+		c := peertest.StartVoIPClient(t, append(clientArgs, "--trickle", "--call", ghost, "--tone", "440", "--detect", "440", "--control", "1000", "--hangup-after", "3")...)
+		c.Next("answer", 30*time.Second)
+		res := c.Next("result", 60*time.Second)
 		t.Logf("client: %v", res)
 		if res["tone_detected"] != true || res["control_ratio"].(float64) > 0.1 || res["packets_received"].(float64) < 50 || res["ended_by"] != "local" {
 			t.Fatalf("result %v", res)
@@ -227,8 +135,8 @@ func TestCallIntegrationSynapse(t *testing.T) {
 	})
 
 	t.Run("ghost calls the user", func(t *testing.T) {
-		c := startVoIPClient(t, python, append(clientArgs, "--answer", "--tone", "440", "--detect", "440", "--control", "1000")...)
-		c.next("ready", 30*time.Second)
+		c := peertest.StartVoIPClient(t, append(clientArgs, "--answer", "--tone", "440", "--detect", "440", "--control", "1000")...)
+		c.Next("ready", 30*time.Second)
 		leg, err := a.Invite(ctx, &event.CallInvite{Header: event.Header{
 			From: event.Address{Network: event.Matrix, ID: ghost},
 			To:   event.Address{Network: event.Matrix, ID: alice.UserID.String()},
@@ -241,7 +149,7 @@ func TestCallIntegrationSynapse(t *testing.T) {
 		}
 		defer leg.Close()
 		leg.SetPeer(echo{leg})
-		inv := c.next("invite", 30*time.Second)
+		inv := c.Next("invite", 30*time.Second)
 		if inv["call_id"] != "out1" || inv["lifetime"] != float64(60000) || inv["version"] != "1" {
 			t.Fatalf("invite %v", inv)
 		}
@@ -258,12 +166,12 @@ func TestCallIntegrationSynapse(t *testing.T) {
 		if ans.Answer.Codecs[0].Name != "opus" || ans.Answer.Codecs[0].PayloadType != 96 {
 			t.Fatalf("answer %+v", ans.Answer)
 		}
-		c.next("select_answer", 30*time.Second)
+		c.Next("select_answer", 30*time.Second)
 		waitFor(t, "media both ways", func() bool { return leg.Stats().PacketsIn > 150 })
 		if err := a.Signal(ctx, &event.CallHangup{Call: "out1", Reason: event.HangupNormal}); err != nil {
 			t.Fatal(err)
 		}
-		res := c.next("result", 30*time.Second)
+		res := c.Next("result", 30*time.Second)
 		t.Logf("client: %v", res)
 		if res["tone_detected"] != true || res["control_ratio"].(float64) > 0.1 || res["ended_by"] != "remote" || res["reason"] != "user_hangup" {
 			t.Fatalf("result %v", res)
@@ -271,8 +179,8 @@ func TestCallIntegrationSynapse(t *testing.T) {
 	})
 
 	t.Run("user rejects the ghost's call", func(t *testing.T) {
-		c := startVoIPClient(t, python, append(clientArgs, "--answer", "--reject")...)
-		c.next("ready", 30*time.Second)
+		c := peertest.StartVoIPClient(t, append(clientArgs, "--answer", "--reject")...)
+		c.Next("ready", 30*time.Second)
 		leg, err := a.Invite(ctx, &event.CallInvite{Header: event.Header{
 			From: event.Address{Network: event.Matrix, ID: ghost},
 			To:   event.Address{Network: event.Matrix, ID: alice.UserID.String()},
@@ -281,7 +189,7 @@ func TestCallIntegrationSynapse(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer leg.Close()
-		c.next("reject_sent", 30*time.Second)
+		c.Next("reject_sent", 30*time.Second)
 		waitFor(t, "the reject at the core", func() bool {
 			for _, e := range host.callEvents() {
 				if h, ok := e.(*event.CallHangup); ok && h.Call == "out2" {

@@ -150,7 +150,8 @@ def parse_args():
     p.add_argument("--homeserver", required=True)
     p.add_argument("--user", required=True, help="localpart or full user ID")
     p.add_argument("--password", required=True)
-    p.add_argument("--room", required=True, help="room ID of the DM")
+    p.add_argument("--room", help="room ID of the DM (with --answer: any room when not given; "
+                   "the first invite found decides)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--call", metavar="USER_ID", help="invite USER_ID to a call in the room")
     mode.add_argument("--answer", action="store_true", help="wait for an invite in the room and answer it")
@@ -167,7 +168,10 @@ def parse_args():
     p.add_argument("--no-candidates", action="store_true", help="send no m.call.candidates (they repeat the SDP's)")
     p.add_argument("--trickle", action="store_true",
                    help="leave the candidates out of the SDP: send them only as m.call.candidates, as browsers do")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.call and not args.room:
+        p.error("--call needs --room")
+    return args
 
 
 class Client:
@@ -301,7 +305,15 @@ class Client:
             self.since = resp.next_batch
             for room_id in resp.rooms.invite:
                 await self.nio.join(room_id)
-            room = resp.rooms.join.get(self.args.room)
+            if self.args.room is None:
+                # --answer in any room: the first m.call.invite picks it.
+                for room_id, room in resp.rooms.join.items():
+                    if any(getattr(ev, "type", "") == "m.call.invite" or
+                           getattr(ev, "source", {}).get("type") == "m.call.invite" for ev in room.timeline.events):
+                        self.args.room = room_id
+                        out("room", room_id=room_id)
+                        break
+            room = resp.rooms.join.get(self.args.room) if self.args.room else None
             if room:
                 for ev in room.timeline.events:
                     await self.on_event(ev)
