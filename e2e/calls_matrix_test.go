@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	mid "maunium.net/go/mautrix/id"
+
+	"github.com/parleygw/parley/internal/peertest"
+)
+
+// toneDetected checks a voipclient result line: the tone it listened for
+// was there, and media came.
+func toneDetected(t *testing.T, who string, res map[string]any) {
+	t.Helper()
+	ratio, _ := res["tone_ratio"].(float64)
+	packets, _ := res["packets_received"].(float64)
+	if detected, _ := res["tone_detected"].(bool); !detected || packets < 50 {
+		t.Errorf("%s did not hear the phone's tone: %v", who, res)
+	}
+	t.Logf("%s: tone ratio %.3f over %.0f packets", who, ratio, packets)
+}
+
+// phoneHeard checks a baresip phone's recording for hz.
+func phoneHeard(t *testing.T, who string, p *peertest.Baresip, hz float64) {
+	t.Helper()
+	heard, rate := p.Received(t)
+	share := peertest.ToneShare(heard, rate, hz, time.Second)
+	if share < 0.5 {
+		t.Errorf("%s did not hear %.0f Hz: share %.3f of %d samples", who, hz, share, len(heard))
+	}
+	t.Logf("%s: %.0f Hz share %.3f of %d samples", who, hz, share, len(heard))
+}
+
+// SIP → Matrix: a phone (baresip) calls a Matrix user's address; the user's
+// client (aiortc) answers; each hears the other's tone; the phone hangs up
+// and the client gets m.call.hangup.
+func TestCallSIPToMatrix(t *testing.T) {
+	st := newStack(t, stackSettings{})
+	st.start(true)
+	st.hs.Register(t, "carol", "carolpassword")
+	client := peertest.StartVoIPClient(t, "--homeserver", st.hs.URL, "--user", "carol", "--password", "carolpassword",
+		"--answer", "--tone", "440", "--detect", "1000", "--control", "440", "--timeout", "60")
+	client.Next("ready", 30*time.Second)
+	phone := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1001", Password: sipUsers["1001"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 1000,
+		Dial: "sip:matrix_carol_localhost@" + sipDomain, QuitAfter: 12 * time.Second,
+	})
+	client.Next("invite", 30*time.Second)
+	phone.WaitLog(t, "Call established", 30*time.Second)
+	res := client.Next("result", 40*time.Second)
+	if res["ended_by"] != "remote" {
+		t.Errorf("the phone's hangup did not end the Matrix call: %v", res)
+	}
+	toneDetected(t, "the Matrix client", res)
+	phone.Wait(t, 20*time.Second)
+	phoneHeard(t, "the phone", phone, 440)
+}
+
+// Matrix → SIP: the Matrix user calls the phone's ghost in their DM; the
+// phone (baresip) rings and answers; each hears the other; the Matrix
+// user's hangup sends the phone a BYE.
+func TestCallMatrixToSIP(t *testing.T) {
+	st := newStack(t, stackSettings{})
+	st.start(true)
+	phone := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1002", Password: sipUsers["1002"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 1000,
+	})
+	phone.WaitLog(t, "200 OK", 10*time.Second) // registered
+	carol := peertest.ConnectMatrix(t, st.hs, "carol", "carolpassword")
+	ghost := mid.UserID(fmt.Sprintf("@_sip_1002_%s:localhost", sipDomain))
+	room, err := carol.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Invite: []mid.UserID{ghost}, IsDirect: true, Preset: "trusted_private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJoined(t, carol, room.RoomID, ghost)
+	client := peertest.StartVoIPClient(t, "--homeserver", st.hs.URL, "--user", "carol", "--password", "carolpassword",
+		"--room", room.RoomID.String(), "--call", ghost.String(), "--tone", "440", "--detect", "1000", "--control", "440",
+		"--hangup-after", "5", "--timeout", "60")
+	client.Next("answer", 30*time.Second)
+	res := client.Next("result", 40*time.Second)
+	toneDetected(t, "the Matrix client", res)
+	phone.WaitLog(t, "terminated", 10*time.Second)
+	phoneHeard(t, "the phone", phone, 440)
+	waitMetric(t, st, `parley_calls_ended_total{reason="normal"}`, 1)
+}
