@@ -63,6 +63,13 @@ var defaultBackoff = bridges.Backoff{Min: 500 * time.Millisecond, Max: 30 * time
 // maxBuckets bounds the source addresses the rate limiter remembers.
 const maxBuckets = 16384
 
+// The limit of new INVITEs from one source that is not a trusted peer: a
+// burst of inviteBurst, then invitesPerSecond.
+const (
+	invitesPerSecond = 1
+	inviteBurst      = 10
+)
+
 // Option configures an Adapter.
 type Option func(*Adapter)
 
@@ -109,6 +116,15 @@ type Adapter struct {
 
 	// authBackoff slows password guessing (see authenticate).
 	authBackoff *authBackoff
+
+	// Calls (see call.go): the live legs, the maker of their media legs
+	// (nil when Config.Media is nil: INVITEs are refused), a limit of
+	// INVITEs per source on top of the limit of all requests, and the
+	// warning that calls are not configured, logged once.
+	calls         *callTable
+	newLeg        func() (rtpLeg, error)
+	inviteLimiter *ratelimit.Limiter[netip.Addr]
+	noCalls       sync.Once
 
 	// Set by New; tests replace them.
 	now         func() time.Time
@@ -174,6 +190,13 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		pubs:        newPublications(),
 		parser:      newParser(),
 		answers:     newAnswers(sip.Timer_J),
+		calls:       newCallTable(),
+		// A phone places a few calls a minute; a scanner hundreds.
+		inviteLimiter: ratelimit.New[netip.Addr](invitesPerSecond, inviteBurst, maxBuckets),
+	}
+	if cfg.Media != nil {
+		ports := cfg.Media
+		a.newLeg = func() (rtpLeg, error) { return ports.NewLeg() }
 	}
 	a.serverHeader = sip.NewHeader("Server", cfg.UserAgent)
 	a.userAgentHeader = sip.NewHeader("User-Agent", cfg.UserAgent)
@@ -270,8 +293,9 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 		sip.OPTIONS:   a.handle(a.onOptions),
 		sip.SUBSCRIBE: a.handle(a.onSubscribe),
 		sip.PUBLISH:   a.handle(a.onPublish),
-		sip.INVITE:    a.handle(a.onInvite),
-		sip.ACK:       func(*sip.Request, sip.ServerTransaction) {}, // never answered
+		sip.INVITE:    a.handleTx(a.onInvite),
+		sip.BYE:       a.handle(a.onBye),
+		sip.ACK:       a.onAck, // never answered
 		"":            a.handle(a.onOther),
 	}
 	for method, h := range a.handlers {
@@ -297,7 +321,29 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 		a.loops.Add(1)
 		go a.listen(runCtx, i, srv)
 	}
+	a.loops.Add(1)
+	go func() {
+		defer a.loops.Done()
+		a.waitListening(runCtx)
+		ctx, cancel := context.WithTimeout(runCtx, 30*time.Second)
+		defer cancel()
+		a.endLeftoverCalls(ctx)
+	}()
 	return nil
+}
+
+// waitListening returns once every listener is bound, or ctx ends, or
+// ten seconds passed.
+func (a *Adapter) waitListening(ctx context.Context) {
+	for range 100 {
+		a.stateMu.Lock()
+		up := a.connected
+		a.stateMu.Unlock()
+		if up || ctx.Err() != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Stop implements bridges.Network. Presence subscriptions are ended with

@@ -15,7 +15,7 @@ import (
 
 // What the adapter answers with in Allow and Accept headers.
 const (
-	allowMethods = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, PUBLISH"
+	allowMethods = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, PUBLISH, INVITE, ACK, CANCEL, BYE"
 	acceptTypes  = "text/plain, message/cpim"
 	// allowEvents are the event packages SUBSCRIBE accepts (RFC 6665).
 	allowEvents = "presence"
@@ -58,6 +58,12 @@ type request struct {
 // a trusted peer's, checks its syntax (see checkSyntax), answers 420 to
 // requests that require extensions, and sends the handler's reply.
 func (a *Adapter) handle(h func(req *sip.Request, src netip.Addr, p *peer) *reply) sipgo.RequestHandler {
+	return a.handleTx(func(req *sip.Request, src netip.Addr, p *peer, _ sip.ServerTransaction) *reply { return h(req, src, p) })
+}
+
+// handleTx is handle for a handler that needs the server transaction (an
+// INVITE, answered later); it may return nil when it responds itself.
+func (a *Adapter) handleTx(h func(req *sip.Request, src netip.Addr, p *peer, tx sip.ServerTransaction) *reply) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		if req.IsAck() {
 			return
@@ -88,7 +94,7 @@ func (a *Adapter) handle(h func(req *sip.Request, src netip.Addr, p *peer) *repl
 			a.respond(req, tx, r)
 			return
 		}
-		a.respond(req, tx, h(req, src, p))
+		a.respond(req, tx, h(req, src, p, tx))
 	}
 }
 
@@ -174,7 +180,9 @@ func unsupportedExtensions(req *sip.Request) *reply {
 			continue
 		}
 		for _, t := range strings.Split(h.Value(), ",") {
-			if t = strings.TrimSpace(t); t != "" {
+			t = strings.TrimSpace(t)
+			// Session timers (RFC 4028) are supported in INVITE dialogs.
+			if t != "" && !(strings.EqualFold(t, "timer") && (req.IsInvite() || req.Method == sip.BYE)) {
 				tags = append(tags, t)
 			}
 		}
@@ -357,7 +365,7 @@ func (a *Adapter) onOther(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 	switch req.Method {
 	case sip.CANCEL:
 		return newReply(481, "Call/Transaction Does Not Exist")
-	case sip.BYE, sip.NOTIFY, sip.INFO, sip.REFER, sip.PRACK, sip.UPDATE:
+	case sip.NOTIFY, sip.INFO, sip.REFER, sip.PRACK, sip.UPDATE:
 		return newReply(405, "Method Not Allowed", sip.NewHeader("Allow", allowMethods))
 	default:
 		return newReply(501, "Not Implemented", sip.NewHeader("Allow", allowMethods))

@@ -55,7 +55,7 @@ func TestMethodsNotHandled(t *testing.T) {
 		status string
 	}{
 		{"NOTIFY", "405"},
-		{"BYE", "405"},
+		{"BYE", "481"}, // no call
 		{"INFO", "405"},
 		{"FROBNICATE", "501"},
 		{"CANCEL", "481"},

@@ -1,0 +1,288 @@
+package sip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/media"
+)
+
+// fakeCallHost is a bridges.CallHost: a fakeHost that also takes calls.
+// How it takes them is its mode: it answers at once with an echo endpoint,
+// rings and waits, or refuses with err.
+type fakeCallHost struct {
+	*fakeHost
+	a    *Adapter
+	mode string // "answer", "ring" or "refuse"
+	err  error  // Call's error in mode "refuse"
+
+	mu     sync.Mutex
+	echoes []*echoEndpoint
+	calls  chan *event.CallInvite
+	events chan event.Event
+}
+
+func newFakeCallHost(mode string) *fakeCallHost {
+	return &fakeCallHost{fakeHost: newFakeHost(), mode: mode,
+		calls: make(chan *event.CallInvite, 10), events: make(chan event.Event, 20)}
+}
+
+func (h *fakeCallHost) Call(_ context.Context, inv *event.CallInvite, m media.Endpoint) error {
+	h.calls <- inv
+	if h.mode == "refuse" {
+		_ = m.Close()
+		return h.err
+	}
+	echo := &echoEndpoint{leg: m}
+	m.SetPeer(echo)
+	h.mu.Lock()
+	h.echoes = append(h.echoes, echo)
+	h.mu.Unlock()
+	go func() {
+		ctx := context.Background()
+		if err := h.a.Signal(ctx, &event.CallRinging{Call: inv.Call}); err != nil {
+			panic(err)
+		}
+		if h.mode != "answer" {
+			return
+		}
+		answer, ok := media.AnswerCodecs(inv.Offer, media.Forwardable)
+		if !ok {
+			panic("no answer codec")
+		}
+		if err := h.a.Signal(ctx, &event.CallAnswer{Call: inv.Call, Answer: answer}); err != nil {
+			panic(err)
+		}
+	}()
+	return nil
+}
+
+func (h *fakeCallHost) CallEvent(_ context.Context, evt event.Event) error {
+	h.events <- evt
+	return nil
+}
+
+func (h *fakeCallHost) waitEvent(t *testing.T) event.Event {
+	t.Helper()
+	select {
+	case evt := <-h.events:
+		return evt
+	case <-time.After(15 * time.Second):
+		t.Fatal("no call event")
+		return nil
+	}
+}
+
+func (h *fakeCallHost) echoed() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var n uint64
+	for _, e := range h.echoes {
+		n += e.n.Load()
+	}
+	return n
+}
+
+// echoEndpoint sends what its leg's party sends back to it, and counts the
+// RTP packets.
+type echoEndpoint struct {
+	leg media.Endpoint
+	n   atomic.Uint64
+}
+
+func (e *echoEndpoint) SetPeer(media.Endpoint) {}
+func (e *echoEndpoint) WriteRTP(p []byte) error {
+	e.n.Add(1)
+	return e.leg.WriteRTP(p)
+}
+func (e *echoEndpoint) WriteRTCP(p []byte) error { return e.leg.WriteRTCP(p) }
+func (e *echoEndpoint) LastPacket() time.Time    { return time.Now() }
+func (e *echoEndpoint) Stats() media.Stats       { return media.Stats{} }
+func (e *echoEndpoint) Close() error             { return nil }
+
+// startCallAdapter starts an adapter with media ports on loopback and the
+// host h.
+func startCallAdapter(t *testing.T, h *fakeCallHost, edit func(*Config)) *testAdapter {
+	t.Helper()
+	cfg := testConfig()
+	ports, err := media.NewPorts(netip.MustParseAddr("127.0.0.1"), 20000, 20999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Media = ports
+	if edit != nil {
+		edit(&cfg)
+	}
+	a, err := New(cfg, WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	h.a = a
+	a.sendTimeout = 5 * time.Second
+	if err := a.Start(context.Background(), h); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.Stop(ctx); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+	})
+	h.waitState(t, bridges.Connected)
+	ta := &testAdapter{Adapter: a, host: h.fakeHost}
+	for _, s := range a.Addrs() {
+		network, addr, _ := strings.Cut(s, ":")
+		switch network {
+		case "udp":
+			ta.udp = addr
+		case "tcp":
+			ta.tcp = addr
+		}
+	}
+	return ta
+}
+
+const testOffer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 16000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+
+func newInvite(addr, from, to, sdp string) *sip.Request {
+	req := newRequest(sip.INVITE, "UDP", addr, to, from, to)
+	req.AppendHeader(sip.NewHeader("Contact", "<sip:phone@127.0.0.1:5999>"))
+	if sdp != "" {
+		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.SetBody([]byte(sdp))
+	}
+	return req
+}
+
+// TestInviteRefusals: what an INVITE gets before the core sees it.
+func TestInviteRefusals(t *testing.T) {
+	h := newFakeCallHost("refuse")
+	a := startCallAdapter(t, h, func(c *Config) {
+		c.TrustedPeers = append(c.TrustedPeers, TrustedPeer{Name: "lo", Addresses: []string{"127.0.0.1"}, Domains: []string{"pbx.example.org"}})
+	})
+	p := newPeerUA(t)
+	alice, bob := "sip:alice@"+testDomain, "sip:bob@"+testDomain
+	peerUser := "sip:100@pbx.example.org"
+	tests := []struct {
+		name     string
+		req      *sip.Request
+		status   int
+		contains string // in the reason phrase or Warning
+	}{
+		{"toll fraud: unauthenticated, to another domain", newInvite(a.udp, alice, "sip:+441234567@carrier.example.net", testOffer), 403, "Other Domains"},
+		{"unauthenticated user of the domain is challenged", newInvite(a.udp, alice, bob, testOffer), 407, ""},
+		{"no SDP", newInvite(a.udp, peerUser, bob, ""), 400, "without SDP"},
+		{"malformed SDP", newInvite(a.udp, peerUser, bob, "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"), 400, "m=audio line 5: no connection address"},
+		{"only G.729", newInvite(a.udp, peerUser, bob, strings.Replace(testOffer, "RTP/AVP 0 101", "RTP/AVP 18", 1)), 488, "no offered audio codec"},
+		{"SRTP only", newInvite(a.udp, peerUser, bob, strings.Replace(testOffer, "RTP/AVP", "RTP/SAVP", 1)), 488, "RTP/SAVP"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := p.do(tt.req)
+			if res.StatusCode != tt.status {
+				t.Fatalf("%d %s, want %d", res.StatusCode, res.Reason, tt.status)
+			}
+			got := res.Reason
+			if w := res.GetHeader("Warning"); w != nil {
+				got += " " + w.Value()
+			}
+			if !strings.Contains(got, tt.contains) {
+				t.Errorf("%q, want it to say %q", got, tt.contains)
+			}
+		})
+	}
+	select {
+	case inv := <-h.calls:
+		t.Errorf("the core got %+v", inv)
+	default:
+	}
+
+	// The core's refusals.
+	for _, tt := range []struct {
+		err    error
+		status int
+	}{
+		{fmt.Errorf("route: %w", bridges.ErrNoRoute), 404},
+		{bridges.ErrRefused, 403},
+		{bridges.ErrCallLimit, 486},
+		{errors.New("boom"), 503},
+	} {
+		h.err = tt.err
+		res := p.do(newInvite(a.udp, peerUser, bob, testOffer))
+		if res.StatusCode != tt.status {
+			t.Errorf("core says %v: %d %s, want %d", tt.err, res.StatusCode, res.Reason, tt.status)
+		}
+		inv := <-h.calls
+		if inv.From.ID != peerUser || inv.To.ID != bob || len(inv.Offer.Codecs) != 2 || inv.Call == "" {
+			t.Errorf("the core got %+v", inv)
+		}
+	}
+}
+
+// TestInviteWithoutMedia: without Config.Media an INVITE is refused with
+// 503.
+func TestInviteWithoutMedia(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, func(c *Config) {
+		c.Media = nil
+		c.TrustedPeers = append(c.TrustedPeers, TrustedPeer{Name: "lo", Addresses: []string{"127.0.0.1"}, Domains: []string{"pbx.example.org"}})
+	})
+	res := newPeerUA(t).do(newInvite(a.udp, "sip:100@pbx.example.org", "sip:bob@"+testDomain, testOffer))
+	if res.StatusCode != 503 || !strings.Contains(res.Reason, "Not Configured") {
+		t.Errorf("%d %s, want 503 Calls Not Configured", res.StatusCode, res.Reason)
+	}
+}
+
+func TestParseReason(t *testing.T) {
+	for _, tt := range []struct {
+		value string
+		want  event.HangupReason
+		ok    bool
+	}{
+		{`Q.850;cause=16;text="Normal call clearing"`, event.HangupNormal, true},
+		{`SIP;cause=200;text="Call completed elsewhere"`, event.HangupAnsweredElsewhere, true},
+		{`SIP ; cause = 486`, event.HangupBusy, true},
+		{`Q.850;cause=9999`, 0, false},
+		{`preemption;cause=1`, 0, false},
+		{`SIP;text="x", Q.850;cause=17`, event.HangupBusy, true},
+	} {
+		req := sip.NewRequest(sip.BYE, sip.Uri{Scheme: "sip", Host: "x"})
+		req.AppendHeader(sip.NewHeader("Reason", tt.value))
+		got, ok := parseReason(req)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("%s: %v %v, want %v %v", tt.value, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestSessionExpires(t *testing.T) {
+	for _, tt := range []struct {
+		value string
+		want  time.Duration
+		uas   bool
+	}{
+		{"1800;refresher=uac", 1800 * time.Second, false},
+		{"600;refresher=uas", 600 * time.Second, true},
+		{"30", minSessionExpires * time.Second, false},
+		{"x", 0, false},
+	} {
+		req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", Host: "x"})
+		req.AppendHeader(sip.NewHeader("Session-Expires", tt.value))
+		got, uas := sessionExpires(req)
+		if got != tt.want || uas != tt.uas {
+			t.Errorf("%s: %v %v, want %v %v", tt.value, got, uas, tt.want, tt.uas)
+		}
+	}
+}

@@ -1,0 +1,272 @@
+package sip
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/media"
+)
+
+// onReinvite handles an INVITE in the dialog of a leg (RFC 3261 §14): a
+// hold (sendonly, inactive), a new address or a refresh of the session
+// timer. The leg's remote address follows the new offer; the answer keeps
+// the leg's codec (Parley does not transcode, so a re-offer without it is
+// 488) and mirrors the offer's direction. A re-INVITE without SDP is
+// answered with Parley's current SDP as the offer (its answer, in the ACK,
+// changes nothing). 491 while the leg is not answered yet, 481 outside any
+// leg.
+func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply {
+	c := a.calls.byDialog(req.CallID().Value())
+	if c == nil {
+		return newReply(481, "Call/Transaction Does Not Exist")
+	}
+	var offer media.AudioSDP
+	if len(req.Body()) > 0 {
+		var err error
+		offer, err = media.ParseSDP(req.Body())
+		if errors.Is(err, media.ErrNoAudio) {
+			return newReply(488, "Not Acceptable Here", warning(a.domain, err.Error()))
+		}
+		if err != nil {
+			return newReply(400, "Bad Request (Malformed SDP)", warning(a.domain, err.Error()))
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == callEnded || fromTag(req) != c.d.RemoteTag || toTagOf(req) != c.d.LocalTag {
+		return newReply(481, "Call/Transaction Does Not Exist")
+	}
+	if c.state == callEarly {
+		return newReply(491, "Request Pending")
+	}
+	if len(req.Body()) > 0 {
+		if len(c.sdp.Media.Codecs) > 0 && !offer.Port0 {
+			cur := c.sdp.Media.Codecs[0]
+			found := false
+			for _, oc := range offer.Media.Codecs {
+				if oc.Same(cur) {
+					found = true
+					break
+				}
+			}
+			if !found {
+				return newReply(488, "Not Acceptable Here", warning(a.domain, "the re-offer leaves out the call's codec "+cur.Name))
+			}
+		}
+		c.leg.SetRemote(offer.Addr, !offer.Addr.IsValid())
+		c.sdp.Direction = offer.Direction.Reverse()
+	}
+	if ct := req.Contact(); ct != nil {
+		c.d.Target = ct.Address.String()
+	}
+	a.refreshSessionLocked(c, req)
+	res := sip.NewResponseFromRequest(req, 200, "OK", a.ourSDP(c, event.Media{}))
+	res.AppendHeader(a.serverHeader)
+	res.AppendHeader(&sip.ContactHeader{Address: a.localContact(c.d.Transport, c.to)})
+	res.AppendHeader(sip.NewHeader("Content-Type", sdpType))
+	if c.expires > 0 {
+		res.AppendHeader(sip.NewHeader("Session-Expires", strconv.Itoa(int(c.expires/time.Second))+";refresher=uac"))
+		res.AppendHeader(sip.NewHeader("Require", "timer"))
+	}
+	if err := tx.Respond(res); err != nil {
+		a.log.Debug("sip re-INVITE response failed", "call", c.id, "err", err)
+	}
+	a.log.Debug("sip call re-INVITEd", "call", c.id, "direction", string(c.sdp.Direction))
+	return nil
+}
+
+// sessionExpires returns the session interval a request or response asks
+// for (RFC 4028 §4: Session-Expires, or its compact form x), and whether
+// its refresher is the UAS.
+func sessionExpires(m interface{ Headers() []sip.Header }) (time.Duration, bool) {
+	for _, h := range m.Headers() {
+		if !isHeader(h, "Session-Expires") && !isHeader(h, "x") {
+			continue
+		}
+		v, params, _ := strings.Cut(h.Value(), ";")
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n <= 0 {
+			return 0, false
+		}
+		n = max(n, minSessionExpires)
+		uas := false
+		for _, p := range strings.Split(params, ";") {
+			k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
+			if strings.EqualFold(k, "refresher") && strings.EqualFold(strings.TrimSpace(val), "uas") {
+				uas = true
+			}
+		}
+		return time.Duration(n) * time.Second, uas
+	}
+	return 0, false
+}
+
+// supportsTimer reports whether req lists the timer extension in Supported
+// or Require.
+func supportsTimer(req *sip.Request) bool {
+	for _, h := range req.Headers() {
+		if !isHeader(h, "Supported") && !isHeader(h, "k") && !isHeader(h, "Require") {
+			continue
+		}
+		for _, t := range strings.Split(h.Value(), ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "timer") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// sessionTimer takes the session timer of a caller leg's INVITE (RFC 4028):
+// when the caller supports it and asks for an interval, the answer carries
+// it with the caller as refresher, and the leg ends with a BYE when no
+// refresh came in time.
+func (a *Adapter) sessionTimer(c *call, req *sip.Request) {
+	if !supportsTimer(req) {
+		return
+	}
+	if se, _ := sessionExpires(req); se > 0 {
+		c.expires = se
+	}
+}
+
+// refreshSessionLocked restarts the session timer of c for a refresh (a
+// re-INVITE), with the interval it asks for. c.mu is held.
+func (a *Adapter) refreshSessionLocked(c *call, req *sip.Request) {
+	if se, _ := sessionExpires(req); se > 0 && c.expires > 0 {
+		c.expires = se
+	}
+	a.armLapseLocked(c)
+}
+
+// armLapseLocked (re)starts the timer that ends c when its session lapses:
+// the interval, less a third of it or 32 s, whichever is smaller (RFC 4028
+// §10). c.mu is held.
+func (a *Adapter) armLapseLocked(c *call) {
+	if c.expires <= 0 {
+		return
+	}
+	d := c.expires - min(32*time.Second, c.expires/3)
+	if c.lapse != nil {
+		c.lapse.Reset(d)
+		return
+	}
+	c.lapse = time.AfterFunc(d, func() {
+		a.log.Info("sip session expired; ending the call", "call", c.id)
+		a.endWithBye(c, event.HangupFailure, true)
+	})
+}
+
+// sessionTimerAnswer takes the session timer of a callee's 2xx: Parley
+// offers no refreshes, so only one the callee refreshes is kept.
+func (a *Adapter) sessionTimerAnswer(c *call, res *sip.Response) {
+	se, uas := sessionExpires(res)
+	if se <= 0 || !uas {
+		return
+	}
+	c.mu.Lock()
+	c.expires = se
+	a.armLapseLocked(c)
+	c.mu.Unlock()
+}
+
+// Crash clean-up: each live leg's dialog is kept in the links under
+// callKeyPrefix+ID while it lives, and deleted when it ends. Start ends the
+// legs a crash left over: a BYE for an answered one, a CANCEL for a callee
+// leg still ringing. A caller leg still ringing needs nothing: its
+// transaction is gone, and the phone gives up on its own (Timer B).
+
+const callKeyPrefix = "call:"
+
+func (a *Adapter) storeDialog(c *call) {
+	_, links, _, _ := a.stack()
+	if links == nil {
+		return
+	}
+	c.mu.Lock()
+	v, err := json.Marshal(c.d)
+	c.mu.Unlock()
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.dispatchCtx, linksTimeout)
+	defer cancel()
+	if err := links.Put(ctx, callKeyPrefix+c.id, string(v)); err != nil {
+		a.log.Warn("sip call not recorded", "call", c.id, "err", err)
+	}
+}
+
+func (a *Adapter) deleteDialog(c *call) {
+	_, links, _, _ := a.stack()
+	if links == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.dispatchCtx, linksTimeout)
+	defer cancel()
+	if err := links.Delete(ctx, callKeyPrefix+c.id); err != nil {
+		a.log.Warn("sip call record not deleted", "call", c.id, "err", err)
+	}
+}
+
+// endLeftoverCalls ends the legs recorded in the links by an earlier run,
+// and deletes their records.
+func (a *Adapter) endLeftoverCalls(ctx context.Context) {
+	_, links, client, _ := a.stack()
+	if links == nil || client == nil {
+		return
+	}
+	recs, err := links.List(ctx, callKeyPrefix)
+	if err != nil {
+		a.log.Warn("sip leftover calls not read", "err", err)
+		return
+	}
+	for key, v := range recs {
+		var d dialog
+		if err := json.Unmarshal([]byte(v), &d); err == nil {
+			switch {
+			case d.Answered:
+				d.CSeq++
+				err = a.sendInDialog(ctx, d, sip.BYE, reasonHeader(event.HangupFailure))
+			case d.Branch != "":
+				err = a.cancelRecorded(ctx, d)
+			}
+			a.log.Info("sip call left over by an earlier run ended", "call_id", d.CallID, "answered", d.Answered, "err", err)
+		}
+		if err := links.Delete(ctx, key); err != nil {
+			a.log.Warn("sip leftover call record not deleted", "key", key, "err", err)
+		}
+	}
+}
+
+// cancelRecorded CANCELs the INVITE of a recorded callee leg that was not
+// answered.
+func (a *Adapter) cancelRecorded(ctx context.Context, d dialog) error {
+	_, _, client, _ := a.stack()
+	var target sip.Uri
+	if err := sip.ParseUri(d.Target, &target); err != nil {
+		return err
+	}
+	req, err := a.newInDialog(dialog{
+		CallID: d.CallID, LocalTag: d.LocalTag, LocalURI: d.LocalURI, RemoteURI: d.RemoteURI,
+		Target: d.Target, Routes: d.Routes, Transport: d.Transport, CSeq: d.InviteCSeq,
+	}, sip.CANCEL, reasonHeader(event.HangupFailure))
+	if err != nil {
+		return err
+	}
+	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: d.Transport, Host: a.domain, Params: sip.NewParams()}
+	via.Params.Add("branch", d.Branch)
+	if lc := a.localContact(d.Transport, ""); lc.Port != 0 {
+		via.Host, via.Port = lc.Host, lc.Port
+	}
+	req.PrependHeader(via)
+	_, err = client.Do(ctx, req, func(*sipgo.Client, *sip.Request) error { return nil })
+	return err
+}
