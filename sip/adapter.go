@@ -360,6 +360,7 @@ func (a *Adapter) Stop(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	a.deactivateSubscriptions(ctx)
+	a.endAllCalls(ctx)
 	a.mu.Lock()
 	if a.stopping {
 		a.mu.Unlock()

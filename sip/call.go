@@ -77,6 +77,11 @@ type call struct {
 	tx     sip.ServerTransaction
 	ok     *sip.Response
 	acked  chan struct{}
+	// final is closed once the INVITE has its final response (or the leg
+	// ended): sipgo ends the transaction when its handler returns, so the
+	// handler waits for it.
+	final     chan struct{}
+	finalOnce sync.Once
 
 	// UAC: the branches of the fork while none answered, and what ends
 	// them.
@@ -287,7 +292,7 @@ func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.Ser
 	c := &call{
 		id: strings.Clone(in.callID), uas: true, leg: leg,
 		from: in.from, to: callee,
-		invite: req, tx: tx, acked: make(chan struct{}),
+		invite: req, tx: tx, acked: make(chan struct{}), final: make(chan struct{}),
 		sdp: media.AudioSDP{SessionID: newSessionID(), Direction: offer.Direction.Reverse()},
 	}
 	c.d = dialog{
@@ -337,7 +342,18 @@ func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.Ser
 		return nil
 	}
 	a.log.Debug("sip call accepted", "call", c.id, "from", in.from, "to", callee)
+	select {
+	case <-c.final:
+	case <-tx.Done():
+	}
 	return nil
+}
+
+// finish marks the INVITE of a caller leg answered with a final response.
+func (c *call) finish() {
+	if c.final != nil {
+		c.finalOnce.Do(func() { close(c.final) })
+	}
 }
 
 // callErrorStatus translates the error of CallHost.Call.
@@ -440,6 +456,9 @@ func (a *Adapter) respondCallLocked(c *call, code int, reason string, body []byt
 	}
 	if err := c.tx.Respond(res); err != nil {
 		a.log.Debug("sip call response failed", "call", c.id, "status", code, "err", err)
+	}
+	if code >= 200 {
+		c.finish()
 	}
 	return res
 }
@@ -701,6 +720,7 @@ func (a *Adapter) callHeader(c *call) event.Header {
 // endpoint belongs to the core.
 func (a *Adapter) endCall(c *call) {
 	a.calls.remove(c)
+	c.finish()
 	c.mu.Lock()
 	c.state = callEnded
 	if c.lapse != nil {
@@ -869,4 +889,32 @@ func parseMediaType(ct string) (string, string, error) {
 		return "", "", errors.New("no media type")
 	}
 	return mt, params, nil
+}
+
+// endAllCalls ends every live leg as Parley stops: a caller leg not yet
+// answered gets 503, a callee leg ringing a CANCEL, an answered one a BYE;
+// the core hears of each.
+func (a *Adapter) endAllCalls(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, c := range a.calls.all() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.mu.Lock()
+			early := c.uas && c.state == callEarly
+			if early {
+				c.state = callEnded
+				a.respondCallLocked(c, 503, "Service Unavailable", nil, sip.NewHeader("Retry-After", "10"))
+			}
+			c.mu.Unlock()
+			if early {
+				a.endCall(c)
+				a.reportHangup(c, event.HangupFailure, "")
+				return
+			}
+			_ = a.hangup(ctx, c, event.HangupFailure)
+			a.reportHangup(c, event.HangupFailure, "")
+		}()
+	}
+	wg.Wait()
 }

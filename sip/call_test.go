@@ -15,6 +15,7 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/peertest"
 	"github.com/parleygw/parley/media"
 )
 
@@ -284,5 +285,69 @@ func TestSessionExpires(t *testing.T) {
 		if got != tt.want || uas != tt.uas {
 			t.Errorf("%s: %v %v, want %v %v", tt.value, got, uas, tt.want, tt.uas)
 		}
+	}
+}
+
+// TestSippCall: sipp calls bob through Parley as alice (digest), gets
+// 100/180/200, ACKs, plays 236 G.711a packets to the leg of Parley's answer
+// and hangs up with BYE; the fake core's echo endpoint counts the packets
+// and the BYE's Reason reaches the core.
+func TestSippCall(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, nil)
+	sipp(t, "call.xml", a.udp, peertest.FreePort(t),
+		"-s", "alice", "-au", "alice", "-ap", alicePassword,
+		"-set", "domain", testDomain, "-set", "to", "sip:bob@"+testDomain)
+	inv := <-h.calls
+	if inv.From.ID != "sip:alice@"+testDomain || inv.To.ID != "sip:bob@"+testDomain || inv.FromName != "SIPp Phone" {
+		t.Errorf("the core got %+v", inv)
+	}
+	if len(inv.Offer.Codecs) != 2 || inv.Offer.Codecs[0].Name != "PCMA" {
+		t.Errorf("offer %v", inv.Offer.Codecs)
+	}
+	hang, ok := h.waitEvent(t).(*event.CallHangup)
+	if !ok || hang.Reason != event.HangupNormal || hang.Call != inv.Call {
+		t.Errorf("event %#v, want a normal hangup of %s", hang, inv.Call)
+	}
+	if n := h.echoed(); n < 230 {
+		t.Errorf("the echo endpoint got %d RTP packets, want about 236; leg %+v", n, h.echoes[0].leg.Stats())
+	}
+	if a.calls.get(inv.Call) != nil {
+		t.Error("the leg is still in the table")
+	}
+}
+
+// TestSippCancel: sipp gives up while Parley's callee rings: CANCEL, 200,
+// 487, and the core hears of a cancelled leg.
+func TestSippCancel(t *testing.T) {
+	h := newFakeCallHost("ring")
+	a := startCallAdapter(t, h, nil)
+	sipp(t, "cancel.xml", a.udp, peertest.FreePort(t),
+		"-s", "alice", "-au", "alice", "-ap", alicePassword,
+		"-set", "domain", testDomain, "-set", "to", "sip:bob@"+testDomain)
+	inv := <-h.calls
+	hang, ok := h.waitEvent(t).(*event.CallHangup)
+	if !ok || hang.Reason != event.HangupCancelled || hang.Call != inv.Call {
+		t.Errorf("event %#v, want a cancelled hangup of %s", hang, inv.Call)
+	}
+}
+
+// TestSippRefusedCalls: 403 for a call to another domain without
+// credentials (toll fraud), 400 for SDP without c=, 488 for G.729 only.
+func TestSippRefusedCalls(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, func(c *Config) {
+		c.TrustedPeers = append(c.TrustedPeers, TrustedPeer{Name: "lo", Addresses: []string{"127.0.0.1"}, Domains: []string{"pbx.example.org"}})
+	})
+	sipp(t, "toll_fraud.xml", a.udp, peertest.FreePort(t),
+		"-s", "alice", "-set", "domain", testDomain, "-set", "to", "sip:+441234567@carrier.example.net")
+	sipp(t, "bad_sdp.xml", a.udp, peertest.FreePort(t),
+		"-s", "100", "-set", "domain", "pbx.example.org", "-set", "to", "sip:bob@"+testDomain)
+	sipp(t, "no_codec.xml", a.udp, peertest.FreePort(t),
+		"-s", "100", "-set", "domain", "pbx.example.org", "-set", "to", "sip:bob@"+testDomain)
+	select {
+	case inv := <-h.calls:
+		t.Errorf("the core got %+v", inv)
+	default:
 	}
 }
