@@ -605,9 +605,15 @@ func (a *Adapter) hangup(ctx context.Context, c *call, reason event.HangupReason
 		c.state = callEnded
 		branches := c.branches
 		c.mu.Unlock()
+		var wg sync.WaitGroup
 		for _, b := range branches {
-			a.cancelBranch(b, reason)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.cancelBranch(ctx, b, reason)
+			}()
 		}
+		wg.Wait()
 		if c.stop != nil {
 			c.stop()
 		}
@@ -615,7 +621,6 @@ func (a *Adapter) hangup(ctx context.Context, c *call, reason event.HangupReason
 		return nil
 	}
 	c.mu.Unlock()
-	_ = ctx
 	a.endWithBye(c, reason, false)
 	return nil
 }

@@ -351,3 +351,71 @@ func TestSippRefusedCalls(t *testing.T) {
 	default:
 	}
 }
+
+// TestSippInviteForks: Parley calls bob, registered with two contacts, both
+// sipp phones. Both ring; one answers and plays G.711a to the leg Invite
+// returned (the fake core echoes it), the other is CANCELled with Reason
+// SIP;cause=200. The core hears ringing and the answer; its hangup becomes
+// a BYE with Reason Q.850;cause=16.
+func TestSippInviteForks(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, nil)
+	pAnswer, pRing := peertest.FreePort(t), peertest.FreePort(t)
+	register(t, newPeerUA(t), "UDP", a.udp, "bob", bobPassword,
+		fmt.Sprintf("<sip:bob@127.0.0.1:%d>, <sip:bob@127.0.0.1:%d>", pAnswer, pRing))
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); sipp(t, "uas_answer.xml", "", pAnswer) }()
+	go func() { defer wg.Done(); sipp(t, "uas_ring.xml", "", pRing) }()
+	time.Sleep(500 * time.Millisecond) // sipp binds its ports
+
+	ghostAddr := event.Address{Network: event.SIP, ID: ghost}
+	bob := event.Address{Network: event.SIP, ID: "sip:bob@" + testDomain}
+	m, err := a.Invite(context.Background(), &event.CallInvite{
+		Header: event.Header{ID: "call-1", From: ghostAddr, To: bob, FromName: "Alice"},
+		Call:   "leg-1",
+		Offer: event.Media{Codecs: []event.Codec{
+			{Name: "PCMA", ClockRate: 8000, PayloadType: 8},
+			{Name: "telephone-event", ClockRate: 8000, PayloadType: 101},
+		}},
+	})
+	if err != nil {
+		t.Fatalf("Invite: %v", err)
+	}
+	echo := &echoEndpoint{leg: m}
+	m.SetPeer(echo)
+	if r, ok := h.waitEvent(t).(*event.CallRinging); !ok || r.Call != "leg-1" {
+		t.Errorf("first event %#v, want ringing", r)
+	}
+	ans, ok := h.waitEvent(t).(*event.CallAnswer)
+	if !ok || ans.Call != "leg-1" || len(ans.Answer.Codecs) != 1 || ans.Answer.Codecs[0].Name != "PCMA" {
+		t.Fatalf("event %#v, want the answer with PCMA", ans)
+	}
+	time.Sleep(7500 * time.Millisecond) // the pcap lasts 7 s
+	if n := echo.n.Load(); n < 230 {
+		t.Errorf("the leg forwarded %d RTP packets, want about 236; %+v", n, m.Stats())
+	}
+	if err := a.Signal(context.Background(), &event.CallHangup{Call: "leg-1", Reason: event.HangupNormal}); err != nil {
+		t.Errorf("Signal hangup: %v", err)
+	}
+	wg.Wait()
+	_ = m.Close()
+	if a.calls.get("leg-1") != nil {
+		t.Error("the leg is still in the table")
+	}
+}
+
+// TestInviteUnavailable: a user of the domain without a registered contact
+// cannot be called: a permanent error.
+func TestInviteUnavailable(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, nil)
+	_, err := a.Invite(context.Background(), &event.CallInvite{
+		Header: event.Header{From: event.Address{Network: event.SIP, ID: ghost}, To: event.Address{Network: event.SIP, ID: "sip:bob@" + testDomain}},
+		Call:   "leg-2",
+		Offer:  event.Media{Codecs: []event.Codec{{Name: "PCMU", ClockRate: 8000}}},
+	})
+	if !bridges.IsPermanent(err) || !errors.Is(err, errUnavailable) {
+		t.Errorf("Invite: %v, want a permanent error, unavailable", err)
+	}
+}

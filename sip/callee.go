@@ -230,7 +230,7 @@ func (a *Adapter) runBranch(ctx context.Context, c *call, b *branch) {
 			early := c.state == callEarly
 			c.mu.Unlock()
 			if early {
-				a.cancelBranch(b, event.HangupNoAnswer)
+				a.cancelBranch(a.dispatchCtx, b, event.HangupNoAnswer)
 			}
 			a.branchFailed(c, b, 408)
 			return
@@ -314,7 +314,7 @@ func (a *Adapter) branchAnswered(c *call, b *branch, res *sip.Response) {
 	a.sessionTimerAnswer(c, res)
 	a.storeDialog(c)
 	for _, o := range others {
-		a.cancelBranch(o, event.HangupAnsweredElsewhere)
+		go a.cancelBranch(a.dispatchCtx, o, event.HangupAnsweredElsewhere)
 	}
 	host, ok := a.callHost()
 	if !ok {
@@ -398,7 +398,7 @@ func (a *Adapter) branchesDone(c *call) {
 
 // cancelBranch sends a CANCEL of b's INVITE (RFC 3261 §9.1) with the Reason
 // of reason, unless b has its final response.
-func (a *Adapter) cancelBranch(b *branch, reason event.HangupReason) {
+func (a *Adapter) cancelBranch(ctx context.Context, b *branch, reason event.HangupReason) {
 	if b.tx == nil || b.status != 0 {
 		return
 	}
@@ -423,7 +423,7 @@ func (a *Adapter) cancelBranch(b *branch, reason event.HangupReason) {
 	req.AppendHeader(reasonHeader(reason))
 	req.SetTransport(inv.Transport())
 	req.SetDestination(inv.Destination())
-	ctx, cancel := context.WithTimeout(a.dispatchCtx, byeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, byeTimeout)
 	defer cancel()
 	// An option keeps sipgo from adding a Via of its own: a CANCEL has the
 	// INVITE's.
