@@ -182,7 +182,8 @@ func unsupportedExtensions(req *sip.Request) *reply {
 		for _, t := range strings.Split(h.Value(), ",") {
 			t = strings.TrimSpace(t)
 			// Session timers (RFC 4028) are supported in INVITE dialogs.
-			if t != "" && !(strings.EqualFold(t, "timer") && (req.IsInvite() || req.Method == sip.BYE)) {
+			timer := strings.EqualFold(t, "timer") && (req.IsInvite() || req.Method == sip.BYE)
+			if t != "" && !timer {
 				tags = append(tags, t)
 			}
 		}
