@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -417,5 +419,97 @@ func TestInviteUnavailable(t *testing.T) {
 	})
 	if !bridges.IsPermanent(err) || !errors.Is(err, errUnavailable) {
 		t.Errorf("Invite: %v, want a permanent error, unavailable", err)
+	}
+}
+
+// TestReinviteHoldAndSessionTimer: a trusted peer's call with a session
+// timer is answered with Session-Expires; a re-INVITE to sendonly from a
+// new port is answered recvonly and moves the leg's remote address there;
+// a session that lapses ends with a hangup reported to the core.
+func TestReinviteHoldAndSessionTimer(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, func(c *Config) {
+		c.TrustedPeers = append(c.TrustedPeers, TrustedPeer{Name: "lo", Addresses: []string{"127.0.0.1"}, Domains: []string{"pbx.example.org"}})
+	})
+	p := newPeerUA(t)
+	inv := newInvite(a.udp, "sip:100@pbx.example.org", "sip:bob@"+testDomain, testOffer)
+	inv.AppendHeader(sip.NewHeader("Supported", "timer"))
+	inv.AppendHeader(sip.NewHeader("Session-Expires", "1800;refresher=uac"))
+	res := p.do(inv)
+	if res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d %s", res.StatusCode, res.Reason)
+	}
+	if se := res.GetHeader("Session-Expires"); se == nil || se.Value() != "1800;refresher=uac" {
+		t.Errorf("Session-Expires %v, want 1800;refresher=uac", se)
+	}
+	answer, err := media.ParseSDP(res.Body())
+	if err != nil || answer.Direction != media.SendRecv || answer.Media.Codecs[0].Name != "PCMU" {
+		t.Fatalf("answer %+v, %v", answer, err)
+	}
+	callID := inv.CallID().Value()
+	inDialog := func(method sip.RequestMethod, cseq uint32, sdp string) *sip.Request {
+		req := sip.NewRequest(method, res.Contact().Address)
+		req.AppendHeader(sip.HeaderClone(inv.From()))
+		req.AppendHeader(sip.HeaderClone(res.To()))
+		cid := sip.CallIDHeader(callID)
+		req.AppendHeader(&cid)
+		req.AppendHeader(&sip.CSeqHeader{SeqNo: cseq, MethodName: method})
+		req.AppendHeader(sip.NewHeader("Contact", "<sip:phone@127.0.0.1:5999>"))
+		if sdp != "" {
+			req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+			req.SetBody([]byte(sdp))
+		}
+		req.SetTransport("UDP")
+		req.SetDestination(a.udp)
+		return req
+	}
+	if err := p.client.WriteRequest(inDialog(sip.ACK, 1, "")); err != nil {
+		t.Fatal(err)
+	}
+
+	// Hold from a new port.
+	rtp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rtp.Close()
+	port := rtp.LocalAddr().(*net.UDPAddr).Port
+	hold := strings.Replace(testOffer, "m=audio 16000", "m=audio "+strconv.Itoa(port), 1) + "a=sendonly\r\n"
+	res = p.do(inDialog(sip.INVITE, 2, hold))
+	if res.StatusCode != 200 {
+		t.Fatalf("re-INVITE: %d %s", res.StatusCode, res.Reason)
+	}
+	again, err := media.ParseSDP(res.Body())
+	if err != nil || again.Direction != media.RecvOnly || again.Addr != answer.Addr || again.Version <= answer.Version {
+		t.Errorf("re-INVITE answer %+v, %v; want recvonly at %s, a newer version", again, err, answer.Addr)
+	}
+	if err := p.client.WriteRequest(inDialog(sip.ACK, 2, "")); err != nil {
+		t.Fatal(err)
+	}
+	// RTP from the new port passes the leg and comes back there.
+	pkt := []byte{0x80, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7, 0xd5, 0xd5}
+	if _, err := rtp.WriteToUDPAddrPort(pkt, answer.Addr); err != nil {
+		t.Fatal(err)
+	}
+	_ = rtp.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 100)
+	if n, _, err := rtp.ReadFromUDPAddrPort(buf); err != nil || n != len(pkt) {
+		t.Errorf("no echo at the new address: %d bytes, %v", n, err)
+	}
+
+	// The session lapses.
+	c := a.calls.byDialog(callID)
+	if c == nil {
+		t.Fatal("no leg")
+	}
+	c.mu.Lock()
+	if c.lapse == nil {
+		t.Error("no session timer armed")
+	}
+	c.expires = 30 * time.Millisecond
+	a.armLapseLocked(c)
+	c.mu.Unlock()
+	if hang, ok := h.waitEvent(t).(*event.CallHangup); !ok || hang.Call != callID || hang.Reason != event.HangupFailure {
+		t.Errorf("event %#v, want the leg's hangup", hang)
 	}
 }
