@@ -18,8 +18,13 @@
 // event.Subscription, and the presence the core Sends for the pair goes to
 // the watcher in NOTIFYs with PIDF bodies. Subscriptions are kept in memory
 // only (see subscriptions). Users of the domain PUBLISH their own presence
-// (RFC 3903), which goes to the core as broadcast event.Presence. Calls are
-// not handled yet.
+// (RFC 3903), which goes to the core as broadcast event.Presence.
+//
+// Calls (call.go, callee.go, dialog.go): Parley is a back-to-back user
+// agent. An INVITE, authenticated as a MESSAGE is, becomes a caller leg
+// handed to the core (bridges.CallHost); Invite places a callee leg,
+// forking to every registered contact. Media is plain RTP through
+// media.Leg, from the port range in Config.Media.
 package sip
 
 import (

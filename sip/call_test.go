@@ -28,9 +28,9 @@ type fakeCallHost struct {
 	*fakeHost
 	a    *Adapter
 	mode string // "answer", "ring" or "refuse"
-	err  error  // Call's error in mode "refuse"
 
 	mu     sync.Mutex
+	err    error // Call's error in mode "refuse"
 	echoes []*echoEndpoint
 	calls  chan *event.CallInvite
 	events chan event.Event
@@ -45,6 +45,8 @@ func (h *fakeCallHost) Call(_ context.Context, inv *event.CallInvite, m media.En
 	h.calls <- inv
 	if h.mode == "refuse" {
 		_ = m.Close()
+		h.mu.Lock()
+		defer h.mu.Unlock()
 		return h.err
 	}
 	echo := &echoEndpoint{leg: m}
@@ -222,7 +224,9 @@ func TestInviteRefusals(t *testing.T) {
 		{bridges.ErrCallLimit, 486},
 		{errors.New("boom"), 503},
 	} {
+		h.mu.Lock()
 		h.err = tt.err
+		h.mu.Unlock()
 		res := p.do(newInvite(a.udp, peerUser, bob, testOffer))
 		if res.StatusCode != tt.status {
 			t.Errorf("core says %v: %d %s, want %d", tt.err, res.StatusCode, res.Reason, tt.status)
@@ -316,6 +320,9 @@ func TestSippCall(t *testing.T) {
 	}
 	if a.calls.get(inv.Call) != nil {
 		t.Error("the leg is still in the table")
+	}
+	if _, ok := h.links.Value(callKeyPrefix + inv.Call); ok {
+		t.Error("the leg's record is still in the links")
 	}
 }
 
@@ -502,6 +509,9 @@ func TestReinviteHoldAndSessionTimer(t *testing.T) {
 	if c == nil {
 		t.Fatal("no leg")
 	}
+	if v, ok := h.links.Value(callKeyPrefix + callID); !ok || !strings.Contains(v, `"answered":true`) {
+		t.Errorf("the live leg's record: %q", v)
+	}
 	c.mu.Lock()
 	if c.lapse == nil {
 		t.Error("no session timer armed")
@@ -512,4 +522,40 @@ func TestReinviteHoldAndSessionTimer(t *testing.T) {
 	if hang, ok := h.waitEvent(t).(*event.CallHangup); !ok || hang.Call != callID || hang.Reason != event.HangupFailure {
 		t.Errorf("event %#v, want the leg's hangup", hang)
 	}
+}
+
+// TestLeftoverCallsEnded: a leg recorded by an earlier run (answered, so
+// its dialog is known) gets a BYE with a Reason when the adapter starts,
+// and its record goes.
+func TestLeftoverCallsEnded(t *testing.T) {
+	p := newPeerUA(t)
+	byes := make(chan *sip.Request, 2)
+	p.srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		byes <- req
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	p.listenUDP()
+	h := newFakeCallHost("answer")
+	h.links.Set(callKeyPrefix+"old-leg", `{"call_id":"old-leg@x","local_tag":"lt","remote_tag":"rt",`+
+		`"local_uri":"sip:bob@`+testDomain+`","remote_uri":"sip:100@pbx.example.org",`+
+		`"target":"sip:100@`+p.addr+`","transport":"UDP","cseq":4,"answered":true}`)
+	startCallAdapter(t, h, nil)
+	select {
+	case bye := <-byes:
+		if bye.CallID().Value() != "old-leg@x" || bye.CSeq().SeqNo != 5 || toTagOf(bye) != "rt" {
+			t.Errorf("BYE %s", bye)
+		}
+		if r := bye.GetHeader("Reason"); r == nil || !strings.HasPrefix(r.Value(), "Q.850;cause=41") {
+			t.Errorf("Reason %v, want Q.850;cause=41", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no BYE for the leftover leg")
+	}
+	for range 50 {
+		if _, ok := h.links.Value(callKeyPrefix + "old-leg"); !ok {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Error("the leftover leg's record is still there")
 }

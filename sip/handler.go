@@ -360,7 +360,7 @@ func (a *Adapter) onOptions(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 }
 
 // onOther answers the methods the adapter does not handle: 481 to a CANCEL
-// (there is never an INVITE to cancel), 405 to the methods of SIP and its
+// (sipgo's transaction layer answers one that matches an INVITE), 405 to the methods of SIP and its
 // usual extensions, 501 to the rest; both with Allow.
 func (a *Adapter) onOther(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 	switch req.Method {
