@@ -43,6 +43,8 @@ const (
 	callTimeout = 3 * time.Minute
 	// byeTimeout bounds a BYE or CANCEL transaction.
 	byeTimeout = 10 * time.Second
+	// stopCallsTimeout bounds the ending of live legs when Parley stops.
+	stopCallsTimeout = 2 * time.Second
 	// minSessionExpires is the smallest session interval Parley accepts
 	// (RFC 4028 §5: Min-SE defaults to 90 s).
 	minSessionExpires = 90
@@ -564,7 +566,7 @@ func (a *Adapter) retransmitOK(c *call) {
 		case <-deadline.C:
 			t.Stop()
 			a.log.Info("sip call not acknowledged; ending it", "call", c.id)
-			a.endWithBye(c, event.HangupFailure, true)
+			a.endWithBye(a.dispatchCtx, c, event.HangupFailure, true)
 			return
 		case <-t.C:
 		}
@@ -621,7 +623,7 @@ func (a *Adapter) hangup(ctx context.Context, c *call, reason event.HangupReason
 		return nil
 	}
 	c.mu.Unlock()
-	a.endWithBye(c, reason, false)
+	a.endWithBye(ctx, c, reason, false)
 	return nil
 }
 
@@ -738,7 +740,7 @@ func (a *Adapter) endCall(c *call) {
 // endWithBye sends a BYE in c's dialog, with the Reason of reason, and ends
 // c; report says whether the core must be told (the leg ended on
 // Parley's side, not by the core's Signal).
-func (a *Adapter) endWithBye(c *call, reason event.HangupReason, report bool) {
+func (a *Adapter) endWithBye(ctx context.Context, c *call, reason event.HangupReason, report bool) {
 	c.mu.Lock()
 	if c.state == callEnded {
 		c.mu.Unlock()
@@ -752,7 +754,7 @@ func (a *Adapter) endWithBye(c *call, reason event.HangupReason, report bool) {
 	if report {
 		a.reportHangup(c, reason, "")
 	}
-	ctx, cancel := context.WithTimeout(a.dispatchCtx, byeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, byeTimeout)
 	defer cancel()
 	if err := a.sendInDialog(ctx, d, sip.BYE, reasonHeader(reason)); err != nil {
 		a.log.Info("sip BYE failed", "call", c.id, "err", err)
@@ -830,6 +832,9 @@ func (a *Adapter) sendInDialog(ctx context.Context, d dialog, method sip.Request
 	if err != nil {
 		return err
 	}
+	if res == nil { // the transaction ended without an answer (Parley stops)
+		return fmt.Errorf("%s: no answer", method)
+	}
 	if res.StatusCode >= 300 && res.StatusCode != 481 {
 		return fmt.Errorf("%s answered %d %s", method, res.StatusCode, res.Reason)
 	}
@@ -900,6 +905,9 @@ func parseMediaType(ct string) (string, string, error) {
 // answered gets 503, a callee leg ringing a CANCEL, an answered one a BYE;
 // the core hears of each.
 func (a *Adapter) endAllCalls(ctx context.Context) {
+	// The BYEs and CANCELs are sent; their answers matter little now.
+	ctx, cancel := context.WithTimeout(ctx, stopCallsTimeout)
+	defer cancel()
 	var wg sync.WaitGroup
 	for _, c := range a.calls.all() {
 		wg.Add(1)

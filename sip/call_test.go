@@ -18,6 +18,7 @@ import (
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/internal/peertest"
+	"github.com/parleygw/parley/internal/ratelimit"
 	"github.com/parleygw/parley/media"
 )
 
@@ -117,8 +118,8 @@ func (e *echoEndpoint) Stats() media.Stats       { return media.Stats{} }
 func (e *echoEndpoint) Close() error             { return nil }
 
 // startCallAdapter starts an adapter with media ports on loopback and the
-// host h.
-func startCallAdapter(t *testing.T, h *fakeCallHost, edit func(*Config)) *testAdapter {
+// host h; setup runs before Start.
+func startCallAdapter(t *testing.T, h *fakeCallHost, edit func(*Config), setup ...func(*Adapter)) *testAdapter {
 	t.Helper()
 	cfg := testConfig()
 	ports, err := media.NewPorts(netip.MustParseAddr("127.0.0.1"), 20000, 20999)
@@ -135,6 +136,9 @@ func startCallAdapter(t *testing.T, h *fakeCallHost, edit func(*Config)) *testAd
 	}
 	h.a = a
 	a.sendTimeout = 5 * time.Second
+	for _, f := range setup {
+		f(a)
+	}
 	if err := a.Start(context.Background(), h); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
@@ -558,4 +562,92 @@ func TestLeftoverCallsEnded(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Error("the leftover leg's record is still there")
+}
+
+// TestOKRetransmittedUntilACK: over UDP, the 2xx of an INVITE is sent
+// again until the ACK comes (RFC 3261 §13.3.1.4), and not after it.
+func TestOKRetransmittedUntilACK(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, func(c *Config) {
+		c.TrustedPeers = append(c.TrustedPeers, TrustedPeer{Name: "lo", Addresses: []string{"127.0.0.1"}, Domains: []string{"pbx.example.org"}})
+	})
+	conn := dialUDP(t, a.udp)
+	local := conn.LocalAddr().String()
+	bob := "sip:bob@" + testDomain
+	head := func(method, branch, to string, cseq int) []string {
+		return []string{method + " " + bob + " SIP/2.0",
+			"Via: SIP/2.0/UDP " + local + ";rport;branch=z9hG4bK-" + branch,
+			"From: <sip:100@pbx.example.org>;tag=r1",
+			"To: " + to,
+			"Call-ID: retrans-1",
+			"CSeq: " + strconv.Itoa(cseq) + " " + method,
+			"Contact: <sip:100@" + local + ">",
+			"Max-Forwards: 70"}
+	}
+	invite := rawSIP(append(head("INVITE", "i1", "<"+bob+">", 1), "Content-Type: application/sdp")...)(testOffer)
+	for res := exchange(t, conn, invite); !strings.HasPrefix(res, "SIP/2.0 200 "); res = exchange(t, conn, "") {
+		if !strings.HasPrefix(res, "SIP/2.0 1") {
+			t.Fatalf("got %q", firstLine(res))
+		}
+	}
+	again := exchange(t, conn, "")
+	if !strings.HasPrefix(again, "SIP/2.0 200 ") {
+		t.Fatalf("after the 200, got %q; want it again", firstLine(again))
+	}
+	toHeader := ""
+	for _, l := range strings.Split(again, "\r\n") {
+		if strings.HasPrefix(l, "To: ") {
+			toHeader = strings.TrimPrefix(l, "To: ")
+		}
+	}
+	if !strings.Contains(toHeader, "tag=") {
+		t.Fatalf("no To tag in the 200: %q", toHeader)
+	}
+	if _, err := conn.Write([]byte(rawSIP(head("ACK", "a1", toHeader, 1)...)(""))); err != nil {
+		t.Fatal(err)
+	}
+	// A retransmission may cross the ACK; none comes after it.
+	buf := make([]byte, 4096)
+	_ = conn.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+	if _, err := conn.Read(buf); err == nil {
+		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if n, err := conn.Read(buf); err == nil {
+			t.Fatalf("after the ACK, still %q", firstLine(string(buf[:n])))
+		}
+	}
+	c := a.calls.byDialog("retrans-1")
+	if c == nil {
+		t.Fatal("no leg")
+	}
+	c.mu.Lock()
+	state := c.state
+	c.mu.Unlock()
+	if state != callConfirmed {
+		t.Errorf("state %d after the ACK, want confirmed", state)
+	}
+}
+
+// TestInviteRateLimit: an authenticated user's INVITEs beyond the limit of
+// their source are answered 503 with Retry-After before the core sees them.
+func TestInviteRateLimit(t *testing.T) {
+	h := newFakeCallHost("refuse")
+	h.err = bridges.ErrNoRoute
+	a := startCallAdapter(t, h, nil, func(a *Adapter) {
+		a.inviteLimiter = ratelimit.New[netip.Addr](0.01, 1, 10)
+	})
+	p := newPeerUA(t)
+	alice, bob := "sip:alice@"+testDomain, "sip:bob@"+testDomain
+	if res := p.doAuth(newInvite(a.udp, alice, bob, testOffer), "alice", alicePassword); res.StatusCode != 404 {
+		t.Fatalf("first INVITE: %d %s, want the core's 404", res.StatusCode, res.Reason)
+	}
+	<-h.calls
+	res := p.doAuth(newInvite(a.udp, alice, bob, testOffer), "alice", alicePassword)
+	if res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("second INVITE: %d %s, want 503 with Retry-After", res.StatusCode, res.Reason)
+	}
+	select {
+	case inv := <-h.calls:
+		t.Errorf("the core got %+v", inv)
+	default:
+	}
 }

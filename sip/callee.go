@@ -141,6 +141,16 @@ func (a *Adapter) Invite(ctx context.Context, inv *event.CallInvite) (media.Endp
 		c.branches = append(c.branches, b)
 		a.calls.addCallID(c, b.callID)
 	}
+	sent := false
+	for _, b := range c.branches {
+		sent = sent || b.tx != nil
+	}
+	if !sent {
+		stop()
+		a.calls.remove(c)
+		_ = leg.Close()
+		return fail(fmt.Errorf("no INVITE could be sent to the %d contacts", len(targets)))
+	}
 	c.mu.Lock()
 	c.d.Transport = sip.NetworkToUpper(c.branches[0].req.Transport())
 	if v := c.branches[0].req.Via(); v != nil {
@@ -298,11 +308,12 @@ func (a *Adapter) branchAnswered(c *call, b *branch, res *sip.Response) {
 		c.d = d
 		c.mu.Unlock()
 		a.log.Info("sip answer without usable SDP", "call", c.id, "err", err)
-		a.endWithBye(c, event.HangupIncompatibleMedia, true)
+		a.endWithBye(a.dispatchCtx, c, event.HangupIncompatibleMedia, true)
 		return
 	}
 	c.state = callConfirmed
 	c.d = d
+	c.sdp.Media = answer.Media // what a re-INVITE must keep
 	c.leg.SetRemote(answer.Addr, !answer.Addr.IsValid())
 	others := make([]*branch, 0, len(c.branches))
 	for _, o := range c.branches {
@@ -325,7 +336,7 @@ func (a *Adapter) branchAnswered(c *call, b *branch, res *sip.Response) {
 	if err := host.CallEvent(ctx, &event.CallAnswer{Header: a.callHeader(c), Call: c.id, Answer: answer.Media}); err != nil {
 		a.log.Info("sip answer not reported", "call", c.id, "err", err)
 		if errors.Is(err, bridges.ErrUnknownCall) {
-			a.endWithBye(c, event.HangupFailure, false)
+			a.endWithBye(a.dispatchCtx, c, event.HangupFailure, false)
 		}
 	}
 }
@@ -428,6 +439,9 @@ func (a *Adapter) cancelBranch(ctx context.Context, b *branch, reason event.Hang
 	// An option keeps sipgo from adding a Via of its own: a CANCEL has the
 	// INVITE's.
 	res, err := client.Do(ctx, req, func(*sipgo.Client, *sip.Request) error { return nil })
+	if err == nil && res == nil {
+		err = errors.New("no answer")
+	}
 	if err != nil {
 		a.log.Info("sip CANCEL failed", "call_id", b.callID, "err", err)
 		return

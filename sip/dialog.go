@@ -161,7 +161,7 @@ func (a *Adapter) armLapseLocked(c *call) {
 	}
 	c.lapse = time.AfterFunc(d, func() {
 		a.log.Info("sip session expired; ending the call", "call", c.id)
-		a.endWithBye(c, event.HangupFailure, true)
+		a.endWithBye(a.dispatchCtx, c, event.HangupFailure, true)
 	})
 }
 
@@ -229,6 +229,9 @@ func (a *Adapter) endLeftoverCalls(ctx context.Context) {
 		return
 	}
 	for key, v := range recs {
+		if a.calls.get(strings.TrimPrefix(key, callKeyPrefix)) != nil {
+			continue // a leg of this run
+		}
 		var d dialog
 		if err := json.Unmarshal([]byte(v), &d); err == nil {
 			switch {
