@@ -207,7 +207,7 @@ func codecsOf(md *sdp.MediaDescription) ([]event.Codec, error) {
 	for _, a := range md.Attributes {
 		switch a.Key {
 		case "rtpmap":
-			c, err := parseRtpmap(a.Value)
+			c, err := readRtpmap(a.Value)
 			if err != nil {
 				return nil, err
 			}
@@ -248,8 +248,8 @@ func codecsOf(md *sdp.MediaDescription) ([]event.Codec, error) {
 	return out, nil
 }
 
-// parseRtpmap reads "<pt> <name>/<rate>[/<channels>]".
-func parseRtpmap(v string) (event.Codec, error) {
+// readRtpmap reads "<pt> <name>/<rate>[/<channels>]".
+func readRtpmap(v string) (event.Codec, error) {
 	bad := func() (event.Codec, error) { return event.Codec{}, fmt.Errorf("a=rtpmap:%s is malformed", v) }
 	pt, enc, ok := strings.Cut(strings.TrimSpace(v), " ")
 	if !ok {

@@ -48,6 +48,8 @@ const (
 	// minSessionExpires is the smallest session interval Parley accepts
 	// (RFC 4028 §5: Min-SE defaults to 90 s).
 	minSessionExpires = 90
+	// maxSessionExpires is the longest session interval Parley grants.
+	maxSessionExpires = 86400
 )
 
 // callState is where a leg is in its life.

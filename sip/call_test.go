@@ -651,3 +651,23 @@ func TestInviteRateLimit(t *testing.T) {
 	default:
 	}
 }
+
+// FuzzCallHeaders: the Reason (RFC 3326) and Session-Expires (RFC 4028)
+// parsers never panic, and what they return is in range.
+func FuzzCallHeaders(f *testing.F) {
+	for _, s := range []string{`Q.850;cause=16;text="Normal call clearing"`, `SIP;cause=200;text="Call completed elsewhere"`,
+		"1800;refresher=uac", "90;refresher=uas", "SIP ; cause = 486", ";;;", "cause=", "-5", "99999999999999999999"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		req := sip.NewRequest(sip.BYE, sip.Uri{Scheme: "sip", Host: "x"})
+		req.AppendHeader(sip.NewHeader("Reason", v))
+		req.AppendHeader(sip.NewHeader("Session-Expires", v))
+		if r, ok := parseReason(req); ok && !r.Valid() {
+			t.Fatalf("reason %d from %q", r, v)
+		}
+		if d, _ := sessionExpires(req); d != 0 && (d < minSessionExpires*time.Second || d > maxSessionExpires*time.Second) {
+			t.Fatalf("session interval %v from %q", d, v)
+		}
+	})
+}

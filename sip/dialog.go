@@ -96,7 +96,7 @@ func sessionExpires(m interface{ Headers() []sip.Header }) (time.Duration, bool)
 		if err != nil || n <= 0 {
 			return 0, false
 		}
-		n = max(n, minSessionExpires)
+		n = min(max(n, minSessionExpires), maxSessionExpires) // a UAS may shorten it (RFC 4028 §9)
 		uas := false
 		for _, p := range strings.Split(params, ";") {
 			k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
