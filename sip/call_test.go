@@ -671,3 +671,85 @@ func FuzzCallHeaders(f *testing.F) {
 		}
 	})
 }
+
+// answeringPhone is a sipgo user agent registered for bob that answers
+// every INVITE with 200 at once, and records ACKs and BYEs.
+type answeringPhone struct {
+	*peerUA
+	acks, byes chan *sip.Request
+}
+
+func newAnsweringPhone(t *testing.T) *answeringPhone {
+	p := &answeringPhone{peerUA: newPeerUA(t), acks: make(chan *sip.Request, 5), byes: make(chan *sip.Request, 5)}
+	p.srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		sdp := "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 16010 RTP/AVP 8\r\n"
+		res := sip.NewResponseFromRequest(req, 200, "OK", []byte(sdp))
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		res.AppendHeader(sip.NewHeader("Contact", "<sip:bob@"+p.addr+">"))
+		_ = tx.Respond(res)
+	})
+	p.srv.OnAck(func(req *sip.Request, _ sip.ServerTransaction) { p.acks <- req })
+	p.srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		p.byes <- req
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	p.listenUDP()
+	return p
+}
+
+func waitRequest(t *testing.T, ch chan *sip.Request, what string) *sip.Request {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no %s", what)
+		return nil
+	}
+}
+
+// TestInviteLateAnswer: both of bob's phones answer at once. The first 2xx
+// wins; the other is ACKed and ended with a BYE with Reason SIP;cause=200.
+// The core's hangup ends the winner with a BYE.
+func TestInviteLateAnswer(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, nil)
+	p1, p2 := newAnsweringPhone(t), newAnsweringPhone(t)
+	register(t, newPeerUA(t), "UDP", a.udp, "bob", bobPassword, "<sip:bob@"+p1.addr+">, <sip:bob@"+p2.addr+">")
+	m, err := a.Invite(context.Background(), &event.CallInvite{
+		Header: event.Header{From: event.Address{Network: event.SIP, ID: ghost}, To: event.Address{Network: event.SIP, ID: "sip:bob@" + testDomain}},
+		Call:   "leg-late",
+		Offer:  event.Media{Codecs: []event.Codec{{Name: "PCMA", ClockRate: 8000, PayloadType: 8}}},
+	})
+	if err != nil {
+		t.Fatalf("Invite: %v", err)
+	}
+	defer m.Close()
+	if ans, ok := h.waitEvent(t).(*event.CallAnswer); !ok || ans.Call != "leg-late" {
+		t.Fatalf("event %#v, want the answer", ans)
+	}
+	waitRequest(t, p1.acks, "ACK at the first phone")
+	waitRequest(t, p2.acks, "ACK at the second phone")
+	var loser, winner *answeringPhone
+	select {
+	case bye := <-p1.byes:
+		loser, winner = p1, p2
+		p1.byes <- bye
+	case bye := <-p2.byes:
+		loser, winner = p2, p1
+		p2.byes <- bye
+	case <-time.After(5 * time.Second):
+		t.Fatal("no BYE for the late answer")
+	}
+	bye := waitRequest(t, loser.byes, "BYE")
+	if r := bye.GetHeader("Reason"); r == nil || !strings.HasPrefix(r.Value(), "SIP;cause=200") {
+		t.Errorf("late answer's BYE has Reason %v, want SIP;cause=200", r)
+	}
+	if err := a.Signal(context.Background(), &event.CallHangup{Call: "leg-late", Reason: event.HangupNormal}); err != nil {
+		t.Fatal(err)
+	}
+	bye = waitRequest(t, winner.byes, "BYE of the winner")
+	if r := bye.GetHeader("Reason"); r == nil || !strings.HasPrefix(r.Value(), "Q.850;cause=16") {
+		t.Errorf("winner's BYE has Reason %v, want Q.850;cause=16", r)
+	}
+}
