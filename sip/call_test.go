@@ -28,7 +28,7 @@ import (
 type fakeCallHost struct {
 	*fakeHost
 	a    *Adapter
-	mode string // "answer", "ring" or "refuse"
+	mode string // "answer", "ring", "early" (183 with SDP, no answer) or "refuse"
 
 	mu     sync.Mutex
 	err    error // Call's error in mode "refuse"
@@ -57,7 +57,12 @@ func (h *fakeCallHost) Call(_ context.Context, inv *event.CallInvite, m media.En
 	h.mu.Unlock()
 	go func() {
 		ctx := context.Background()
-		if err := h.a.Signal(ctx, &event.CallRinging{Call: inv.Call}); err != nil {
+		ringing := &event.CallRinging{Call: inv.Call}
+		if h.mode == "early" {
+			ringing.EarlyMedia = true
+			ringing.Media, _ = media.AnswerCodecs(inv.Offer, media.Forwardable)
+		}
+		if err := h.a.Signal(ctx, ringing); err != nil {
 			panic(err)
 		}
 		if h.mode != "answer" {
@@ -676,12 +681,13 @@ func FuzzCallHeaders(f *testing.F) {
 // every INVITE with 200 at once, and records ACKs and BYEs.
 type answeringPhone struct {
 	*peerUA
-	acks, byes chan *sip.Request
+	invites, acks, byes chan *sip.Request
 }
 
 func newAnsweringPhone(t *testing.T) *answeringPhone {
-	p := &answeringPhone{peerUA: newPeerUA(t), acks: make(chan *sip.Request, 5), byes: make(chan *sip.Request, 5)}
+	p := &answeringPhone{peerUA: newPeerUA(t), invites: make(chan *sip.Request, 5), acks: make(chan *sip.Request, 5), byes: make(chan *sip.Request, 5)}
 	p.srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		p.invites <- req
 		sdp := "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 16010 RTP/AVP 8\r\n"
 		res := sip.NewResponseFromRequest(req, 200, "OK", []byte(sdp))
 		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
@@ -751,5 +757,64 @@ func TestInviteLateAnswer(t *testing.T) {
 	bye = waitRequest(t, winner.byes, "BYE of the winner")
 	if r := bye.GetHeader("Reason"); r == nil || !strings.HasPrefix(r.Value(), "Q.850;cause=16") {
 		t.Errorf("winner's BYE has Reason %v, want Q.850;cause=16", r)
+	}
+}
+
+// TestInviteThroughProxy: a callee outside the domain (a PBX user) is
+// called at their AOR through the outbound proxy, as MESSAGE reaches them.
+func TestInviteThroughProxy(t *testing.T) {
+	proxy := newAnsweringPhone(t)
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, func(c *Config) { c.OutboundProxy = "sip:" + proxy.addr })
+	m, err := a.Invite(context.Background(), &event.CallInvite{
+		Header: event.Header{From: event.Address{Network: event.SIP, ID: ghost}, To: event.Address{Network: event.SIP, ID: "sip:100@pbx.example.org"}},
+		Call:   "leg-pbx",
+		Offer:  event.Media{Codecs: []event.Codec{{Name: "PCMU", ClockRate: 8000}}},
+	})
+	if err != nil {
+		t.Fatalf("Invite: %v", err)
+	}
+	defer m.Close()
+	inv := waitRequest(t, proxy.invites, "INVITE at the proxy")
+	if inv.Recipient.String() != "sip:100@pbx.example.org" {
+		t.Errorf("Request-URI %s, want the AOR", inv.Recipient.String())
+	}
+	if r := inv.GetHeader("Route"); r == nil || !strings.Contains(r.Value(), proxy.addr) {
+		t.Errorf("Route %v, want the proxy", r)
+	}
+	if ans, ok := h.waitEvent(t).(*event.CallAnswer); !ok || ans.Answer.Codecs[0].Name != "PCMA" {
+		t.Errorf("event %#v, want the answer (PCMA, from the phone's SDP)", ans)
+	}
+}
+
+// TestEarlyMedia: a CallRinging with early media is a 183 with SDP whose
+// address is the leg's.
+func TestEarlyMedia(t *testing.T) {
+	h := newFakeCallHost("early")
+	a := startCallAdapter(t, h, func(c *Config) {
+		c.TrustedPeers = append(c.TrustedPeers, TrustedPeer{Name: "lo", Addresses: []string{"127.0.0.1"}, Domains: []string{"pbx.example.org"}})
+	})
+	p := newPeerUA(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tx, err := p.client.TransactionRequest(ctx, newInvite(a.udp, "sip:100@pbx.example.org", "sip:bob@"+testDomain, testOffer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Terminate()
+	for {
+		select {
+		case res := <-tx.Responses():
+			if res.StatusCode != 183 {
+				continue
+			}
+			s, err := media.ParseSDP(res.Body())
+			if err != nil || !s.Addr.IsValid() || s.Addr.Port() < 20000 || s.Media.Codecs[0].Name != "PCMU" {
+				t.Errorf("183 SDP %+v, %v", s, err)
+			}
+			return
+		case <-ctx.Done():
+			t.Fatal("no 183")
+		}
 	}
 }
