@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -160,10 +159,7 @@ func BenchmarkCalls(b *testing.B) {
 	load.rtts = nil
 
 	heap0, rss0 := st.liveHeap(), rssOf(st.parley.Process.Pid)
-	abs, err := filepath.Abs("testdata/uas_call.xml")
-	if err != nil {
-		b.Fatal(err)
-	}
+	abs := testdataPath(b, "uas_call.xml")
 	hold := time.Duration(seconds)*time.Second + time.Duration(calls/100+15)*time.Second
 	callee := peertest.StartSipp(b, peertest.SippOptions{
 		Scenario: "uac_register_then_uas.xml", OOCScenario: abs, Target: st.sipAddr,
@@ -174,7 +170,7 @@ func BenchmarkCalls(b *testing.B) {
 	})
 	waitLog(b, callee, "REGISTERED", 10*time.Second)
 	caller := peertest.StartSipp(b, peertest.SippOptions{
-		Scenario: filepath.Join("testdata", "uac_call_bench.xml"), Target: st.sipAddr, Name: "bench-caller",
+		Scenario: testdataPath(b, "uac_call_bench.xml"), Target: st.sipAddr, Name: "bench-caller",
 		Vars: map[string]string{"domain": sipDomain, "from": "1001", "to": "1002", "rtp_ip": "127.0.0.1",
 			"rtp_port": fmt.Sprint(port(load.caller)), "hold": fmt.Sprint(hold.Milliseconds())},
 		Calls: calls, Limit: calls, Rate: 100, Timeout: hold + 2*time.Minute,

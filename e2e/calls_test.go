@@ -98,16 +98,13 @@ func (m *phoneMedia) packets() ([][]byte, netip.AddrPort) {
 // uas_call.xml, its media at m.
 func startCallee(t *testing.T, st *stack, user string, m *phoneMedia, hangup string) *peertest.SippProcess {
 	t.Helper()
-	abs, err := filepath.Abs("testdata/uas_call.xml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	abs := testdataPath(t, "uas_call.xml")
 	p := peertest.StartSipp(t, peertest.SippOptions{
 		Scenario: "uac_register_then_uas.xml", OOCScenario: abs, Target: st.sipAddr,
 		Service: user, AuthPassword: sipUsers[user], Name: "callee-" + user,
 		Vars: map[string]string{
 			"domain": sipDomain, "messages": "1", "rtp_ip": "127.0.0.1", "rtp_port": fmt.Sprint(m.port()),
-			"talk": "6000", "hangup": hangup,
+			"talk": "8000", "hangup": hangup,
 		},
 	})
 	waitLog(t, p, "REGISTERED", 10*time.Second)
@@ -143,9 +140,9 @@ func TestCallSIPToSIP(t *testing.T) {
 			media := newPhoneMedia(t)
 			callee := startCallee(t, st, "1002", media, hangup)
 			caller := peertest.StartSipp(t, peertest.SippOptions{
-				Scenario: filepath.Join("testdata", "uac_call.xml"), Target: st.sipAddr, Service: "1001",
+				Scenario: testdataPath(t, "uac_call.xml"), Target: st.sipAddr, Service: "1001",
 				AuthPassword: sipUsers["1001"], Name: "caller",
-				Vars: map[string]string{"domain": sipDomain, "to": "1002", "talk": "6000", "hangup": hangup},
+				Vars: map[string]string{"domain": sipDomain, "to": "1002", "talk": "8000", "hangup": hangup},
 			})
 			caller.Wait(t)
 			callee.Wait(t)
@@ -218,4 +215,15 @@ func TestCallSIPToSIPAudio(t *testing.T) {
 		t.Errorf("the callee did not hear the caller's 440 Hz tone: share %.3f of %d samples", share, len(heard))
 	}
 	waitMetric(t, st, `parley_calls_ended_total{reason="normal"}`, 1)
+}
+
+// testdataPath is the absolute path of a file of e2e/testdata, for peers
+// that run in a directory of their own.
+func testdataPath(t testing.TB, name string) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
