@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -226,4 +227,78 @@ func testdataPath(t testing.TB, name string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// Every way a call ends reaches the other leg with the reason of the one
+// table (calls/reasons.go): a phone calls another through Parley, and the
+// callee refuses, rings out, is cancelled, or answers and sends no media.
+func TestCallEndings(t *testing.T) {
+	st := newStack(t, stackSettings{})
+	st.start(true)
+	tests := []struct {
+		name           string
+		ending, status string // the callee's
+		cancel         string // the caller's
+		caller, callee []string
+	}{
+		{"busy", "refuse", "486", "no", []string{"FINAL 486"}, nil},
+		{"decline", "refuse", "603", "no", []string{"FINAL 603"}, nil},
+		{"no answer", "ring", "", "no", []string{"FINAL 408"}, []string{`CANCEL reason= Q.850;cause=19;text="No answer"`}},
+		{"caller cancels", "ring", "", "yes", []string{"FINAL 487"}, []string{`CANCEL reason= SIP;cause=487;text="Request terminated"`}},
+		{"media timeout", "answer", "", "no", []string{"ANSWERED", `BYE reason= Q.850;cause=102;text="Media timeout"`},
+			[]string{`BYE reason= Q.850;cause=102;text="Media timeout"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			media := newPhoneMedia(t)
+			// sipp checks a response's status code when it reads the
+			// scenario: write it in.
+			scenario, err := os.ReadFile(testdataPath(t, "uas_call_ending.xml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ooc := filepath.Join(t.TempDir(), "uas_call_ending.xml")
+			status := cmp.Or(tt.status, "486")
+			if err := os.WriteFile(ooc, bytes.ReplaceAll(scenario, []byte("[$status]"), []byte(status)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			callee := peertest.StartSipp(t, peertest.SippOptions{
+				Scenario: "uac_register_then_uas.xml", OOCScenario: ooc, Target: st.sipAddr,
+				Service: "1002", AuthPassword: sipUsers["1002"], Name: "callee",
+				Vars: map[string]string{"domain": sipDomain, "messages": "1", "ending": tt.ending,
+					"rtp_ip": "127.0.0.1", "rtp_port": fmt.Sprint(media.port())},
+			})
+			waitLog(t, callee, "REGISTERED", 10*time.Second)
+			caller := peertest.RunSipp(t, peertest.SippOptions{
+				Scenario: testdataPath(t, "uac_call_ending.xml"), Target: st.sipAddr, Service: "1001",
+				AuthPassword: sipUsers["1001"], Name: "caller", Timeout: 30 * time.Second,
+				Vars: map[string]string{"domain": sipDomain, "to": "1002", "cancel": tt.cancel,
+					"rtp_ip": "127.0.0.1", "rtp_port": fmt.Sprint(newPhoneMedia(t).port())},
+			})
+			callee.Wait(t)
+			wantLogs(t, "caller", caller.Logs(), tt.caller)
+			wantLogs(t, "callee", callee.Logs(), tt.callee)
+		})
+	}
+	waitMetric(t, st, "parley_calls_active", 0)
+	_, m := st.get("/metrics")
+	for reason, n := range map[string]float64{"busy": 1, "declined": 1, "no-answer": 1, "cancelled": 1, "media-timeout": 1} {
+		if v := metricValue(m, fmt.Sprintf(`parley_calls_ended_total{reason=%q}`, reason)); v != n {
+			t.Errorf("calls ended %s: %v, want %v", reason, v, n)
+		}
+	}
+}
+
+// wantLogs checks that each wanted line is in a sipp's log, in order.
+func wantLogs(t *testing.T, who string, logs, want []string) {
+	t.Helper()
+	i := 0
+	for _, l := range logs {
+		if i < len(want) && strings.Contains(l, want[i]) {
+			i++
+		}
+	}
+	if i < len(want) {
+		t.Errorf("%s's log lacks %q; it has:\n%s", who, want[i], strings.Join(logs, "\n"))
+	}
 }

@@ -209,7 +209,7 @@ sip:
   rate_limit: {per_second: 10000, burst: 20000}
 %scalls:
   media: {address: 127.0.0.1, ports: %d-%d}
-  ring_timeout: 20s
+  ring_timeout: 6s
   media_timeout: %s
 mapping:
   ghosts:

@@ -91,7 +91,9 @@ type call struct {
 	// them.
 	branches []*branch
 	stop     context.CancelFunc
-	rang     bool // CallRinging reported
+	// global is the 6xx a branch answered, which ends the others.
+	global int
+	rang   bool // CallRinging reported
 
 	// Session timer (RFC 4028): the dialog ends when it lapses.
 	expires time.Duration

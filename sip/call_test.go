@@ -818,3 +818,48 @@ func TestEarlyMedia(t *testing.T) {
 		}
 	}
 }
+
+// TestSippInviteGlobalFailure: bob has two phones; one declines (603, a
+// global failure, RFC 3261 §16.7): Parley cancels the other at once, with
+// the reason, instead of letting it ring, and the core hears the decline.
+func TestSippInviteGlobalFailure(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, nil)
+	pDecline, pRing := peertest.FreePort(t), peertest.FreePort(t)
+	register(t, newPeerUA(t), "UDP", a.udp, "bob", bobPassword,
+		fmt.Sprintf("<sip:bob@127.0.0.1:%d>, <sip:bob@127.0.0.1:%d>", pRing, pDecline))
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); sipp(t, "uas_ring_declined.xml", "", pRing) }()
+	time.Sleep(300 * time.Millisecond) // the ringing phone first
+	go func() { defer wg.Done(); sipp(t, "uas_decline.xml", "", pDecline) }()
+	time.Sleep(500 * time.Millisecond) // sipp binds its ports
+
+	start := time.Now()
+	m, err := a.Invite(context.Background(), &event.CallInvite{
+		Header: event.Header{ID: "call-g", From: event.Address{Network: event.SIP, ID: ghost}, To: event.Address{Network: event.SIP, ID: "sip:bob@" + testDomain}},
+		Call:   "leg-g",
+		Offer:  event.Media{Codecs: []event.Codec{{Name: "PCMA", ClockRate: 8000, PayloadType: 8}}},
+	})
+	if err != nil {
+		t.Fatalf("Invite: %v", err)
+	}
+	defer m.Close()
+	var hangup *event.CallHangup
+	for hangup == nil {
+		switch e := h.waitEvent(t).(type) {
+		case *event.CallRinging:
+		case *event.CallHangup:
+			hangup = e
+		default:
+			t.Fatalf("event %#v", e)
+		}
+	}
+	if hangup.Reason != event.HangupDeclined {
+		t.Errorf("the core heard %s, want declined", hangup.Reason)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the decline took %s: the other phone was left to ring", d)
+	}
+	wg.Wait() // the ringing phone got its CANCEL with Q.850;cause=21
+}

@@ -29,6 +29,14 @@ type branch struct {
 	tx     sip.ClientTransaction
 	// status is the final status the branch got, 0 while it has none.
 	status int
+
+	// A CANCEL may go only after a provisional response (RFC 3261 §9.1):
+	// one asked for before waits in cancelWith until the branch's first
+	// provisional response sends it.
+	mu          sync.Mutex
+	provisional bool
+	cancelWith  event.HangupReason
+	cancelled   bool
 }
 
 // Invite implements bridges.CallNetwork: it calls inv.To from inv.From (a
@@ -215,16 +223,24 @@ func (a *Adapter) newInvite(c *call, inv *event.CallInvite, t target, callID str
 	return req
 }
 
-// runBranch reads the responses of one branch until its final one.
+// runBranch reads the responses of one branch until its final one. When
+// the leg ends first (ctx), the branch is cancelled: at once if it had a
+// provisional response, else when its first one comes (or its INVITE
+// times out).
 func (a *Adapter) runBranch(ctx context.Context, c *call, b *branch) {
 	defer b.tx.Terminate()
+	done := ctx.Done()
 	for {
 		select {
 		case res := <-b.tx.Responses():
 			switch {
-			case res.StatusCode == 100:
 			case res.IsProvisional():
-				a.branchRinging(c, res)
+				if reason := b.gotProvisional(); reason != 0 {
+					a.sendCancel(a.dispatchCtx, b, reason)
+				}
+				if res.StatusCode != 100 {
+					a.branchRinging(c, res)
+				}
 			case res.IsSuccess():
 				a.branchAnswered(c, b, res)
 				return
@@ -235,17 +251,34 @@ func (a *Adapter) runBranch(ctx context.Context, c *call, b *branch) {
 		case <-b.tx.Done():
 			a.branchFailed(c, b, 408)
 			return
-		case <-ctx.Done():
+		case <-done:
+			// The leg ended (or another branch's 6xx ended it): cancel
+			// this branch, unless whoever ended the leg did already, and
+			// read on until its final response (487, which the
+			// transaction ACKs) or its timeout.
+			done = nil
 			c.mu.Lock()
-			early := c.state == callEarly
-			c.mu.Unlock()
-			if early {
-				a.cancelBranch(a.dispatchCtx, b, event.HangupNoAnswer)
+			reason := event.HangupNoAnswer
+			if r, ok := calls.FromSIPStatus(c.global); ok {
+				reason = r
 			}
-			a.branchFailed(c, b, 408)
-			return
+			c.mu.Unlock()
+			a.cancelBranch(a.dispatchCtx, b, reason)
 		}
 	}
+}
+
+// gotProvisional records the branch's first provisional response and
+// returns the reason of a CANCEL that waited for it, if any.
+func (b *branch) gotProvisional() event.HangupReason {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.provisional = true
+	if b.cancelWith == 0 || b.cancelled {
+		return 0
+	}
+	b.cancelled = true
+	return b.cancelWith
 }
 
 func (a *Adapter) branchRinging(c *call, res *sip.Response) {
@@ -284,9 +317,12 @@ func (a *Adapter) branchRinging(c *call, res *sip.Response) {
 // branchAnswered handles a 2xx of branch b: the first one wins the leg,
 // the others are ACKed and ended with a BYE.
 func (a *Adapter) branchAnswered(c *call, b *branch, res *sip.Response) {
+	c.mu.Lock()
+	local := c.d // another branch's answer may replace c.d meanwhile
+	c.mu.Unlock()
 	d := dialog{
-		CallID: b.callID, LocalTag: c.d.LocalTag, RemoteTag: toTagOf(res),
-		LocalURI: c.d.LocalURI, RemoteURI: c.d.RemoteURI,
+		CallID: b.callID, LocalTag: local.LocalTag, RemoteTag: toTagOf(res),
+		LocalURI: local.LocalURI, RemoteURI: local.RemoteURI,
 		Target: b.req.Recipient.String(), Routes: recordRoutes(res, true),
 		Transport: sip.NetworkToUpper(b.req.Transport()), CSeq: 1, Answered: true,
 	}
@@ -365,13 +401,32 @@ func (a *Adapter) byeLate(d dialog) {
 	}
 }
 
-// branchFailed records the final status of a branch.
+// branchFailed records the final status of a branch. A 6xx is a global
+// failure (RFC 3261 §16.7): the callee refused on one device for all of
+// them, so the other branches are cancelled at once rather than left to
+// ring.
 func (a *Adapter) branchFailed(c *call, b *branch, status int) {
 	c.mu.Lock()
 	if b.status == 0 {
 		b.status = status
 	}
+	global := status >= 600 && c.global == 0 && c.state == callEarly
+	if global {
+		c.global, c.state = status, callEnded
+	}
+	stop := c.stop
 	c.mu.Unlock()
+	if !global {
+		return
+	}
+	// The other branches are cancelled (runBranch, as stop ends their
+	// context) while the core hears the refusal now.
+	if stop != nil {
+		stop()
+	}
+	reason, _ := calls.FromSIPStatus(status)
+	a.endCall(c)
+	a.reportHangup(c, reason, sipReasonPhrase(status))
 }
 
 // branchesDone runs once every branch has its final response: when none
@@ -407,12 +462,34 @@ func (a *Adapter) branchesDone(c *call) {
 	a.reportHangup(c, reason, sipReasonPhrase(best))
 }
 
-// cancelBranch sends a CANCEL of b's INVITE (RFC 3261 §9.1) with the Reason
-// of reason, unless b has its final response.
-func (a *Adapter) cancelBranch(ctx context.Context, b *branch, reason event.HangupReason) {
-	if b.tx == nil || b.status != 0 {
-		return
+// cancelBranch cancels b's INVITE (RFC 3261 §9.1) with the Reason of
+// reason, unless b has its final response. It reports whether the CANCEL
+// went: before b's first provisional response it waits (runBranch sends it
+// then) and cancelBranch returns false.
+func (a *Adapter) cancelBranch(ctx context.Context, b *branch, reason event.HangupReason) bool {
+	if b.tx == nil {
+		return true
 	}
+	b.mu.Lock()
+	switch {
+	case b.status != 0 || b.cancelled:
+		b.mu.Unlock()
+		return true
+	case !b.provisional:
+		if b.cancelWith == 0 {
+			b.cancelWith = reason
+		}
+		b.mu.Unlock()
+		return false
+	}
+	b.cancelled = true
+	b.mu.Unlock()
+	a.sendCancel(ctx, b, reason)
+	return true
+}
+
+// sendCancel sends the CANCEL of b's INVITE.
+func (a *Adapter) sendCancel(ctx context.Context, b *branch, reason event.HangupReason) {
 	_, _, client, _ := a.stack()
 	if client == nil {
 		return
