@@ -202,6 +202,7 @@ func (d *demo) printTimings() {
 // and creates the accounts.
 func (d *demo) start() {
 	r := d.r
+	requireCallPeers(r)
 	d.config = filepath.Join(d.dir, "parley.yaml")
 	d.logPath = filepath.Join(d.dir, "parley.log")
 
@@ -269,6 +270,8 @@ sip:
   users:
     %q: {password: %q}
     %q: {password: %q}
+calls:
+  media: {address: 127.0.0.1, ports: %s}
 mapping:
   ghosts:
     matrix: {xmpp: "@_xmpp_{user}_{domain}:%s", sip: "@_sip_{user}_{domain}:%s"}
@@ -284,7 +287,7 @@ mapping:
 `, filepath.Join(d.dir, "parley.db"), adminPort,
 		d.prosody.ComponentAddr, componentDomain, d.prosody.ComponentSecret, xmppDomain,
 		hsURL, serverName, d.asPort, asToken, hsToken,
-		sipDomain, d.sipAddr, d.sipAddr, phoneUser, phonePassword, softphoneUser, softphonePassword,
+		sipDomain, d.sipAddr, d.sipAddr, phoneUser, phonePassword, softphoneUser, softphonePassword, mediaPorts,
 		serverName, serverName, componentDomain, componentDomain, sipDomain, sipDomain,
 		componentDomain, sipDomain, bobMXID)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
@@ -447,7 +450,8 @@ func (d *demo) converse() {
 	}
 	d.timings = append(d.timings, timing{"conversation", time.Since(t0)})
 
-	d.phoneCall(clients, alice, xmppEvents, bob)
+	dm := d.phoneCall(clients, alice, xmppEvents, bob)
+	d.calls(clients, dm)
 	fmt.Println("\nthe conversation went through; alice's and bob's clients log out")
 	clients.close()
 }

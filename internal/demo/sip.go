@@ -21,9 +21,10 @@ import (
 // and the phone receives both MESSAGEs and hangs up. From the same address
 // the phone then sends a MESSAGE to alice and one to bob's alias, which he
 // reads on Matrix (uac_message.xml, which answers Parley's 407 challenge),
-// and unregisters, so that nothing is left for a phone that is gone. Every sipp runs in its own process group, stopped by
-// the clients' cleanups (Ctrl-C included).
-func (d *demo) phoneCall(clients *runner, alice *peertest.XMPPClient, inbox *xmppInbox, bob *peertest.MatrixClient) {
+// and unregisters, so that nothing is left for a phone that is gone. Every
+// sipp runs in its own process group, stopped by the clients' cleanups
+// (Ctrl-C included). It returns bob's direct chat with the phone's ghost.
+func (d *demo) phoneCall(clients *runner, alice *peertest.XMPPClient, inbox *xmppInbox, bob *peertest.MatrixClient) id.RoomID {
 	fmt.Printf("\nconnecting the phone: extension %s of %s (sipp) registers with Parley at %s over UDP\n",
 		phoneUser, sipDomain, d.sipAddr)
 	quiet := clients.quiet() // the later sipp runs: no progress lines amid the transcript
@@ -135,6 +136,7 @@ func (d *demo) phoneCall(clients *runner, alice *peertest.XMPPClient, inbox *xmp
 	say("sip", "%s unregistered (REGISTER, Expires: 0): %s", phoneURI, statusLines(res.Messages(), "REGISTER"))
 	d.timings = append(d.timings, timing{"sip conversation", time.Since(t0)})
 	quiet.close()
+	return resp.RoomID
 }
 
 // waitRegistered waits until the phone's REGISTER got its 200 OK and returns

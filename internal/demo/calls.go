@@ -1,0 +1,155 @@
+package main
+
+import (
+	"fmt"
+	"os/exec"
+	"time"
+
+	"maunium.net/go/mautrix/id"
+
+	"github.com/parleygw/parley/internal/peertest"
+)
+
+// The calls of the demo: each side sends a tone of its own and listens for
+// the other's, so that what a transcript line says was heard was heard.
+const (
+	phoneToneHz = 1000 // the phone's (baresip's) tone
+	bobToneHz   = 440  // bob's VoIP client's tone
+
+	// Parley's media ports (calls.media.ports), as in config.example.yaml:
+	// below the ephemeral ports that the servers' free ports come from and
+	// above the phones' (baresip takes 17000 onwards). A pair that another
+	// program holds is skipped.
+	mediaPorts = "20000-20999"
+
+	// phoneCallFor is how long the calling phone stays up: registration,
+	// setup and about five seconds of media, then it hangs up.
+	phoneCallFor = 8 * time.Second
+	// bobTalks is how many seconds of media bob's client waits for before
+	// it hangs up the call it placed.
+	bobTalks = 4
+	// toneSkip leaves out the first second of a recording (setup, jitter
+	// buffer) when measuring the tone in it.
+	toneSkip = time.Second
+)
+
+// requireCallPeers ends the demo at once, before any server starts, when the
+// peers of the calls are missing: baresip (the phone) and the venv of the
+// Matrix VoIP client (aiortc, matrix-nio).
+func requireCallPeers(r *runner) {
+	_, err := exec.LookPath("baresip")
+	peertest.Require(r, "baresip", err)
+	peertest.VoIPPython(r)
+}
+
+// calls is the calls part of the scripted conversation, after the messages.
+// The phone, now a real SIP user agent (baresip, extension 1001), calls bob
+// by his SIP alias; his Matrix VoIP client (voipclient.py: aiortc's WebRTC,
+// matrix-nio) answers the m.call.invite from the phone's ghost; the phone
+// hangs up after a few seconds. Then bob calls the phone back, from the
+// direct chat dm he has with its ghost; the phone answers on its own, and
+// bob hangs up. Each side reports how much of what it heard was the other's
+// tone.
+func (d *demo) calls(clients *runner, dm id.RoomID) {
+	fmt.Printf("\ncalls: the phone is now baresip (extension %s, sends %d Hz), bob answers and calls with\n", phoneUser, phoneToneHz)
+	fmt.Printf("a Matrix VoIP client (voipclient.py: aiortc, matrix-nio; sends %d Hz); Parley relays the media\n", bobToneHz)
+	fmt.Printf("on 127.0.0.1, ports %s\n", mediaPorts)
+	t0 := time.Now()
+	d.callMatrix(clients)
+	d.callBack(clients, dm)
+	d.timings = append(d.timings, timing{"calls", time.Since(t0)})
+}
+
+// callMatrix: the phone calls bob, whose client answers; the phone hangs up.
+func (d *demo) callMatrix(clients *runner) {
+	quiet := clients.quiet()
+	defer quiet.close()
+	bob := peertest.StartVoIPClient(quiet, "--homeserver", d.hs.URL, "--user", "bob", "--password", bobPassword,
+		"--answer", "--tone", fmt.Sprint(bobToneHz), "--detect", fmt.Sprint(phoneToneHz), "--control", fmt.Sprint(bobToneHz),
+		"--timeout", "60")
+	bob.Next("ready", waitTimeout)
+
+	fmt.Println("\ntranscript, continued: the phone calls bob")
+	say("sip", "%s (%d Hz tone) dials %s, bob's SIP alias", phoneURI, phoneToneHz, bobAliasSIPURI)
+	dialed := time.Now()
+	phone := peertest.StartBaresip(quiet, peertest.BaresipOptions{
+		Name: "phone-" + phoneUser + "-calls", User: phoneUser, Password: phonePassword, Domain: sipDomain,
+		Registrar: d.sipAddr, ToneHz: phoneToneHz, Dial: bobAliasSIPURI, QuitAfter: phoneCallFor,
+	})
+	room := bob.Next("room", waitTimeout)
+	inv := bob.Next("invite", waitTimeout)
+	say("matrix", "%v → %s: m.call.invite in %v; his client answers (m.call.answer, %d Hz tone)  [%s]",
+		inv["sender"], bobMXID, room["room_id"], bobToneHz, round(time.Since(dialed)))
+	phone.WaitLog(quiet, "Call established", waitTimeout)
+	say("sip", "%s: call established with %s  [%s]", phoneURI, bobAliasSIPURI, round(time.Since(dialed)))
+
+	phone.Wait(quiet, phoneCallFor+waitTimeout)
+	hungUp := time.Now()
+	say("sip", "%s hangs up (BYE)", phoneURI)
+	h := bob.Next("hangup", waitTimeout)
+	say("matrix", "%v → %s: %v (reason %v): the call ended  [%s]", inv["sender"], bobMXID, h["type"], h["reason"], round(time.Since(hungUp)))
+	res := bob.Next("result", waitTimeout)
+	if res["ended_by"] != "remote" {
+		d.fail("the phone's hangup did not end bob's call: %v", res)
+	}
+	d.sayHeard(res, phone)
+}
+
+// callBack: bob calls the phone's ghost in the direct chat dm; the phone
+// answers on its own; bob hangs up.
+func (d *demo) callBack(clients *runner, dm id.RoomID) {
+	quiet := clients.quiet()
+	defer quiet.close()
+	phone := peertest.StartBaresip(quiet, peertest.BaresipOptions{
+		Name: "phone-" + phoneUser + "-answers", User: phoneUser, Password: phonePassword, Domain: sipDomain,
+		Registrar: d.sipAddr, ToneHz: phoneToneHz,
+	})
+	phone.WaitLog(quiet, "200 OK", waitTimeout) // registered
+
+	fmt.Println("\ntranscript, continued: bob calls the phone back")
+	called := time.Now()
+	bob := peertest.StartVoIPClient(quiet, "--homeserver", d.hs.URL, "--user", "bob", "--password", bobPassword,
+		"--room", dm.String(), "--call", phoneGhostMXID, "--tone", fmt.Sprint(bobToneHz),
+		"--detect", fmt.Sprint(phoneToneHz), "--control", fmt.Sprint(bobToneHz),
+		"--hangup-after", fmt.Sprint(bobTalks), "--timeout", "60")
+	bob.Next("invite_sent", waitTimeout)
+	say("matrix", "%s → %s: m.call.invite in %s, the direct chat with the phone's ghost (%d Hz tone)",
+		bobMXID, phoneGhostMXID, dm, bobToneHz)
+	phone.WaitLog(quiet, "Call established", waitTimeout)
+	say("sip", "%s → %s: INVITE; the phone answers on its own (%d Hz tone)  [%s]",
+		bobSIPURI, phoneURI, phoneToneHz, round(time.Since(called)))
+	bob.Next("answer", waitTimeout)
+	say("matrix", "%s → %s: m.call.answer  [%s]", phoneGhostMXID, bobMXID, round(time.Since(called)))
+
+	bob.Next("hangup_sent", time.Duration(bobTalks)*time.Second+waitTimeout)
+	hungUp := time.Now()
+	say("matrix", "%s hangs up after %d s of media (m.call.hangup)", bobMXID, bobTalks)
+	phone.WaitLog(quiet, "terminated", waitTimeout)
+	say("sip", "%s → %s: BYE: the call ended  [%s]", bobSIPURI, phoneURI, round(time.Since(hungUp)))
+	res := bob.Next("result", waitTimeout)
+	d.sayHeard(res, phone)
+}
+
+// sayHeard prints what each side heard of the other's tone, from bob's
+// client's result line and the phone's recording, and fails the demo when
+// either did not hear it.
+func (d *demo) sayHeard(res map[string]any, phone *peertest.Baresip) {
+	ratio, _ := res["tone_ratio"].(float64)
+	control, _ := res["control_ratio"].(float64)
+	packets, _ := res["packets_received"].(float64)
+	detected, _ := res["tone_detected"].(bool)
+	if !detected || packets < 50 {
+		d.fail("bob's client did not hear the phone's %d Hz tone: %v", phoneToneHz, res)
+	}
+	say("matrix", "%s heard the phone's %d Hz tone: ratio %.2f over %.0f RTP packets (his own %d Hz: %.2f)",
+		bobMXID, phoneToneHz, ratio, packets, bobToneHz, control)
+
+	heard, rate := phone.Received(d.r)
+	share := peertest.ToneShare(heard, rate, bobToneHz, toneSkip)
+	own := peertest.ToneShare(heard, rate, phoneToneHz, toneSkip)
+	if share < 0.5 {
+		d.fail("the phone did not hear bob's %d Hz tone: share %.3f of %d samples", bobToneHz, share, len(heard))
+	}
+	say("sip", "%s heard bob's %d Hz tone: share %.2f of %.1f s recorded (its own %d Hz: %.2f)",
+		phoneURI, bobToneHz, share, float64(len(heard))/float64(rate), phoneToneHz, own)
+}
