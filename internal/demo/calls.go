@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"strings"
 	"time"
 
 	"maunium.net/go/mautrix/id"
@@ -24,7 +26,7 @@ const (
 
 	// phoneCallFor is how long the calling phone stays up: registration,
 	// setup and about five seconds of media, then it hangs up.
-	phoneCallFor = 8 * time.Second
+	phoneCallFor = 6 * time.Second
 	// bobTalks is how many seconds of media bob's client waits for before
 	// it hangs up the call it placed.
 	bobTalks = 4
@@ -78,14 +80,15 @@ func (d *demo) callMatrix(clients *runner) {
 	})
 	room := bob.Next("room", waitTimeout)
 	inv := bob.Next("invite", waitTimeout)
-	say("matrix", "%v → %s: m.call.invite in %v; his client answers (m.call.answer, %d Hz tone)  [%s]",
-		inv["sender"], bobMXID, room["room_id"], bobToneHz, round(time.Since(dialed)))
-	phone.WaitLog(quiet, "Call established", waitTimeout)
-	say("sip", "%s: call established with %s  [%s]", phoneURI, bobAliasSIPURI, round(time.Since(dialed)))
+	say("matrix", "%v → %s: m.call.invite in %v  [%s]", inv["sender"], bobMXID, room["room_id"], round(time.Since(dialed)))
+	bob.Next("answer_sent", waitTimeout)
+	say("matrix", "%s → %v: m.call.answer (his client answers, %d Hz tone)", bobMXID, inv["sender"], bobToneHz)
+	peer := d.phoneLog(quiet, phone, "Call established: ")
+	say("sip", "%s: call established with %s (200 OK)  [%s]", phoneURI, peer, round(time.Since(dialed)))
 
 	phone.Wait(quiet, phoneCallFor+waitTimeout)
 	hungUp := time.Now()
-	say("sip", "%s hangs up (BYE)", phoneURI)
+	say("sip", "%s hangs up (BYE): call with %s", phoneURI, d.phoneLog(quiet, phone, "Call with "))
 	h := bob.Next("hangup", waitTimeout)
 	say("matrix", "%v → %s: %v (reason %v): the call ended  [%s]", inv["sender"], bobMXID, h["type"], h["reason"], round(time.Since(hungUp)))
 	res := bob.Next("result", waitTimeout)
@@ -115,19 +118,36 @@ func (d *demo) callBack(clients *runner, dm id.RoomID) {
 	bob.Next("invite_sent", waitTimeout)
 	say("matrix", "%s → %s: m.call.invite in %s, the direct chat with the phone's ghost (%d Hz tone)",
 		bobMXID, phoneGhostMXID, dm, bobToneHz)
-	phone.WaitLog(quiet, "Call established", waitTimeout)
-	say("sip", "%s → %s: INVITE; the phone answers on its own (%d Hz tone)  [%s]",
-		bobSIPURI, phoneURI, phoneToneHz, round(time.Since(called)))
+	caller := d.phoneLog(quiet, phone, "answering call on line 1 from ")
+	caller, _, _ = strings.Cut(caller, " ")
+	say("sip", "%s → %s: INVITE; the phone answers on its own (200 OK, %d Hz tone)  [%s]",
+		caller, phoneURI, phoneToneHz, round(time.Since(called)))
 	bob.Next("answer", waitTimeout)
 	say("matrix", "%s → %s: m.call.answer  [%s]", phoneGhostMXID, bobMXID, round(time.Since(called)))
 
 	bob.Next("hangup_sent", time.Duration(bobTalks)*time.Second+waitTimeout)
 	hungUp := time.Now()
 	say("matrix", "%s hangs up after %d s of media (m.call.hangup)", bobMXID, bobTalks)
-	phone.WaitLog(quiet, "terminated", waitTimeout)
-	say("sip", "%s → %s: BYE: the call ended  [%s]", bobSIPURI, phoneURI, round(time.Since(hungUp)))
+	ended := d.phoneLog(quiet, phone, "Call with ")
+	if !strings.Contains(ended, " terminated") {
+		d.fail("the phone's call did not end: %s", ended)
+	}
+	say("sip", "%s → %s: BYE: call with %s  [%s]", caller, phoneURI, ended, round(time.Since(hungUp)))
 	res := bob.Next("result", waitTimeout)
 	d.sayHeard(res, phone)
+}
+
+// phoneLog waits until the phone's log has a line with prefix and returns
+// the rest of that line.
+func (d *demo) phoneLog(quiet *runner, phone *peertest.Baresip, prefix string) string {
+	phone.WaitLog(quiet, prefix, waitTimeout)
+	b, err := os.ReadFile(phone.Log)
+	if err != nil {
+		d.fail("the phone's log: %v", err)
+	}
+	_, rest, _ := strings.Cut(string(b), prefix)
+	line, _, _ := strings.Cut(rest, "\n")
+	return strings.TrimSpace(line)
 }
 
 // sayHeard prints what each side heard of the other's tone, from bob's

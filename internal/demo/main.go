@@ -2,9 +2,10 @@
 // Prosody and Synapse on 127.0.0.1, Parley between them and serving the SIP
 // domain parley.localhost, a scripted conversation between a real XMPP client
 // (slixmpp), a real Matrix client (mautrix) and a real SIP phone (a sipp user
-// agent) with the transcript printed, and then everything stays up, with
-// accounts for your own clients (a softphone too), until SIGINT or SIGTERM
-// stops it all.
+// agent) with the transcript printed, calls with real audio between a SIP
+// phone (baresip) and a Matrix VoIP client (aiortc, matrix-nio), and then
+// everything stays up, with accounts for your own clients (a softphone too),
+// until SIGINT or SIGTERM stops it all.
 //
 //	demo -parley bin/parley [-keep-going=false] [-dir DIR]
 //
@@ -377,7 +378,8 @@ func readyz(client *http.Client, admin string) (bool, string, error) {
 // converse runs the scripted conversation: alice (slixmpp) writes to bob by
 // his alias, bob (mautrix) receives her messages from her ghost in the DM the
 // ghost opened, and answers; alice gets his answers and her receipts. Then
-// the phone joins in (see phoneCall). The two clients log out at the end.
+// the phone joins in (see phoneCall), and the phone and bob call each other
+// (see calls). The two clients log out at the end.
 func (d *demo) converse() {
 	fmt.Println("\nconnecting alice (slixmpp, XMPP) and bob (mautrix, Matrix)")
 	clients := d.r.scope()
@@ -517,7 +519,7 @@ func (d *demo) printConnect() {
 	p("  Matrix (Synapse)  homeserver %s (plain HTTP)", d.hs.URL)
 	p("                    accounts  %s / %s", youMXID, youMXPassword)
 	p("                              %s / %s", bobMXID, bobPassword)
-	p("  SIP (Parley)      a softphone with SIP MESSAGE chat (Linphone, baresip, ...): registrar and")
+	p("  SIP (Parley)      a softphone with SIP MESSAGE chat and G.711 calls (Linphone, baresip, ...): registrar and")
 	p("                    proxy 127.0.0.1, port %s, UDP or TCP (no TLS, no STUN/ICE), domain %s", sipPort, sipDomain)
 	p("                    account   %s / %s (digest user %s, realm %s)", softphoneUser, softphonePassword, softphoneUser, sipDomain)
 	p("                    (%s / %s is the scripted phone's)", phoneUser, phonePassword)
@@ -537,6 +539,14 @@ func (d *demo) printConnect() {
 	to(bobAliasSIPURI, bobMXID+" (his alias)")
 	to(bobSIPURI, bobMXID+" (his ghost URI)")
 	to("sip:matrix_you_"+serverName+"@"+sipDomain, youMXID)
+	p("")
+	p("  Calls: SIP ↔ SIP and SIP ↔ Matrix (XMPP has no calls yet); Parley relays the audio on 127.0.0.1,")
+	p("  UDP ports %s. From your softphone, dial", mediaPorts)
+	to("sip:matrix_you_"+serverName+"@"+sipDomain, youMXID+"'s Matrix clients (Element rings)")
+	to(bobAliasSIPURI, bobMXID+" (his alias), or "+bobSIPURI)
+	to(phoneURI, "another softphone, registered as "+phoneUser+" / "+phonePassword)
+	p("  From Element, as %s, call your softphone: start a direct chat with", youMXID)
+	p("    %-42s (its ghost) and press the call button", "@_sip_"+softphoneUser+"_"+sipDomain+":"+serverName)
 	p("")
 	p("  Logs: parley   %s", d.logPath)
 	p("        prosody  %s", filepath.Join(d.prosody.Dir, "prosody.log"))
