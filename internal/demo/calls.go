@@ -25,11 +25,11 @@ const (
 	mediaPorts = "20000-20999"
 
 	// phoneCallFor is how long the calling phone stays up: registration,
-	// setup and about five seconds of media, then it hangs up.
-	phoneCallFor = 6 * time.Second
+	// setup and about four seconds of media, then it hangs up.
+	phoneCallFor = 5 * time.Second
 	// bobTalks is how many seconds of media bob's client waits for before
 	// it hangs up the call it placed.
-	bobTalks = 4
+	bobTalks = 3
 	// toneSkip leaves out the first second of a recording (setup, jitter
 	// buffer) when measuring the tone in it.
 	toneSkip = time.Second
@@ -53,9 +53,9 @@ func requireCallPeers(r *runner) {
 // bob hangs up. Each side reports how much of what it heard was the other's
 // tone.
 func (d *demo) calls(clients *runner, dm id.RoomID) {
-	fmt.Printf("\ncalls: the phone is now baresip (extension %s, sends %d Hz), bob answers and calls with\n", phoneUser, phoneToneHz)
-	fmt.Printf("a Matrix VoIP client (voipclient.py: aiortc, matrix-nio; sends %d Hz); Parley relays the media\n", bobToneHz)
-	fmt.Printf("on 127.0.0.1, ports %s\n", mediaPorts)
+	fmt.Printf("\ncalls: extension %s is now a real SIP phone (baresip, sending a %d Hz tone); bob answers\n", phoneUser, phoneToneHz)
+	fmt.Printf("and calls with a Matrix VoIP client (voipclient.py: aiortc's WebRTC, matrix-nio; sending %d Hz).\n", bobToneHz)
+	fmt.Printf("Parley relays the media on 127.0.0.1, UDP ports %s.\n", mediaPorts)
 	t0 := time.Now()
 	d.callMatrix(clients)
 	d.callBack(clients, dm)
@@ -64,31 +64,33 @@ func (d *demo) calls(clients *runner, dm id.RoomID) {
 
 // callMatrix: the phone calls bob, whose client answers; the phone hangs up.
 func (d *demo) callMatrix(clients *runner) {
-	quiet := clients.quiet()
-	defer quiet.close()
-	bob := peertest.StartVoIPClient(quiet, "--homeserver", d.hs.URL, "--user", "bob", "--password", bobPassword,
+	// A scope that prints: peertest's baresip logs no progress lines, and
+	// the VoIP client prints its standard error only when the demo fails.
+	call := clients.scope()
+	defer call.close()
+	bob := peertest.StartVoIPClient(call, "--homeserver", d.hs.URL, "--user", "bob", "--password", bobPassword,
 		"--answer", "--tone", fmt.Sprint(bobToneHz), "--detect", fmt.Sprint(phoneToneHz), "--control", fmt.Sprint(bobToneHz),
 		"--timeout", "60")
 	bob.Next("ready", waitTimeout)
 
 	fmt.Println("\ntranscript, continued: the phone calls bob")
 	say("sip", "%s (%d Hz tone) dials %s, bob's SIP alias", phoneURI, phoneToneHz, bobAliasSIPURI)
-	dialed := time.Now()
-	phone := peertest.StartBaresip(quiet, peertest.BaresipOptions{
+	phone := peertest.StartBaresip(call, peertest.BaresipOptions{
 		Name: "phone-" + phoneUser + "-calls", User: phoneUser, Password: phonePassword, Domain: sipDomain,
 		Registrar: d.sipAddr, ToneHz: phoneToneHz, Dial: bobAliasSIPURI, QuitAfter: phoneCallFor,
 	})
+	dialed := time.Now() // StartBaresip returns as the phone starts, dialing at once
 	room := bob.Next("room", waitTimeout)
 	inv := bob.Next("invite", waitTimeout)
 	say("matrix", "%v → %s: m.call.invite in %v  [%s]", inv["sender"], bobMXID, room["room_id"], round(time.Since(dialed)))
 	bob.Next("answer_sent", waitTimeout)
 	say("matrix", "%s → %v: m.call.answer (his client answers, %d Hz tone)", bobMXID, inv["sender"], bobToneHz)
-	peer := d.phoneLog(quiet, phone, "Call established: ")
+	peer := d.phoneLog(call, phone, "Call established: ")
 	say("sip", "%s: call established with %s (200 OK)  [%s]", phoneURI, peer, round(time.Since(dialed)))
 
-	phone.Wait(quiet, phoneCallFor+waitTimeout)
+	phone.Wait(call, phoneCallFor+waitTimeout)
 	hungUp := time.Now()
-	say("sip", "%s hangs up (BYE): call with %s", phoneURI, d.phoneLog(quiet, phone, "Call with "))
+	say("sip", "%s hangs up (BYE): call with %s", phoneURI, d.phoneLog(call, phone, "Call with "))
 	h := bob.Next("hangup", waitTimeout)
 	say("matrix", "%v → %s: %v (reason %v): the call ended  [%s]", inv["sender"], bobMXID, h["type"], h["reason"], round(time.Since(hungUp)))
 	res := bob.Next("result", waitTimeout)
@@ -101,24 +103,26 @@ func (d *demo) callMatrix(clients *runner) {
 // callBack: bob calls the phone's ghost in the direct chat dm; the phone
 // answers on its own; bob hangs up.
 func (d *demo) callBack(clients *runner, dm id.RoomID) {
-	quiet := clients.quiet()
-	defer quiet.close()
-	phone := peertest.StartBaresip(quiet, peertest.BaresipOptions{
+	// A scope that prints: peertest's baresip logs no progress lines, and
+	// the VoIP client prints its standard error only when the demo fails.
+	call := clients.scope()
+	defer call.close()
+	phone := peertest.StartBaresip(call, peertest.BaresipOptions{
 		Name: "phone-" + phoneUser + "-answers", User: phoneUser, Password: phonePassword, Domain: sipDomain,
 		Registrar: d.sipAddr, ToneHz: phoneToneHz,
 	})
-	phone.WaitLog(quiet, "200 OK", waitTimeout) // registered
+	phone.WaitLog(call, "200 OK", waitTimeout) // registered
 
 	fmt.Println("\ntranscript, continued: bob calls the phone back")
-	called := time.Now()
-	bob := peertest.StartVoIPClient(quiet, "--homeserver", d.hs.URL, "--user", "bob", "--password", bobPassword,
+	bob := peertest.StartVoIPClient(call, "--homeserver", d.hs.URL, "--user", "bob", "--password", bobPassword,
 		"--room", dm.String(), "--call", phoneGhostMXID, "--tone", fmt.Sprint(bobToneHz),
 		"--detect", fmt.Sprint(phoneToneHz), "--control", fmt.Sprint(bobToneHz),
 		"--hangup-after", fmt.Sprint(bobTalks), "--timeout", "60")
 	bob.Next("invite_sent", waitTimeout)
+	called := time.Now()
 	say("matrix", "%s → %s: m.call.invite in %s, the direct chat with the phone's ghost (%d Hz tone)",
 		bobMXID, phoneGhostMXID, dm, bobToneHz)
-	caller := d.phoneLog(quiet, phone, "answering call on line 1 from ")
+	caller := d.phoneLog(call, phone, "answering call on line 1 from ")
 	caller, _, _ = strings.Cut(caller, " ")
 	say("sip", "%s → %s: INVITE; the phone answers on its own (200 OK, %d Hz tone)  [%s]",
 		caller, phoneURI, phoneToneHz, round(time.Since(called)))
@@ -128,7 +132,7 @@ func (d *demo) callBack(clients *runner, dm id.RoomID) {
 	bob.Next("hangup_sent", time.Duration(bobTalks)*time.Second+waitTimeout)
 	hungUp := time.Now()
 	say("matrix", "%s hangs up after %d s of media (m.call.hangup)", bobMXID, bobTalks)
-	ended := d.phoneLog(quiet, phone, "Call with ")
+	ended := d.phoneLog(call, phone, "Call with ")
 	if !strings.Contains(ended, " terminated") {
 		d.fail("the phone's call did not end: %s", ended)
 	}
@@ -139,8 +143,8 @@ func (d *demo) callBack(clients *runner, dm id.RoomID) {
 
 // phoneLog waits until the phone's log has a line with prefix and returns
 // the rest of that line.
-func (d *demo) phoneLog(quiet *runner, phone *peertest.Baresip, prefix string) string {
-	phone.WaitLog(quiet, prefix, waitTimeout)
+func (d *demo) phoneLog(call *runner, phone *peertest.Baresip, prefix string) string {
+	phone.WaitLog(call, prefix, waitTimeout)
 	b, err := os.ReadFile(phone.Log)
 	if err != nil {
 		d.fail("the phone's log: %v", err)

@@ -32,6 +32,7 @@ type runner struct {
 
 	// root only: set once exit has started, and what to do afterwards.
 	exiting   bool
+	failed    bool // the demo failed: cleanups may say more (Failed)
 	removeDir bool // remove dir after a successful exit
 }
 
@@ -71,7 +72,19 @@ func (r *runner) fail(msg string) {
 		select {}
 	}
 	_, _ = fmt.Fprintf(os.Stderr, "\ndemo: FAILED: %s\n", msg)
+	root.mu.Lock()
+	root.failed = true
+	root.mu.Unlock()
 	root.exit(1, true)
+}
+
+// Failed reports whether the demo failed, for the cleanups of peertest
+// that then print more (the VoIP client's standard error).
+func (r *runner) Failed() bool {
+	root := r.root()
+	root.mu.Lock()
+	defer root.mu.Unlock()
+	return root.failed
 }
 
 // Skip is how peertest reports a missing server or client: the demo cannot
