@@ -269,6 +269,7 @@ func TestCallEndings(t *testing.T) {
 					"rtp_ip": "127.0.0.1", "rtp_port": fmt.Sprint(media.port())},
 			})
 			waitLog(t, callee, "REGISTERED", 10*time.Second)
+			t.Cleanup(func() { unregister(t, st, "1002") })
 			caller := peertest.RunSipp(t, peertest.SippOptions{
 				Scenario: testdataPath(t, "uac_call_ending.xml"), Target: st.sipAddr, Service: "1001",
 				AuthPassword: sipUsers["1001"], Name: "caller", Timeout: 30 * time.Second,
@@ -301,4 +302,15 @@ func wantLogs(t *testing.T, who string, logs, want []string) {
 	if i < len(want) {
 		t.Errorf("%s's log lacks %q; it has:\n%s", who, want[i], strings.Join(logs, "\n"))
 	}
+}
+
+// unregister removes every registered contact of user (Contact: *,
+// Expires: 0), so that the next phone registered as user is its only one.
+func unregister(t testing.TB, st *stack, user string) {
+	t.Helper()
+	peertest.RunSipp(t, peertest.SippOptions{
+		Scenario: testdataPath(t, "uac_register_contacts.xml"), Target: st.sipAddr, Service: user,
+		AuthPassword: sipUsers[user], Name: "unregister-" + user,
+		Vars: map[string]string{"domain": sipDomain, "contacts": "*", "expires": "0"},
+	})
 }
