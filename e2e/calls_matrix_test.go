@@ -86,3 +86,36 @@ func TestCallMatrixToSIP(t *testing.T) {
 	phoneHeard(t, "the phone", phone, 440)
 	waitMetric(t, st, `parley_calls_ended_total{reason="normal"}`, 1)
 }
+
+// Ring all devices: a phone calls Erin's alias; Erin has a phone (1003)
+// and a Matrix account; both ring, her Matrix client answers, and her phone
+// stops ringing with a CANCEL that says the call was answered elsewhere.
+func TestCallRingsEveryDevice(t *testing.T) {
+	st := newStack(t, stackSettings{})
+	st.start(true)
+	st.hs.Register(t, "erin", "erinpassword")
+	desk := peertest.StartBaresip(t, peertest.BaresipOptions{
+		Name: "erin-desk-phone", User: "1003", Password: sipUsers["1003"], Domain: sipDomain, Registrar: st.sipAddr,
+		ToneHz: 700, Manual: true, Trace: true,
+	})
+	desk.WaitLog(t, "200 OK", 10*time.Second) // registered
+	client := peertest.StartVoIPClient(t, "--homeserver", st.hs.URL, "--user", "erin", "--password", "erinpassword",
+		"--answer", "--tone", "440", "--detect", "1000", "--control", "440", "--timeout", "60")
+	client.Next("ready", 30*time.Second)
+	caller := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1001", Password: sipUsers["1001"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 1000,
+		Dial: "sip:erin@" + sipDomain, QuitAfter: 12 * time.Second,
+	})
+	desk.WaitLog(t, "INVITE sip:1003", 20*time.Second) // the desk phone rings
+	client.Next("invite", 30*time.Second)
+	caller.WaitLog(t, "Call established", 30*time.Second)
+	desk.WaitLog(t, `Reason: SIP;cause=200;text="Call completed elsewhere"`, 10*time.Second)
+	res := client.Next("result", 40*time.Second)
+	toneDetected(t, "Erin's Matrix client", res)
+	caller.Wait(t, 20*time.Second)
+	phoneHeard(t, "the caller", caller, 440)
+	_, m := st.get("/metrics")
+	if v := metricValue(m, `parley_calls_ended_total{reason="normal"}`); v != 1 {
+		t.Errorf("calls ended normally: %v", v)
+	}
+}

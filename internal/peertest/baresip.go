@@ -28,8 +28,11 @@ type BaresipOptions struct {
 	// ToneHz is the frequency of the tone it sends (ausine).
 	ToneHz int
 	// Dial, when set, is the URI it calls once registered; otherwise it
-	// answers the first call at once.
-	Dial string
+	// answers the first call at once, unless Manual: then it only rings.
+	Dial   string
+	Manual bool
+	// Trace logs every SIP message baresip sends and receives (-s).
+	Trace bool
 	// DialAfter delays the call (default 1 s, the registration's time).
 	DialAfter time.Duration
 	// QuitAfter ends baresip (hanging up its call) after this long.
@@ -96,7 +99,11 @@ func StartBaresip(t TB, o BaresipOptions) *Baresip {
 		"module_app account.so", "module_app menu.so",
 		"",
 	}, "\n")
-	account := fmt.Sprintf("<sip:%s@%s>;answermode=auto", o.User, o.Domain)
+	mode := "auto"
+	if o.Manual {
+		mode = "manual"
+	}
+	account := fmt.Sprintf("<sip:%s@%s>;answermode=%s", o.User, o.Domain, mode)
 	if o.Registrar != "" {
 		account += fmt.Sprintf(";auth_pass=%s;outbound=\"sip:%s\";regint=300", o.Password, o.Registrar)
 	} else {
@@ -106,6 +113,9 @@ func StartBaresip(t TB, o BaresipOptions) *Baresip {
 	writeFile(t, filepath.Join(dir, "accounts"), account+"\n")
 	writeFile(t, filepath.Join(dir, "contacts"), "")
 	argv := []string{bin, "-f", dir}
+	if o.Trace {
+		argv = append(argv, "-s")
+	}
 	if o.QuitAfter > 0 {
 		argv = append(argv, "-t", fmt.Sprint(int(o.QuitAfter.Seconds())))
 	}
