@@ -145,10 +145,24 @@ func TestCallSIPToSIP(t *testing.T) {
 				AuthPassword: sipUsers["1001"], Name: "caller",
 				Vars: map[string]string{"domain": sipDomain, "to": "1002", "talk": "8000", "hangup": hangup},
 			})
+			// Mid-call, a third party sprays every port of Parley's media
+			// range with RTP (the "RTP bleed" attack): none of it may
+			// reach the callee.
+			if hangup == "caller" {
+				for deadline := time.Now().Add(10 * time.Second); len(firstPackets(media)) < 50 && time.Now().Before(deadline); {
+					time.Sleep(20 * time.Millisecond)
+				}
+				sprayMediaRange(t)
+			}
 			caller.Wait(t)
 			callee.Wait(t)
 
 			got, from := media.packets()
+			for j, p := range got {
+				if len(p) >= 12 && binary.BigEndian.Uint32(p[8:]) == intruderSSRC {
+					t.Fatalf("packet %d of the callee's came from the intruder: %x", j, p)
+				}
+			}
 			if len(got) != len(want) {
 				t.Errorf("the callee got %d RTP packets, the caller sent %d", len(got), len(want))
 			}
@@ -168,6 +182,9 @@ func TestCallSIPToSIP(t *testing.T) {
 			out := metricValue(m, `parley_media_packets_sent_total{network="sip"}`)
 			if in < float64(2*len(want)*(i+1)) || out < float64(2*len(want)*(i+1)) {
 				t.Errorf("media counted: %v in, %v out; want at least %d each way", in, out, 2*len(want)*(i+1))
+			}
+			if v := metricValue(m, `parley_media_packets_dropped_total{network="sip"}`); hangup == "caller" && v < 1 {
+				t.Errorf("the intruder's packets were not dropped: %v", v)
 			}
 			if v := metricValue(m, "parley_calls_active"); v != 0 {
 				t.Errorf("calls still active: %v", v)
@@ -313,4 +330,29 @@ func unregister(t testing.TB, st *stack, user string) {
 		AuthPassword: sipUsers[user], Name: "unregister-" + user,
 		Vars: map[string]string{"domain": sipDomain, "contacts": "*", "expires": "0"},
 	})
+}
+
+// intruderSSRC marks the RTP packets of a third party.
+const intruderSSRC = 0x0bad0bad
+
+func firstPackets(m *phoneMedia) [][]byte { p, _ := m.packets(); return p }
+
+// sprayMediaRange sends three RTP packets to every port of Parley's media
+// range from a socket no leg knows.
+func sprayMediaRange(t *testing.T) {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pkt := make([]byte, 12+240)
+	pkt[0], pkt[1] = 0x80, 8
+	binary.BigEndian.PutUint32(pkt[8:], intruderSSRC)
+	for range 3 {
+		for port := mediaPortMin; port <= mediaPortMin+999; port++ {
+			_, _ = c.WriteToUDPAddrPort(pkt, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
