@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,5 +119,51 @@ func TestCallRingsEveryDevice(t *testing.T) {
 	_, m := st.get("/metrics")
 	if v := metricValue(m, `parley_calls_ended_total{reason="normal"}`); v != 1 {
 		t.Errorf("calls ended normally: %v", v)
+	}
+}
+
+// Restart: Parley is killed (SIGKILL) during two calls, phone to phone and
+// phone to Matrix. At the next start it ends what it left behind: every
+// phone gets a BYE and the Matrix client an m.call.hangup, so no device
+// stays in a dead call.
+func TestCallsEndedAfterCrash(t *testing.T) {
+	st := newStack(t, stackSettings{})
+	st.start(true)
+	st.hs.Register(t, "carol", "carolpassword")
+	client := peertest.StartVoIPClient(t, "--homeserver", st.hs.URL, "--user", "carol", "--password", "carolpassword",
+		"--answer", "--tone", "440", "--detect", "1000", "--timeout", "90")
+	client.Next("ready", 30*time.Second)
+	callee := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1002", Password: sipUsers["1002"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 1000,
+	})
+	callee.WaitLog(t, "200 OK", 10*time.Second)
+	caller := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1001", Password: sipUsers["1001"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 440,
+		Dial: "sip:1002@" + sipDomain,
+	})
+	toMatrix := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1003", Password: sipUsers["1003"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 1000,
+		Dial: "sip:matrix_carol_localhost@" + sipDomain,
+	})
+	caller.WaitLog(t, "Call established", 30*time.Second)
+	toMatrix.WaitLog(t, "Call established", 30*time.Second)
+	client.Next("media", 30*time.Second)
+
+	st.stop(syscall.SIGKILL)
+	st.start(true)
+	for _, p := range []*peertest.Baresip{caller, callee, toMatrix} {
+		p.WaitLog(t, "terminated", 30*time.Second)
+	}
+	if res := client.Next("result", 30*time.Second); res["ended_by"] != "remote" {
+		t.Errorf("the Matrix call was not ended by Parley after its restart: %v", res)
+	}
+	// Four legs were left: two SIP legs of the phone call, the phone's leg
+	// and the Matrix leg of the other.
+	log := st.log()
+	if n := strings.Count(log, "sip call left over by an earlier run ended"); n != 3 {
+		t.Errorf("%d SIP legs ended after the restart, want 3", n)
+	}
+	if n := strings.Count(log, "leftover call hung up"); n != 1 {
+		t.Errorf("%d Matrix legs hung up after the restart, want 1", n)
 	}
 }
