@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pion/rtcp"
 	"golang.org/x/net/ipv4"
 )
 
@@ -31,6 +32,11 @@ type Leg struct {
 	wg      sync.WaitGroup
 	// counters, for both sockets
 	packetsIn, bytesIn, packetsOut, bytesOut, dropped, malformed atomic.Uint64
+	// what the party's RTCP reception reports said of the media it got
+	// (noteRTCP), and the payload type of its last RTP packet (for the
+	// clock rate of the jitter)
+	reports, worstLoss, worstJitter atomic.Uint64 // loss in 1/256, jitter in µs
+	lastPT                          atomic.Uint32
 }
 
 // peerRef holds a leg's peer; a *Leg peer is kept apart so that two plain
@@ -46,6 +52,12 @@ type peerRef struct {
 // Malformed counts packets that are not RTP or RTCP.
 type Stats struct {
 	PacketsIn, BytesIn, PacketsOut, BytesOut, Dropped, Malformed uint64
+	// Reports counts the RTCP reception reports the party sent about the
+	// media it received from Parley; WorstLoss (0 to 1) and WorstJitter are
+	// the highest fraction lost and interarrival jitter they gave.
+	Reports     uint64
+	WorstLoss   float64
+	WorstJitter time.Duration
 }
 
 // socket is one socket of a leg and the party address it is latched to.
@@ -171,6 +183,8 @@ func (l *Leg) Stats() Stats {
 	return Stats{
 		PacketsIn: l.packetsIn.Load(), BytesIn: l.bytesIn.Load(), PacketsOut: l.packetsOut.Load(),
 		BytesOut: l.bytesOut.Load(), Dropped: l.dropped.Load(), Malformed: l.malformed.Load(),
+		Reports: l.reports.Load(), WorstLoss: float64(l.worstLoss.Load()) / 256,
+		WorstJitter: time.Duration(l.worstJitter.Load()) * time.Microsecond,
 	}
 }
 
@@ -227,7 +241,47 @@ func (l *Leg) admit(s *socket, b []byte, src netip.AddrPort) bool {
 	l.packetsIn.Add(1)
 	l.bytesIn.Add(uint64(len(b)))
 	l.last.Store(int64(time.Since(l.created)))
+	if s == &l.rtcp {
+		l.noteRTCP(b)
+	} else {
+		l.lastPT.Store(uint32(b[1] & 0x7f))
+	}
 	return true
+}
+
+// noteRTCP keeps the worst loss and jitter of the reception reports in an
+// RTCP compound packet from the party (RFC 3550 §6.4).
+func (l *Leg) noteRTCP(b []byte) {
+	pkts, err := rtcp.Unmarshal(b)
+	if err != nil {
+		return
+	}
+	// The jitter is in RTP timestamp units: 8 kHz for the static payload
+	// types Parley forwards (G.711, G.722), 48 kHz for Opus, the only
+	// dynamic one.
+	rate := uint64(48000)
+	if pt := l.lastPT.Load(); pt < 96 {
+		rate = 8000
+	}
+	for _, p := range pkts {
+		var reports []rtcp.ReceptionReport
+		switch p := p.(type) {
+		case *rtcp.ReceiverReport:
+			reports = p.Reports
+		case *rtcp.SenderReport:
+			reports = p.Reports
+		}
+		for _, r := range reports {
+			l.reports.Add(1)
+			storeMax(&l.worstLoss, uint64(r.FractionLost))
+			storeMax(&l.worstJitter, uint64(r.Jitter)*1_000_000/rate)
+		}
+	}
+}
+
+func storeMax(a *atomic.Uint64, v uint64) {
+	for old := a.Load(); v > old && !a.CompareAndSwap(old, v); old = a.Load() {
+	}
 }
 
 func (l *Leg) read(s *socket, rtcp bool) {

@@ -3,9 +3,12 @@ package media
 import (
 	"bytes"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pion/rtcp"
 )
 
 // sink is an Endpoint that keeps what it is given.
@@ -95,5 +98,37 @@ func TestLegSetRemoteMovesLatch(t *testing.T) {
 	}
 	if _, used := ports.Pairs(); used != 0 {
 		t.Fatalf("%d pairs still in use after Close", used)
+	}
+}
+
+// A party's RTCP reception reports say how the media Parley sent it
+// arrived: the leg keeps the worst loss and jitter, in seconds at the
+// clock rate of the party's codec.
+func TestLegKeepsReportedLossAndJitter(t *testing.T) {
+	ports, err := NewPorts(loopback, 30200, 30299)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ports.NewLeg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	p := newParty(t)
+	l.SetRemote(addr(p.rtp), true)
+	to := net.UDPAddrFromAddrPort(l.Addr())
+	send(t, p.rtp, packet(t, 8, 1, []byte("a")), to) // PCMA: 8 kHz
+	rtcpTo := net.UDPAddrFromAddrPort(netip.AddrPortFrom(l.Addr().Addr(), l.Addr().Port()+1))
+	for _, r := range []rtcp.ReceptionReport{{SSRC: 1, FractionLost: 64, Jitter: 800}, {SSRC: 1, FractionLost: 10, Jitter: 80}} {
+		b, err := rtcp.Marshal([]rtcp.Packet{&rtcp.ReceiverReport{SSRC: 2, Reports: []rtcp.ReceptionReport{r}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		send(t, p.rtcp, b, rtcpTo)
+	}
+	waitFor(t, "two reports", func() bool { return l.Stats().Reports == 2 })
+	s := l.Stats()
+	if s.WorstLoss != 0.25 || s.WorstJitter != 100*time.Millisecond {
+		t.Fatalf("worst loss %v, jitter %v; want 0.25 and 100ms", s.WorstLoss, s.WorstJitter)
 	}
 }

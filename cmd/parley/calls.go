@@ -150,6 +150,8 @@ type callMetrics struct {
 	bytesIn    map[event.Network]prometheus.Counter
 	bytesOut   map[event.Network]prometheus.Counter
 	dropped    map[event.Network]prometheus.Counter
+	loss       map[event.Network]prometheus.Observer
+	jitter     map[event.Network]prometheus.Observer
 }
 
 func newCallMetrics(reg *prometheus.Registry) callMetrics {
@@ -173,6 +175,21 @@ func newCallMetrics(reg *prometheus.Registry) callMetrics {
 		dropped:    byNetwork("media_packets_dropped_total", "Media packets dropped: from another source than the latched party, or malformed."),
 		ended:      map[event.HangupReason]prometheus.Counter{},
 	}
+	byNetworkHist := func(name, help string, buckets []float64) map[event.Network]prometheus.Observer {
+		vec := prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "parley", Name: name, Help: help, Buckets: buckets}, []string{"network"})
+		reg.MustRegister(vec)
+		out := map[event.Network]prometheus.Observer{}
+		for _, n := range event.Networks {
+			out[n] = vec.WithLabelValues(string(n))
+		}
+		return out
+	}
+	m.loss = byNetworkHist("media_reported_loss_ratio",
+		"The worst fraction of packets lost that a party's RTCP reports gave for the media Parley sent it, per call leg.",
+		[]float64{0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5})
+	m.jitter = byNetworkHist("media_reported_jitter_seconds",
+		"The worst interarrival jitter that a party's RTCP reports gave for the media Parley sent it, per call leg.",
+		prometheus.ExponentialBuckets(0.001, 2, 10))
 	setup := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "parley", Name: "call_setup_seconds",
 		Help: "Time from a call's arrival to its answer.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 12)})
 	m.setup = setup
@@ -205,6 +222,10 @@ func (m *metrics) LegEnded(n event.Network, s media.Stats) {
 	m.calls.bytesIn[n].Add(float64(s.BytesIn))
 	m.calls.bytesOut[n].Add(float64(s.BytesOut))
 	m.calls.dropped[n].Add(float64(s.Dropped + s.Malformed))
+	if s.Reports > 0 {
+		m.calls.loss[n].Observe(s.WorstLoss)
+		m.calls.jitter[n].Observe(s.WorstJitter.Seconds())
+	}
 }
 
 var _ bridges.CallMetrics = (*metrics)(nil)
