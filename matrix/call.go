@@ -441,6 +441,11 @@ type callContent struct {
 		Type string `json:"type"`
 		SDP  string `json:"sdp"`
 	} `json:"answer"`
+	// Description is the SDP of an m.call.negotiate.
+	Description *struct {
+		Type string `json:"type"`
+		SDP  string `json:"sdp"`
+	} `json:"description"`
 	Candidates      []mevent.CallCandidate `json:"candidates"`
 	Reason          string                 `json:"reason"`
 	SelectedPartyID string                 `json:"selected_party_id"`
@@ -532,9 +537,43 @@ func (a *Adapter) handleCall(ctx context.Context, evt *mevent.Event) error {
 			}
 		}
 	case mevent.CallNegotiate.Type:
-		log.Info("call renegotiation is not supported; ignored")
+		a.handleNegotiate(ctx, c, content, log)
 	}
 	return nil
+}
+
+// handleNegotiate answers the user's m.call.negotiate offer (a client puts
+// the call on hold, or changes its media, during the call) with the leg's
+// new answer. The media toward the other leg goes on unchanged: its codecs
+// stay the call's.
+func (a *Adapter) handleNegotiate(ctx context.Context, c *mcall, content callContent, log *slog.Logger) {
+	d := content.Description
+	if d == nil || d.SDP == "" {
+		log.Warn("call renegotiation without sdp; ignored")
+		return
+	}
+	if d.Type != "offer" {
+		log.Debug("call renegotiation answer to no offer of ours; ignored", "sdp_type", d.Type)
+		return
+	}
+	c.mu.Lock()
+	live := c.answered || !c.outbound && c.leg != nil
+	c.mu.Unlock()
+	if !live {
+		log.Debug("call renegotiation before the call is up; ignored")
+		return
+	}
+	answer, err := c.leg.Renegotiate(ctx, d.SDP)
+	if err != nil {
+		log.Warn("call renegotiation unusable; hanging up", "err", err)
+		a.endLocally(c, event.HangupIncompatibleMedia)
+		return
+	}
+	if err := a.sendCall(ctx, c, mevent.CallNegotiate, map[string]any{
+		"description": map[string]any{"type": "answer", "sdp": answer}, "lifetime": inviteLifetime,
+	}); err != nil {
+		log.Warn("call renegotiation answer not sent", "err", err)
+	}
 }
 
 // handleInvite takes the user's m.call.invite to a ghost.

@@ -238,6 +238,27 @@ func TestCallInbound(t *testing.T) {
 	u.SetPeer(got)
 	rtpFlows(t, u, got)
 
+	// The client renegotiates (hold and resume do): the ghost answers
+	// with m.call.negotiate, and media still flows.
+	reoffer, err := u.Offer(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	putCallTxn(t, a, "t1b", callEvent("$neg", testUser, "m.call.negotiate", map[string]any{
+		"call_id": "c1", "party_id": "alicedev", "version": "1", "lifetime": 10000,
+		"description": map[string]any{"type": "offer", "sdp": reoffer},
+	}))
+	neg := waitSent(t, hs, "m.call.negotiate")
+	if d, _ := neg.Content["description"].(map[string]any); d["type"] != "answer" {
+		t.Fatalf("negotiate answer %+v", neg.Content)
+	}
+	if _, err := u.SetAnswer(sdpOf(neg, "description")); err != nil {
+		t.Fatal(err)
+	}
+	got2 := &counter{}
+	u.SetPeer(got2)
+	rtpFlows(t, u, got2)
+
 	putCallTxn(t, a, "t2", callEvent("$hup", testUser, "m.call.hangup", map[string]any{
 		"call_id": "c1", "party_id": "alicedev", "version": "1", "reason": "user_hangup",
 	}))

@@ -294,6 +294,26 @@ func (l *WebRTCLeg) Answer(ctx context.Context, offer string, want event.Media) 
 	return sdp, chosen, nil
 }
 
+// Renegotiate answers a new offer from the remote during the call (hold,
+// resume, a new address), keeping the codecs the call negotiated.
+func (l *WebRTCLeg) Renegotiate(ctx context.Context, offer string) (string, error) {
+	if err := l.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		return "", fmt.Errorf("webrtc renegotiation: remote offer: %w", err)
+	}
+	answer, err := l.pc.CreateAnswer(nil)
+	if err != nil {
+		return "", fmt.Errorf("webrtc renegotiation: %w", err)
+	}
+	sdp, err := l.setLocal(ctx, answer)
+	if err != nil {
+		return "", err
+	}
+	if _, err := l.negotiated(sdp); err != nil {
+		return "", fmt.Errorf("webrtc renegotiation: %w", err)
+	}
+	return sdp, nil
+}
+
 // restrict limits the audio transceiver's codecs to want.
 func (l *WebRTCLeg) restrict(want event.Media) error {
 	var prefs []webrtc.RTPCodecParameters
