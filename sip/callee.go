@@ -211,15 +211,7 @@ func (a *Adapter) newInvite(c *call, inv *event.CallInvite, t target, callID str
 	req.AppendHeader(sip.NewHeader("Allow", allowMethods))
 	req.AppendHeader(sip.NewHeader("Content-Type", sdpType))
 	req.SetBody(sdp)
-	if t.route != nil {
-		req.AppendHeader(&sip.RouteHeader{Address: *t.route.Clone()})
-	}
-	if t.transport != "" {
-		req.SetTransport(t.transport)
-	}
-	if t.dest != "" {
-		req.SetDestination(t.dest)
-	}
+	t.address(req)
 	return req
 }
 

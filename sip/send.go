@@ -203,6 +203,13 @@ func (a *Adapter) sendTo(ctx context.Context, client *sipgo.Client, o outboundMe
 // requestFor builds the MESSAGE o for target t.
 func (a *Adapter) requestFor(o outboundMessage, t target) *sip.Request {
 	req := a.newMessageRequest(o, t.uri)
+	t.address(req)
+	return req
+}
+
+// address sends req the way t says: through its route, over its transport,
+// to its destination.
+func (t target) address(req *sip.Request) {
 	if t.route != nil {
 		req.AppendHeader(&sip.RouteHeader{Address: *t.route.Clone()})
 	}
@@ -212,5 +219,4 @@ func (a *Adapter) requestFor(o outboundMessage, t target) *sip.Request {
 	if t.dest != "" {
 		req.SetDestination(t.dest)
 	}
-	return req
 }

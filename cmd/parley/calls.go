@@ -155,15 +155,7 @@ type callMetrics struct {
 }
 
 func newCallMetrics(reg *prometheus.Registry) callMetrics {
-	byNetwork := func(name, help string) map[event.Network]prometheus.Counter {
-		vec := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "parley", Name: name, Help: help}, []string{"network"})
-		reg.MustRegister(vec)
-		out := map[event.Network]prometheus.Counter{}
-		for _, n := range event.Networks {
-			out[n] = vec.WithLabelValues(string(n))
-		}
-		return out
-	}
+	byNetwork := func(name, help string) map[event.Network]prometheus.Counter { return counterByNetwork(reg, name, help) }
 	m := callMetrics{
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "parley", Name: "calls_active",
 			Help: "Calls being set up or in progress."}),

@@ -43,15 +43,7 @@ func newMetrics() *metrics {
 		}
 		return out
 	}
-	byNetwork := func(name, help string) map[event.Network]prometheus.Counter {
-		vec := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "parley", Name: name, Help: help}, []string{"network"})
-		reg.MustRegister(vec)
-		out := map[event.Network]prometheus.Counter{}
-		for _, n := range event.Networks {
-			out[n] = vec.WithLabelValues(string(n))
-		}
-		return out
-	}
+	byNetwork := func(name, help string) map[event.Network]prometheus.Counter { return counterByNetwork(reg, name, help) }
 	m := &metrics{
 		registry:   reg,
 		received:   byKind("events_received_total", "Events accepted from a network."),
@@ -80,3 +72,15 @@ func (m *metrics) Failed(n event.Network, k event.Kind) { m.failed[n][k].Inc() }
 func (m *metrics) Retried(n event.Network)              { m.retried[n].Inc() }
 func (m *metrics) Duplicate(n event.Network)            { m.duplicates[n].Inc() }
 func (m *metrics) Queued(delta int)                     { m.queued.Add(float64(delta)) }
+
+// counterByNetwork registers a counter with a "network" label and returns
+// its child for each network.
+func counterByNetwork(reg *prometheus.Registry, name, help string) map[event.Network]prometheus.Counter {
+	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "parley", Name: name, Help: help}, []string{"network"})
+	reg.MustRegister(vec)
+	out := map[event.Network]prometheus.Counter{}
+	for _, n := range event.Networks {
+		out[n] = vec.WithLabelValues(string(n))
+	}
+	return out
+}
