@@ -80,7 +80,7 @@ bench-presence: peers
 # per call through Parley, for SECONDS: calls held, packets/s, added
 # latency p50/p99, loss, CPU per 1,000 calls, memory per call.
 bench-calls: peers
-	ulimit -n 65536; PARLEY_BENCH_CALLS=$${CALLS:-1000} PARLEY_BENCH_SECONDS=$${SECONDS:-10} \
+	PARLEY_BENCH_CALLS=$${CALLS:-1000} PARLEY_BENCH_SECONDS=$${SECONDS:-10} \
 	  $(GO) test ./e2e -run '^$$' -bench '^BenchmarkCalls$$' -benchtime 1x -count=1 -timeout 20m
 
 demo: peers build

@@ -5,6 +5,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -90,6 +91,9 @@ type stackSettings struct {
 	sipTrustedDomain string
 	// dendritePresence turns presence on in Dendrite (off by default there).
 	dendritePresence bool
+	// mediaPorts, when set, is the size of Parley's media port range
+	// (default 1000: 250 calls of two legs).
+	mediaPorts int
 }
 
 // The SIP side: parley serves parley.localhost, where these users may
@@ -232,7 +236,7 @@ mapping:
 `, filepath.Join(st.dir, "parley.db"), level, adminPort, st.prosody.ComponentAddr, componentDomain, secret,
 		hsURL, asPort, asToken, st.hsToken,
 		sipDomain, st.sipAddr, st.sipAddr, sipUsers["1001"], sipUsers["1002"], sipUsers["1003"], peer,
-		mediaPortMin, mediaPortMin+999, mediaTimeout,
+		mediaPortMin, mediaPortMin+cmp.Or(st.settings.mediaPorts, 1000)-1, mediaTimeout,
 		sipDomain, sipDomain, sipDomain, sipDomain)
 	if err := os.WriteFile(st.config, []byte(cfg), 0o600); err != nil {
 		st.t.Fatal(err)
