@@ -17,8 +17,9 @@ COPY config.example.yaml /etc/parley/parley.yaml
 USER nonroot:nonroot
 ENV PARLEY_CONFIG=/etc/parley/parley.yaml
 VOLUME ["/etc/parley", "/var/lib/parley"]
-# 5347-style component connections go out; the appservice and admin listen.
-EXPOSE 29328 9090
+# 5347-style component connections go out; the appservice and admin listen,
+# and SIP and the media of calls (calls.media.ports in the config).
+EXPOSE 29328 9090 5060/udp 5060/tcp 20000-20999/udp
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
   CMD ["/usr/local/bin/parley", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/parley"]
