@@ -17,7 +17,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 export PARLEY_PEERS := $(PEERS)
 
-.PHONY: all build test unit lint fuzz bench bench-e2e bench-sip bench-presence bench-calls demo peers docker clean
+.PHONY: all build test unit lint fuzz bench bench-e2e bench-sip bench-presence bench-calls bench-webrtc demo peers docker clean
 
 all: build
 
@@ -82,6 +82,12 @@ bench-presence: peers
 bench-calls: peers
 	PARLEY_BENCH_CALLS=$${CALLS:-1000} PARLEY_BENCH_SECONDS=$${SECONDS:-10} \
 	  $(GO) test ./e2e -run '^$$' -bench '^BenchmarkCalls$$' -benchtime 1x -count=1 -timeout 20m
+
+# CALLS SIP ↔ Matrix calls (a plain RTP leg and a WebRTC leg each, phones and
+# pion clients in a second process) with 50 packets/s each way, for SECONDS:
+# Parley's heap and stacks per WebRTC leg, RSS and CPU per call, loss.
+bench-webrtc:
+	PARLEY_BENCH_CALLS=$${CALLS:-1,10,100,200} PARLEY_BENCH_SECONDS=$${SECONDS:-10} $(GO) test ./media -run '^$$' -bench '^BenchmarkWebRTCCalls$$' -benchtime 1x -count=1 -timeout 10m
 
 demo: peers build
 	$(GO) build -o $(BIN)/parley-demo ./internal/demo

@@ -14,8 +14,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,9 +36,10 @@ import (
 )
 
 // BenchmarkWebRTCCalls measures what a SIP ↔ Matrix call costs Parley: N
-// calls, each a plain RTP leg (the SIP phone's) connected to a WebRTC leg
-// (the Matrix client's), with real media for PARLEY_BENCH_SECONDS (default
-// 10): the phone sends 50 packets/s of 20 ms PCMU into each plain leg, the
+// calls (1, 10, 100 and 200, or the comma-separated PARLEY_BENCH_CALLS),
+// each a plain RTP leg (the SIP phone's) connected to a WebRTC leg (the
+// Matrix client's), with real media for PARLEY_BENCH_SECONDS (default 10):
+// the phone sends 50 packets/s of 20 ms PCMU into each plain leg, the
 // client receives them over DTLS-SRTP and sends each back, and the phone
 // receives them.
 //
@@ -46,29 +49,39 @@ import (
 // benchmark's own process holds Parley's legs and nothing else: its live
 // heap, goroutine stacks, RSS and CPU time are Parley's alone. It reports,
 // per call:
-//
 //   - webrtc-KiB/leg: live heap and goroutine stacks a connected WebRTC
 //     leg holds (after a forced collection with every call up and media
 //     having flowed), the figure of the goal of 256 KiB; its heap and stack
 //     parts, and goroutines/leg;
-//
 //   - plain-KiB/leg: the same for the SIP side's plain leg;
-//
 //   - RSS-KiB/call: growth of the process's resident memory, after
 //     returning freed memory to the system;
-//
 //   - cpu-%/call: Parley's CPU time over the window, in % of one core; and
 //     peer-cpu-%/call, the phone and pion client of one call in the other
 //     process, for comparison;
-//
 //   - pkt/s: packets Parley's legs took in over the window (100 per call:
 //     50 from the phone, 50 from the client), loss-% (phone → client →
 //     phone, packets of the window that did not come back) and the round
 //     trip's p50 and p99 (two passes through Parley and the client's echo).
 //
-//     unshare -n sh -c 'ip link set lo up; exec go test ./media -run "^$" -bench WebRTC -benchtime 1x -count 1 -timeout 10m'
+// With PARLEY_BENCH_PROFILES set to a directory, it writes there the
+// profile of the live heap with every call up. Run it in a network
+// namespace of its own, as root:
+//
+//	unshare -n sh -c 'ip link set lo up; exec go test ./media -run "^$" -bench WebRTC -benchtime 1x -count 1 -timeout 10m'
 func BenchmarkWebRTCCalls(b *testing.B) {
-	for _, n := range []int{1, 10, 100, 200} {
+	sizes := []int{1, 10, 100, 200}
+	if s := os.Getenv("PARLEY_BENCH_CALLS"); s != "" {
+		sizes = nil
+		for f := range strings.SplitSeq(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 || n > 5000 {
+				b.Fatalf("PARLEY_BENCH_CALLS=%q: want numbers of calls from 1 to 5000, comma-separated", s)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	for _, n := range sizes {
 		b.Run(fmt.Sprintf("calls=%d", n), func(b *testing.B) { benchWebRTCCalls(b, n) })
 	}
 }
@@ -184,6 +197,9 @@ func benchWebRTCCalls(b *testing.B, n int) {
 		st.RTTp50, st.RTTp99 = max(st.RTTp50, s.RTTp50), max(st.RTTp99, s.RTTp99)
 	}
 	m2 := benchMem()
+	if dir := os.Getenv("PARLEY_BENCH_PROFILES"); dir != "" {
+		writeHeapProfile(b, filepath.Join(dir, fmt.Sprintf("webrtc-calls-%d.heap.pprof", n)))
+	}
 	for _, w := range legs {
 		select {
 		case <-w.Failed():
@@ -221,6 +237,19 @@ func benchWebRTCCalls(b *testing.B, n int) {
 		"(%.1f goroutines), per plain leg %.1f KiB; RSS %+.1f MiB",
 		n, window.Seconds(), st.Sent, st.ClientGot, st.PhoneGot, pkts, cpuPct(parleyCPU, window), cpuPct(st.CPU, st.Window),
 		wHeap, wStack, wG, pHeap+pStack, float64(m2.rss-m0.rss)/(1<<20))
+}
+
+// writeHeapProfile writes the live heap's profile to name: where a leg's
+// memory goes (go tool pprof -sample_index=inuse_space).
+func writeHeapProfile(b *testing.B, name string) {
+	f, err := os.Create(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
 }
 
 func packetsIn(plain []*Leg, legs []*WebRTCLeg) uint64 {
@@ -363,11 +392,11 @@ type peerCall struct {
 
 type peerProc struct {
 	phone  *net.UDPConn
+	mu     sync.Mutex // guards calls' growth and rtts
 	calls  []*peerCall
 	window atomic.Bool
 	sent   atomic.Int64
 	got    atomic.Int64
-	mu     sync.Mutex
 	rtts   []time.Duration
 }
 
@@ -449,7 +478,9 @@ func (p *peerProc) call(m peerMsg) (string, error) {
 		return "", err
 	}
 	c := &peerCall{leg: leg, pc: pc}
+	p.mu.Lock()
 	p.calls = append(p.calls, c)
+	p.mu.Unlock()
 	if c.track, err = webrtc.NewTrackLocalStaticRTP(pcmu, "audio", "client"); err != nil {
 		return "", err
 	}
@@ -516,16 +547,15 @@ func (p *peerProc) receive() {
 			continue
 		}
 		pl := buf[off:n]
+		rtt := time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(pl[markTime:])))
+		p.mu.Lock()
 		if i := int(binary.BigEndian.Uint16(pl[markCall:])); i < len(p.calls) {
 			p.calls[i].echoed.Store(true)
 		}
-		if pl[markWindow] != 1 {
-			continue
+		if pl[markWindow] == 1 {
+			p.got.Add(1)
+			p.rtts = append(p.rtts, rtt)
 		}
-		p.got.Add(1)
-		rtt := time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(pl[markTime:])))
-		p.mu.Lock()
-		p.rtts = append(p.rtts, rtt)
 		p.mu.Unlock()
 	}
 }
@@ -599,7 +629,7 @@ func (p *peerProc) send(stop <-chan struct{}, stopped chan<- struct{}) {
 	for i := range payload {
 		payload[i] = 0xff // µ-law silence
 	}
-	buf := make([]byte, 0, maxPacket)
+	buf := make([]byte, maxPacket)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -618,12 +648,12 @@ func (p *peerProc) send(stop <-chan struct{}, stopped chan<- struct{}) {
 				payload[markWindow] = 1
 			}
 			binary.BigEndian.PutUint16(payload[markCall:], uint16(i))
-			hdr, err := h.MarshalTo(buf[:cap(buf)])
+			hdr, err := h.MarshalTo(buf)
 			if err != nil {
 				return
 			}
-			pkt := append(buf[:hdr], payload...)
-			if _, err := p.phone.WriteToUDPAddrPort(pkt, c.leg); err == nil && inWindow {
+			n := copy(buf[hdr:], payload)
+			if _, err := p.phone.WriteToUDPAddrPort(buf[:hdr+n], c.leg); err == nil && inWindow {
 				p.sent.Add(1)
 			}
 		}
