@@ -56,6 +56,9 @@ import (
 //   - plain-KiB/leg: the same for the SIP side's plain leg;
 //   - RSS-KiB/call: growth of the process's resident memory, after
 //     returning freed memory to the system;
+//   - peer-KiB/call: live heap and stacks of a call's phone and client in
+//     the other process, for comparison: what a pion PeerConnection with
+//     pion's defaults holds;
 //   - cpu-%/call: Parley's CPU time over the window, in % of one core; and
 //     peer-cpu-%/call, the phone and pion client of one call in the other
 //     process, for comparison;
@@ -119,6 +122,8 @@ type peerStats struct {
 	Sent, ClientGot, PhoneGot int64
 	RTTp50, RTTp99            time.Duration
 	CPU, Window               time.Duration
+	// Mem is the live heap and stacks the peer's calls hold.
+	Mem int64
 }
 
 func benchWebRTCCalls(b *testing.B, n int) {
@@ -195,6 +200,7 @@ func benchWebRTCCalls(b *testing.B, n int) {
 		st.CPU += s.CPU
 		st.Window += s.Window
 		st.RTTp50, st.RTTp99 = max(st.RTTp50, s.RTTp50), max(st.RTTp99, s.RTTp99)
+		st.Mem = max(st.Mem, s.Mem)
 	}
 	m2 := benchMem()
 	if dir := os.Getenv("PARLEY_BENCH_PROFILES"); dir != "" {
@@ -226,6 +232,7 @@ func benchWebRTCCalls(b *testing.B, n int) {
 	b.ReportMetric(wG, "goroutines/leg")
 	b.ReportMetric(pHeap+pStack, "plain-KiB/leg")
 	b.ReportMetric(float64(m2.rss-m0.rss)/float64(n)/1024, "RSS-KiB/call")
+	b.ReportMetric(float64(st.Mem)/float64(n)/1024, "peer-KiB/call")
 	b.ReportMetric(cpuPct(parleyCPU, window), "cpu-%/call")
 	b.ReportMetric(cpuPct(st.CPU, st.Window), "peer-cpu-%/call")
 	b.ReportMetric(pkts, "pkt/s")
@@ -234,9 +241,9 @@ func benchWebRTCCalls(b *testing.B, n int) {
 	b.ReportMetric(float64(st.RTTp99.Microseconds())/1000, "rtt-p99-ms")
 	b.Logf("%d calls, %.1f s of media: phones sent %d, clients got %d, phones got %d back; Parley took in %.0f pkt/s "+
 		"with %.2f%% of a core per call (the phones and clients: %.2f%%); per WebRTC leg %.1f KiB heap + %.1f KiB stacks "+
-		"(%.1f goroutines), per plain leg %.1f KiB; RSS %+.1f MiB",
+		"(%.1f goroutines), per plain leg %.1f KiB; RSS %+.1f MiB; per phone and client %.1f KiB",
 		n, window.Seconds(), st.Sent, st.ClientGot, st.PhoneGot, pkts, cpuPct(parleyCPU, window), cpuPct(st.CPU, st.Window),
-		wHeap, wStack, wG, pHeap+pStack, float64(m2.rss-m0.rss)/(1<<20))
+		wHeap, wStack, wG, pHeap+pStack, float64(m2.rss-m0.rss)/(1<<20), float64(st.Mem)/float64(n)/1024)
 }
 
 // writeHeapProfile writes the live heap's profile to name: where a leg's
@@ -398,6 +405,7 @@ type peerProc struct {
 	sent   atomic.Int64
 	got    atomic.Int64
 	rtts   []time.Duration
+	mem0   benchMemStats // before the first call
 }
 
 func runBenchPeer(in io.Reader, out io.Writer) {
@@ -414,7 +422,7 @@ func benchPeerLoop(dec *json.Decoder, enc *json.Encoder) error {
 	}
 	_ = phone.SetReadBuffer(8 << 20)
 	_ = phone.SetWriteBuffer(8 << 20)
-	p := &peerProc{phone: phone}
+	p := &peerProc{phone: phone, mem0: benchMem()}
 	defer func() {
 		for _, c := range p.calls {
 			_ = c.pc.Close()
@@ -608,7 +616,10 @@ func (p *peerProc) run(enc *json.Encoder, d time.Duration) error {
 		st.RTTp50 = p.rtts[len(p.rtts)/2]
 		st.RTTp99 = p.rtts[len(p.rtts)*99/100]
 	}
+	p.rtts = nil
 	p.mu.Unlock()
+	m := benchMem()
+	st.Mem = m.heap + m.stack - p.mem0.heap - p.mem0.stack
 	return enc.Encode(peerMsg{Op: "stats", Stats: st})
 }
 
