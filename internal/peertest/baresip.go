@@ -52,6 +52,7 @@ type Baresip struct {
 var (
 	baresipMu     sync.Mutex
 	baresipRanges = map[string]bool{}
+	baresipPorts  = map[int]bool{}
 )
 
 // StartBaresip starts baresip with its own configuration directory.
@@ -74,12 +75,15 @@ func StartBaresip(t TB, o BaresipOptions) *Baresip {
 			}
 		}
 	}
-	baresipMu.Unlock()
-	// baresip binds its SIP port (UDP, TCP) and the next one (TLS).
+	// baresip binds its SIP port (UDP, TCP) and the next one (TLS): a
+	// port whose successor is free too, and that no other phone of this
+	// process was given (it may not have bound its ports yet).
 	port := FreePort(t)
-	for dialable(fmt.Sprintf("127.0.0.1:%d", port+1)) == nil || !udpFree(port+1) {
+	for baresipPorts[port] || baresipPorts[port+1] || !tcpFree(port+1) || !udpFree(port+1) {
 		port = FreePort(t)
 	}
+	baresipPorts[port], baresipPorts[port+1] = true, true
+	baresipMu.Unlock()
 	rec := filepath.Join(dir, "rec")
 	if err := os.MkdirAll(rec, 0o755); err != nil {
 		t.Fatal(err)
@@ -133,6 +137,15 @@ func StartBaresip(t TB, o BaresipOptions) *Baresip {
 	b.proc = startProcess(t, o.Name, dir, b.Log, syscall.SIGTERM, nil, nil, argv...)
 	t.Cleanup(b.proc.stop)
 	return b
+}
+
+func tcpFree(port int) bool {
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return false
+	}
+	_ = l.Close()
+	return true
 }
 
 func udpFree(port int) bool {
