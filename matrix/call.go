@@ -486,10 +486,14 @@ func isCallEvent(t string) bool {
 // handleCall handles an m.call.* event from a transaction. It never fails
 // the transaction: calls are sessions, and a retry would come too late.
 func (a *Adapter) handleCall(ctx context.Context, evt *mevent.Event) error {
-	if _, ok := a.callHost(); !ok || a.owns(evt.Sender) {
-		return nil // calls off, or our own echo
+	if a.owns(evt.Sender) {
+		return nil // our own echo
 	}
 	content, perr := parseCallContent(evt.Content.VeryRaw)
+	if _, ok := a.callHost(); !ok {
+		a.refuseCall(ctx, evt, content)
+		return nil
+	}
 	if content.CallID == "" {
 		a.log.Warn("skipped call event without a call_id", "event", evt.ID.String(), "type", evt.Type.Type, "err", perr)
 		return nil
@@ -574,6 +578,25 @@ func (a *Adapter) handleNegotiate(ctx context.Context, c *mcall, content callCon
 	}); err != nil {
 		log.Warn("call renegotiation answer not sent", "err", err)
 	}
+}
+
+// refuseCall answers a call invite to a ghost when this gateway carries no
+// calls (no calls section): the user's client stops ringing at once, with
+// a hangup, instead of waiting out the invite's lifetime.
+func (a *Adapter) refuseCall(ctx context.Context, evt *mevent.Event, content callContent) {
+	if evt.Type.Type != mevent.CallInvite.Type || content.CallID == "" {
+		return
+	}
+	ghost, user, ok, err := a.roomPair(ctx, evt.RoomID)
+	if err != nil || !ok || user != evt.Sender {
+		return
+	}
+	c := &mcall{id: content.CallID, room: evt.RoomID, ghost: ghost, user: user, party: newPartyID()}
+	if err := a.hangup(ctx, c, event.HangupUnavailable); err != nil {
+		a.log.Info("call invite not refused", "call", content.CallID, "err", err)
+		return
+	}
+	a.log.Info("call refused: this gateway carries no calls (no calls section)", "call", content.CallID, "from", user.String())
 }
 
 // handleInvite takes the user's m.call.invite to a ghost.

@@ -477,15 +477,21 @@ func TestCallLeftoversHungUp(t *testing.T) {
 	waitUntil(t, "record deleted", func() bool { _, ok := host.links.Value("call:old1"); return !ok })
 }
 
-// Without WithCalls, call events are ignored and Invite refused.
+// Without WithCalls, a call invite to a ghost is hung up and Invite refused.
 func TestCallsOff(t *testing.T) {
 	hs := newFakeHS(t, "as-secret")
 	host := &fakeCallHost{fakeHost: newFakeHost()}
 	linkDM(host.fakeHost)
 	a := newTestAdapter(t, hs, host.fakeHost)
+	// Without calls, an invite to a ghost is hung up at once, so the
+	// user's client does not ring for the invite's lifetime.
 	putCallTxn(t, a, "t1", callEvent("$1", testUser, "m.call.invite", map[string]any{"call_id": "x", "version": "1"}))
-	if len(sentCalls(hs, "m.call.hangup")) != 0 {
-		t.Fatal("calls off, yet a hangup")
+	h := waitSent(t, hs, "m.call.hangup")
+	if h.Content["call_id"] != "x" || h.Content["reason"] != "unknown_error" {
+		t.Fatalf("hangup %+v", h.Content)
+	}
+	if len(host.invites) != 0 {
+		t.Fatal("calls off, yet the core got the invite")
 	}
 	_, err := a.Invite(context.Background(), &event.CallInvite{Call: "x"})
 	if !bridges.IsPermanent(err) {
