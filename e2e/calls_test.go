@@ -356,3 +356,33 @@ func sprayMediaRange(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A person in a call shows on the phone to their watchers on other
+// networks, and as before after it: an XMPP user who watches phone 1002
+// sees it busy, "On the phone", while 1001 calls it, then offline again.
+func TestCallShowsOnThePhone(t *testing.T) {
+	st := newStack(t, stackSettings{})
+	st.prosody.Register(t, "alice", "alicepass")
+	st.start(true)
+	alice := peertest.ConnectXMPP(t, st.prosody, "alice", "alicepass")
+	const phone = "1002+parley.localhost@matrix.localhost"
+	alice.Subscribe(t, phone)
+	callee := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1002", Password: sipUsers["1002"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 1000,
+	})
+	callee.WaitLog(t, "200 OK", 10*time.Second)
+	time.Sleep(500 * time.Millisecond) // the subscription is recorded
+	caller := peertest.StartBaresip(t, peertest.BaresipOptions{
+		User: "1001", Password: sipUsers["1001"], Domain: sipDomain, Registrar: st.sipAddr, ToneHz: 440,
+		Dial: "sip:1002@" + sipDomain, QuitAfter: 6 * time.Second,
+	})
+	caller.WaitLog(t, "Call established", 30*time.Second)
+	waitXMPPPresence(t, alice, phone, "dnd", "On the phone")
+	caller.Wait(t, 20*time.Second)
+	ctx := timeout(t, 30*time.Second)
+	if _, ok := alice.Next(ctx, func(e peertest.XMPPEvent) bool {
+		return e.Ev == "presence" && bare(e.From) == phone && e.Type == "unavailable"
+	}); !ok {
+		t.Fatal("after the call, the phone did not go back to offline")
+	}
+}
