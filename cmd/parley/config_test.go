@@ -52,8 +52,8 @@ func TestConfigErrorsNameFileLineAndKey(t *testing.T) {
 		{"bad ghost template", `xmpp: "@_xmpp_{user}_{domain}:example.org"`, `xmpp: "@_xmpp_{user}.{domain}:example.org"`,
 			"parley.yaml:70: mapping.ghosts.matrix.xmpp"},
 		{"not yaml", "log:\n", "log: [\n", "parley.yaml: "},
-		{"bad media ports", "    ports: 20000-20999", "    ports: 80-90", `parley.yaml:108: calls.media.ports: "80-90" is not a range`},
-		{"misspelt calls key", "  ring_timeout: 60s", "  ring_timout: 60s", `parley.yaml:113: unknown key "ring_timout" in calls (did you mean "ring_timeout"?)`},
+		{"bad media ports", "    ports: 20000-20999", "    ports: 80-90", `parley.yaml:109: calls.media.ports: "80-90" is not a range`},
+		{"misspelt calls key", "  ring_timeout: 60s", "  ring_timout: 60s", `parley.yaml:114: unknown key "ring_timout" in calls (did you mean "ring_timeout"?)`},
 		{"media address everywhere without a public one", "    address: 127.0.0.1", "    address: 0.0.0.0",
 			"calls.media.address: 0.0.0.0 binds every interface; set calls.media.public_address"},
 	}
