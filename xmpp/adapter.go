@@ -29,6 +29,7 @@ import (
 	"sync"
 	"time"
 
+	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/jid"
@@ -92,7 +93,7 @@ type Adapter struct {
 	backoff backoff
 	now     func() time.Time
 	// afterWrite, when set (by tests), runs in Send between the write of
-	// a stanza and its delivery barrier.
+	// a stanza with its barrier ping and the wait for the ping's answer.
 	afterWrite func()
 
 	// host is set by Start, before the connection goroutine begins.
@@ -115,7 +116,7 @@ type Adapter struct {
 	// pings are the delivery barriers waiting for the server's answer,
 	// by the id of their ping (see barrier).
 	pingsMu sync.Mutex
-	pings   map[string]chan struct{}
+	pings   map[string]*pingWait
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the connection goroutine ends
 	stopped bool
@@ -150,7 +151,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		now:          time.Now,
 		turn:         make(chan struct{}, 1),
 		writeTimeout: writeTimeout,
-		pings:        make(map[string]chan struct{}),
+		pings:        make(map[string]*pingWait),
 	}
 	for i, s := range cfg.ServerDomains {
 		d, _ := parseDomain(s) // valid after Validate
@@ -257,17 +258,15 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 	default:
 		return "", bridges.Permanent(fmt.Errorf("send %s event: not supported by the XMPP adapter", evt.Kind()))
 	}
-	var sess *xmpp.Session
-	if err == nil {
-		sess, err = a.write(ctx, r)
-	}
-	if err == nil && a.afterWrite != nil {
-		a.afterWrite()
-	}
-	if err == nil && evt.Kind() != event.KindPresence {
-		// Presence is not durable; everything else leaves the outbox
-		// when Send returns, so make sure the server has it.
-		err = a.barrier(ctx, sess)
+	switch {
+	case err != nil:
+	case evt.Kind() == event.KindPresence:
+		// Presence is not durable: written, it is done.
+		_, err = a.write(ctx, r)
+	default:
+		// Everything else leaves the outbox when Send returns, so make
+		// sure the server has it.
+		err = a.writeWithBarrier(ctx, r)
 	}
 	if s, ok := evt.(*event.Subscription); ok && err == nil {
 		a.rememberProbe(ctx, s)
@@ -278,26 +277,32 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 	return id, nil
 }
 
-// barrier returns once the server has processed everything the adapter
-// wrote before it. XEP-0114 has no acknowledgements, and a stanza written to
-// the socket is not yet the server's: if Parley dies then, the kernel may
-// reset the connection and drop it. The stream is ordered, so the answer to
-// a ping (XEP-0199) sent after a stanza means the server has that stanza.
-// Any answer counts, an error too; no answer within writeTimeout is an
-// error, and the router sends the event again (with the same stanza id).
-//
-// sess must be the session the stanza was written on: the answer of a newer
-// session (after a reconnection) says nothing of a stanza written into the
+// writeWithBarrier writes the stanza r and returns once the server has it.
+// XEP-0114 has no acknowledgements, and a stanza written to the socket is
+// not yet the server's: if Parley dies then, the kernel may reset the
+// connection and drop it. So a ping (XEP-0199) goes out after the stanza,
+// in the same flush (one system call), and writeWithBarrier waits for its
+// answer: the stream is ordered, so the answer means the server has the
+// stanza. Any answer
+// counts, an error too. The end of the connection they were written to, or
+// no answer within writeTimeout, is an error, and the router sends the
+// event again (with the same stanza id); the answer of a newer session
+// (after a reconnection) says nothing of a stanza written into the
 // connection that ended.
 //
-// The ping is written like any stanza (it waits for its turn) and its
-// answer comes through the handler (answerPing), so that waiting for it
+// The answer comes through the handler (answerPing), so that waiting for it
 // holds up no other writer.
-func (a *Adapter) barrier(ctx context.Context, sess *xmpp.Session) error {
+func (a *Adapter) writeWithBarrier(ctx context.Context, r xml.TokenReader) error {
+	a.mu.Lock()
+	live := a.sess
+	a.mu.Unlock()
+	if live == nil {
+		return errNotConnected
+	}
 	id := randomID()
-	answered := make(chan struct{})
+	w := &pingWait{sess: live, done: make(chan struct{})}
 	a.pingsMu.Lock()
-	a.pings[id] = answered
+	a.pings[id] = w
 	a.pingsMu.Unlock()
 	defer func() {
 		a.pingsMu.Lock()
@@ -305,13 +310,19 @@ func (a *Adapter) barrier(ctx context.Context, sess *xmpp.Session) error {
 		a.pingsMu.Unlock()
 	}()
 	iq := ping.IQ{IQ: stanza.IQ{ID: id, Type: stanza.GetIQ, From: a.domain, To: a.server}}
-	if _, err := a.writeOn(ctx, sess, iq.TokenReader()); err != nil {
-		return fmt.Errorf("ping the server after the stanza: %w", err)
+	if _, err := a.writeOn(ctx, live, r, iq.TokenReader()); err != nil {
+		return err
+	}
+	if a.afterWrite != nil {
+		a.afterWrite()
 	}
 	timeout := time.NewTimer(a.writeTimeout)
 	defer timeout.Stop()
 	select {
-	case <-answered:
+	case <-w.done:
+		if w.err != nil {
+			return fmt.Errorf("wait for the server to take the stanza: %w", w.err)
+		}
 		return nil
 	case <-timeout.C:
 		return fmt.Errorf("wait for the server to take the stanza: no answer to ping %s within %s", id, a.writeTimeout)
@@ -320,14 +331,37 @@ func (a *Adapter) barrier(ctx context.Context, sess *xmpp.Session) error {
 	}
 }
 
+// pingWait is a delivery barrier waiting for the answer to its ping, on the
+// session the ping went out on. done is closed with err nil on the answer,
+// or with the reason it cannot come.
+type pingWait struct {
+	sess *xmpp.Session
+	done chan struct{}
+	err  error
+}
+
+// endPings fails the barriers still waiting on sess, which ended: their
+// answers cannot come.
+func (a *Adapter) endPings(sess *xmpp.Session) {
+	a.pingsMu.Lock()
+	defer a.pingsMu.Unlock()
+	for id, w := range a.pings {
+		if w.sess == sess {
+			w.err = errSessionEnded
+			close(w.done)
+			delete(a.pings, id)
+		}
+	}
+}
+
 // answerPing ends the barrier waiting for the answer to the ping id, if
 // any, and reports whether there was one. Any answer counts, an error too.
 func (a *Adapter) answerPing(id string) bool {
 	a.pingsMu.Lock()
 	defer a.pingsMu.Unlock()
-	answered, ok := a.pings[id]
+	w, ok := a.pings[id]
 	if ok {
-		close(answered)
+		close(w.done)
 		delete(a.pings, id)
 	}
 	return ok
@@ -344,7 +378,7 @@ func (a *Adapter) write(ctx context.Context, r xml.TokenReader) (*xmpp.Session, 
 // when sess is no longer the live session. A failed write may have left
 // part of a stanza on the stream, so it closes the connection: the
 // connection goroutine reconnects.
-func (a *Adapter) writeOn(ctx context.Context, sess *xmpp.Session, r xml.TokenReader) (*xmpp.Session, error) {
+func (a *Adapter) writeOn(ctx context.Context, sess *xmpp.Session, rs ...xml.TokenReader) (*xmpp.Session, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -372,13 +406,30 @@ func (a *Adapter) writeOn(ctx context.Context, sess *xmpp.Session, r xml.TokenRe
 	// cancel does), that can come after the write, and fail the next
 	// writer's: seen as "i/o timeout" on a healthy connection under load.
 	_ = conn.SetWriteDeadline(time.Now().Add(a.writeTimeout))
-	err := live.Send(context.WithoutCancel(ctx), r)
+	var err error
+	if len(rs) == 1 {
+		err = live.Send(context.WithoutCancel(ctx), rs[0])
+	} else {
+		err = writeFlushed(live, rs...)
+	}
 	_ = conn.SetWriteDeadline(time.Time{})
 	if err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
 	return live, nil
+}
+
+// writeFlushed writes several stanzas on sess and flushes them once.
+func writeFlushed(sess *xmpp.Session, rs ...xml.TokenReader) error {
+	w := sess.TokenWriter()
+	for _, r := range rs {
+		if _, err := xmlstream.Copy(w, r); err != nil {
+			_ = w.Close()
+			return err
+		}
+	}
+	return w.Close() // flushes
 }
 
 // sessionWriter writes stanzas on one session through the adapter
@@ -474,6 +525,7 @@ func (a *Adapter) connectAndServe(ctx context.Context) (time.Duration, error) {
 		a.sess, a.conn = nil, nil
 		a.mu.Unlock()
 		_ = conn.Close()
+		a.endPings(sess)
 	}()
 	probed := make(chan struct{})
 	pctx, stopProbes := context.WithCancel(ctx)
