@@ -18,6 +18,7 @@ import (
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/calls"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/ratelimit"
 	"github.com/parleygw/parley/media"
 )
 
@@ -93,6 +94,8 @@ type callState struct {
 	byID  map[string]*mcall
 	media media.WebRTCConfig
 	on    bool
+	// invites limits the call invites of each Matrix user.
+	invites *ratelimit.Limiter[id.UserID]
 	// turn, with hsTURN, caches the homeserver's TURN servers
 	// (/voip/turnServer) until turnUntil.
 	hsTURN    bool
@@ -108,8 +111,17 @@ func WithCalls(cfg media.WebRTCConfig) Option {
 	return func(a *Adapter) {
 		a.calls.media = cfg
 		a.calls.on = cfg.Ports != nil
+		a.calls.invites = ratelimit.New[id.UserID](invitesPerSecond, inviteBurst, maxInviters)
 	}
 }
+
+// The limit of call invites from one Matrix user: a burst of inviteBurst,
+// then invitesPerSecond, for up to maxInviters users at once.
+const (
+	invitesPerSecond = 1
+	inviteBurst      = 10
+	maxInviters      = 16384
+)
 
 // WithHomeserverTURN adds the homeserver's TURN servers (its
 // /voip/turnServer answer, asked as the bot and kept for half its TTL) to
@@ -561,7 +573,7 @@ func (a *Adapter) handleNegotiate(ctx context.Context, c *mcall, content callCon
 		return
 	}
 	c.mu.Lock()
-	live := c.answered || !c.outbound && c.leg != nil
+	live := c.answered // before the answer, the call's own offer and answer are under way
 	c.mu.Unlock()
 	if !live {
 		log.Debug("call renegotiation before the call is up; ignored")
@@ -619,6 +631,21 @@ func (a *Adapter) handleInvite(ctx context.Context, evt *mevent.Event, content c
 		return
 	}
 	c := &mcall{id: content.CallID, room: evt.RoomID, ghost: ghost, user: user, party: newPartyID()}
+	// Only the homeserver's own users place calls through Parley, as only
+	// a SIP domain's authenticated users do: a user of another server
+	// could otherwise dial any number through the gateway (toll fraud).
+	if user.Homeserver() != a.cfg.ServerName {
+		log.Info("call from a user of another homeserver refused", "user", user.String())
+		_ = a.hangup(ctx, c, event.HangupForbidden)
+		return
+	}
+	// A user places a few calls a minute; a flood of invites would take
+	// media ports and ring phones.
+	if ok, _ := a.calls.invites.Allow(user, time.Now()); !ok {
+		log.Info("call invites from this user come too fast; refused", "user", user.String())
+		_ = a.hangup(ctx, c, event.HangupBusy)
+		return
+	}
 	if perr == nil {
 		c.selected = content.PartyID
 	}

@@ -561,3 +561,61 @@ func TestCallMediaFailure(t *testing.T) {
 		t.Fatalf("hangup sent %+v", h.Content)
 	}
 }
+
+// Only the homeserver's own users call through Parley, and each only so
+// often: a user of another server is refused (no toll fraud through the
+// gateway), and a flood of invites from one user is cut short.
+func TestCallInvitesLimited(t *testing.T) {
+	hs := newFakeHS(t, "as-secret")
+	host := &fakeCallHost{fakeHost: newFakeHost()}
+	linkDM(host.fakeHost)
+	const outsider = "@mallory:evil.example"
+	host.links.Set("room:!far:localhost", testGhost+"|"+outsider)
+	a := newCallAdapter(t, hs, host)
+	u, err := media.NewWebRTCLeg(webrtcConfig(t), clientCodecs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	offer, err := u.Offer(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	invite := func(txn, sender, room, callID string) {
+		b, _ := json.Marshal(map[string]any{"type": "m.call.invite", "event_id": "$" + txn, "sender": sender, "room_id": room,
+			"origin_server_ts": time.Now().UnixMilli(), "content": map[string]any{
+				"call_id": callID, "party_id": "dev", "version": "1", "lifetime": 60000,
+				"offer": map[string]any{"type": "offer", "sdp": offer},
+			}})
+		putCallTxn(t, a, txn, string(b))
+	}
+	invite("far", outsider, "!far:localhost", "far1")
+	var refused []fakeEvent
+	for _, e := range hs.roomEvents("!far:localhost") {
+		if e.Type == "m.call.hangup" && e.Content["call_id"] == "far1" {
+			refused = append(refused, e)
+		}
+	}
+	if len(refused) != 1 {
+		t.Fatalf("the outsider's invite got %d hangups", len(refused))
+	}
+	host.cmu.Lock()
+	n := len(host.invites)
+	host.cmu.Unlock()
+	if n != 0 {
+		t.Fatal("a user of another homeserver placed a call")
+	}
+
+	for i := range inviteBurst + 5 {
+		invite(fmt.Sprintf("t%d", i), testUser, testRoom, fmt.Sprintf("flood%d", i))
+	}
+	host.cmu.Lock()
+	n = len(host.invites)
+	host.cmu.Unlock()
+	if n > inviteBurst+1 {
+		t.Errorf("%d of %d invites reached the core; the limit is a burst of %d", n, inviteBurst+5, inviteBurst)
+	}
+	if busy := sentCalls(hs, "m.call.hangup"); len(busy) < 4 {
+		t.Errorf("%d hangups, want one per refused invite", len(busy))
+	}
+}
