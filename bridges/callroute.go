@@ -97,14 +97,14 @@ type callLeg struct {
 	pending  event.HangupReason
 }
 
-// callMsg is an event for a call's goroutine: a leg's progress, or the
-// outcome of an invite.
+// callMsg is an event for a call's goroutine: a leg's progress (event set),
+// or the outcome of an invite.
 type callMsg struct {
 	leg   *callLeg
 	evt   event.Event
+	event bool
 	ep    media.Endpoint // an invite's endpoint
 	err   error          // an invite's error
-	reply chan error     // for CallEvent; nil for invite outcomes
 }
 
 // Call implements CallHost.
@@ -143,7 +143,7 @@ func (r *Router) call(_ context.Context, inv *event.CallInvite, m media.Endpoint
 	}
 	c := &liveCall{
 		r: r, started: r.now(), byID: map[calls.LegID]*callLeg{},
-		inbox: make(chan callMsg, 16), stop: make(chan event.HangupReason, 1), done: make(chan struct{}),
+		inbox: make(chan callMsg, 64), stop: make(chan event.HangupReason, 1), done: make(chan struct{}),
 	}
 	c.caller = &callLeg{
 		id: calls.LegID("caller"), net: callerNet, key: legKey{h.From.Network, inv.Call},
@@ -273,19 +273,13 @@ func (r *Router) CallEvent(ctx context.Context, evt event.Event) error {
 			l = x
 		}
 	}
-	reply := make(chan error, 1)
+	// The event is queued, not awaited: an adapter may report from within
+	// a Signal, which the call's own goroutine is running.
 	select {
-	case c.inbox <- callMsg{leg: l, evt: evt, reply: reply}:
+	case c.inbox <- callMsg{leg: l, evt: evt, event: true}:
+		return nil
 	case <-c.done:
 		return fmt.Errorf("%w: %s %s", ErrUnknownCall, k.network, call)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-reply:
-		return err
-	case <-c.done:
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -313,6 +307,13 @@ func (r *Router) endCalls(ctx context.Context) {
 	case <-ctx.Done():
 		r.log.Warn("stopping with calls still ending")
 	}
+}
+
+func (r *Router) ringTimeout() time.Duration {
+	if r.callCfg.RingTimeout > 0 {
+		return r.callCfg.RingTimeout
+	}
+	return 60 * time.Second
 }
 
 func newCallID() string {
@@ -378,7 +379,7 @@ func (c *liveCall) run(inv *event.CallInvite) {
 
 // handle applies one message to the call.
 func (c *liveCall) handle(m callMsg, inv *event.CallInvite) {
-	if m.reply == nil { // an invite's outcome
+	if !m.event { // an invite's outcome
 		l := m.leg
 		l.inviting = false
 		if m.err != nil {
@@ -408,7 +409,6 @@ func (c *liveCall) handle(m callMsg, inv *event.CallInvite) {
 		return
 	}
 	if m.leg == nil {
-		m.reply <- ErrUnknownCall
 		return
 	}
 	switch e := m.evt.(type) {
@@ -422,7 +422,9 @@ func (c *liveCall) handle(m callMsg, inv *event.CallInvite) {
 		m.leg.ended = true
 	}
 	acts, err := c.sm.Handle(m.leg.id, m.evt)
-	m.reply <- err
+	if err != nil {
+		c.r.log.Info("call: event not applied", "call", c.caller.key.call, "leg", m.leg.key.call, "event", m.evt.Kind(), "err", err)
+	}
 	if _, hangup := m.evt.(*event.CallHangup); hangup && m.leg.ep != nil {
 		c.closeLeg(m.leg)
 	}
@@ -482,7 +484,11 @@ func (c *liveCall) header(l *callLeg) event.Header {
 // invite places a callee leg and reports the outcome to the call.
 func (c *liveCall) invite(l *callLeg, inv *event.CallInvite) {
 	out := &event.CallInvite{Header: c.header(l), Call: l.key.call, Offer: inv.Offer}
-	ep, err := l.net.Invite(c.r.runCtx, out)
+	// A network that does not answer within the ring time holds up the
+	// call's end no longer than that.
+	ctx, cancel := context.WithTimeout(c.r.runCtx, c.r.ringTimeout())
+	defer cancel()
+	ep, err := l.net.Invite(ctx, out)
 	c.inbox <- callMsg{leg: l, ep: ep, err: err}
 }
 

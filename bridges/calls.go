@@ -77,9 +77,10 @@ type CallHost interface {
 	// core has then closed m, and the adapter refuses the call.
 	Call(ctx context.Context, inv *event.CallInvite, m media.Endpoint) error
 	// CallEvent reports the progress of a leg: CallRinging, CallAnswer or
-	// CallHangup from a callee leg, CallHangup from a caller leg. An event
-	// for a leg the core does not know (it ended already) returns
-	// ErrUnknownCall.
+	// CallHangup from a callee leg, CallHangup from a caller leg. It queues
+	// the event for the call and returns; it may be called from within
+	// Signal. An event for a leg the core does not know (it ended already)
+	// returns ErrUnknownCall.
 	CallEvent(ctx context.Context, evt event.Event) error
 }
 

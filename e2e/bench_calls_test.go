@@ -185,7 +185,7 @@ func BenchmarkCalls(b *testing.B) {
 	calls := envInt("PARLEY_BENCH_CALLS", 1000)
 	seconds := envInt("PARLEY_BENCH_SECONDS", 10)
 	// Two legs a call, two ports a leg, and room to spare.
-	st := newStack(b, stackSettings{logLevel: "info", sipTrustedDomain: sipDomain, mediaPorts: 4*calls + 1000})
+	st := newStack(b, stackSettings{logLevel: "info", sipTrustedDomain: sipDomain, mediaPorts: 4*calls + 1000, callsPerUser: calls})
 	st.start(true)
 	load := newRTPLoad(b)
 

@@ -92,8 +92,9 @@ type stackSettings struct {
 	// dendritePresence turns presence on in Dendrite (off by default there).
 	dendritePresence bool
 	// mediaPorts, when set, is the size of Parley's media port range
-	// (default 1000: 250 calls of two legs).
-	mediaPorts int
+	// (default 1000: 250 calls of two legs); callsPerUser, when set, how
+	// many calls one person may be in (Parley's default is 4).
+	mediaPorts, callsPerUser int
 }
 
 // The SIP side: parley serves parley.localhost, where these users may
@@ -215,6 +216,7 @@ sip:
   media: {address: 127.0.0.1, ports: %d-%d}
   ring_timeout: 6s
   media_timeout: %s
+  max_calls_per_user: %d
 mapping:
   ghosts:
     matrix: {xmpp: "@_xmpp_{user}_{domain}:localhost", sip: "@_sip_{user}_{domain}:localhost"}
@@ -236,7 +238,7 @@ mapping:
 `, filepath.Join(st.dir, "parley.db"), level, adminPort, st.prosody.ComponentAddr, componentDomain, secret,
 		hsURL, asPort, asToken, st.hsToken,
 		sipDomain, st.sipAddr, st.sipAddr, sipUsers["1001"], sipUsers["1002"], sipUsers["1003"], peer,
-		mediaPortMin, mediaPortMin+cmp.Or(st.settings.mediaPorts, 1000)-1, mediaTimeout,
+		mediaPortMin, mediaPortMin+cmp.Or(st.settings.mediaPorts, 1000)-1, mediaTimeout, st.settings.callsPerUser,
 		sipDomain, sipDomain, sipDomain, sipDomain)
 	if err := os.WriteFile(st.config, []byte(cfg), 0o600); err != nil {
 		st.t.Fatal(err)

@@ -40,8 +40,9 @@ type CallsConfig struct {
 	// no media.
 	RingTimeout  time.Duration `yaml:"ring_timeout"`
 	MediaTimeout time.Duration `yaml:"media_timeout"`
-	// MaxCalls limits the calls carried at once, MaxCallsPerUser the calls
-	// one person is in; 0 is no limit.
+	// MaxCalls limits the calls carried at once (0: no limit but the
+	// port range); MaxCallsPerUser the calls one person is in at once (0:
+	// defaultCallsPerUser).
 	MaxCalls        int `yaml:"max_calls"`
 	MaxCallsPerUser int `yaml:"max_calls_per_user"`
 }
@@ -132,10 +133,19 @@ func (c *CallsConfig) webrtc(ports *media.Ports) media.WebRTCConfig {
 	return cfg
 }
 
+// defaultCallsPerUser is how many calls one person may be in at once when
+// the YAML does not say: enough for a transfer or a second line, not
+// enough for one account to take the gateway's ports.
+const defaultCallsPerUser = 4
+
 func (c *CallsConfig) router() bridges.CallConfig {
+	perUser := c.MaxCallsPerUser
+	if perUser == 0 {
+		perUser = defaultCallsPerUser
+	}
 	return bridges.CallConfig{
 		RingTimeout: c.RingTimeout, MediaTimeout: c.MediaTimeout,
-		MaxCalls: c.MaxCalls, MaxPerUser: c.MaxCallsPerUser,
+		MaxCalls: c.MaxCalls, MaxPerUser: perUser,
 	}
 }
 

@@ -39,3 +39,13 @@ func TestReadinessWhenMediaPortsRunOut(t *testing.T) {
 		t.Fatal("not ready after the legs ended")
 	}
 }
+
+// One person may be in four calls at once unless the YAML says otherwise.
+func TestCallsPerUserDefault(t *testing.T) {
+	if got := (&CallsConfig{}).router().MaxPerUser; got != defaultCallsPerUser {
+		t.Errorf("default per user: %d", got)
+	}
+	if got := (&CallsConfig{MaxCallsPerUser: 50}).router().MaxPerUser; got != 50 {
+		t.Errorf("configured per user: %d", got)
+	}
+}
