@@ -568,6 +568,19 @@ type localTrack struct {
 	mu         sync.RWMutex
 	w          webrtc.TrackLocalWriter
 	ssrc       uint32
+
+	// The track is one stream to the client whatever feeds it: when the
+	// source changes (early media from one device, the answer from
+	// another), its sequence numbers and timestamps are shifted to go on
+	// from the last ones sent. Otherwise a jump back would look like
+	// replayed SRTP, and the client would drop every packet until the new
+	// source caught up.
+	smu             sync.Mutex
+	source          uint32
+	started         bool
+	seqOff          uint16
+	tsOff           uint32
+	lastSeq, lastTS uint32 // the last sent, after the shift
 }
 
 var errNotBound = errors.New("webrtc track not negotiated yet")
@@ -603,6 +616,19 @@ func (t *localTrack) write(h *rtp.Header, payload []byte) error {
 	if w == nil {
 		return errNotBound
 	}
+	t.smu.Lock()
+	if !t.started {
+		t.started, t.source = true, h.SSRC
+	} else if h.SSRC != t.source {
+		t.source = h.SSRC
+		t.seqOff = uint16(t.lastSeq) + 1 - h.SequenceNumber
+		t.tsOff = t.lastTS + 160 - h.Timestamp // a little ahead: a new talkspurt
+		h.Marker = true
+	}
+	h.SequenceNumber += t.seqOff
+	h.Timestamp += t.tsOff
+	t.lastSeq, t.lastTS = uint32(h.SequenceNumber), h.Timestamp
+	t.smu.Unlock()
 	h.SSRC = ssrc
 	_, err := w.WriteRTP(h, payload)
 	return err
