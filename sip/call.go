@@ -76,11 +76,15 @@ type call struct {
 	// answer and its version.
 	sdp media.AudioSDP
 
-	// UAS: the INVITE, its transaction, and the 2xx until it is ACKed.
+	// UAS: the INVITE and its transaction.
 	invite *sip.Request
 	tx     sip.ServerTransaction
-	ok     *sip.Response
-	acked  chan struct{}
+	// lateOffer is set when the INVITE came without SDP (RFC 3261
+	// §13.2.1): Parley offers in the 2xx and the ACK brings the answer.
+	lateOffer bool
+	// pending is the 2xx of an INVITE of the leg (the first or a
+	// re-INVITE) while it is not ACKed: it is sent again until it is.
+	pending *pendingOK
 	// final is closed once the INVITE has its final response (or the leg
 	// ended): sipgo ends the transaction when its handler returns, so the
 	// handler waits for it.
@@ -98,6 +102,32 @@ type call struct {
 	// Session timer (RFC 4028): the dialog ends when it lapses.
 	expires time.Duration
 	lapse   *time.Timer
+}
+
+// pendingOK is a 2xx to an INVITE, sent again until its ACK comes (RFC
+// 3261 §13.3.1.4). sipgo's server transaction leaves the retransmissions
+// to the user agent (RFC 6026).
+type pendingOK struct {
+	tx   sip.ServerTransaction
+	res  *sip.Response
+	cseq uint32 // the INVITE's, which its ACK repeats
+	// offer is set when the 2xx carries Parley's offer (the INVITE had no
+	// SDP): the ACK must carry the answer.
+	offer bool
+	// first is set for the 2xx of the INVITE that made the dialog.
+	first bool
+	acked chan struct{} // closed when the ACK came or the leg ended
+}
+
+// ackedLocked stops the retransmissions of c's pending 2xx, if any, and
+// returns it. c.mu is held.
+func (c *call) ackedLocked() *pendingOK {
+	p := c.pending
+	if p != nil {
+		c.pending = nil
+		close(p.acked)
+	}
+	return p
 }
 
 // dialog is what a leg needs to send requests in its dialog, and what is
@@ -219,6 +249,12 @@ func (a *Adapter) callHost() (bridges.CallHost, bool) {
 // says why; an offer without an audio codec Parley can forward is 488.
 // Otherwise the INVITE is answered 100 and handed to the core; the final
 // response comes from Signal.
+//
+// An INVITE without a body is a late offer (RFC 3261 §13.2.1, RFC 3264):
+// Parley offers the core, on the caller's behalf, every codec it forwards
+// (lateOfferMedia), its leg latching to whoever sends first; the 2xx then
+// offers the caller the codecs of the core's answer, and the ACK must
+// answer (see onAck).
 func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.ServerTransaction) *reply {
 	in, r := checkRequest(req)
 	if r != nil {
@@ -268,21 +304,23 @@ func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.Ser
 		})
 		return newReply(503, "Service Unavailable (Calls Not Configured)")
 	}
-	if len(req.Body()) == 0 {
-		return newReply(400, "Bad Request (No SDP Offer)", warning(a.domain, "INVITE without SDP offer is not supported"))
-	}
-	offer, err := media.ParseSDP(req.Body())
-	if errors.Is(err, media.ErrNoAudio) {
-		return newReply(488, "Not Acceptable Here", warning(a.domain, err.Error()))
-	}
-	if err != nil {
-		return newReply(400, "Bad Request (Malformed SDP)", warning(a.domain, err.Error()))
-	}
-	if offer.Port0 {
-		return newReply(488, "Not Acceptable Here", warning(a.domain, "the audio stream is disabled (port 0)"))
-	}
-	if _, ok := media.AnswerCodecs(offer.Media, media.Forwardable); !ok {
-		return newReply(488, "Not Acceptable Here", warning(a.domain, "no offered audio codec can be forwarded (Parley forwards opus, G722, PCMU, PCMA)"))
+	late := len(req.Body()) == 0
+	offer := media.AudioSDP{Media: lateOfferMedia()} // no address: the leg latches to anyone
+	if !late {
+		var err error
+		offer, err = media.ParseSDP(req.Body())
+		if errors.Is(err, media.ErrNoAudio) {
+			return newReply(488, "Not Acceptable Here", warning(a.domain, err.Error()))
+		}
+		if err != nil {
+			return newReply(400, "Bad Request (Malformed SDP)", warning(a.domain, err.Error()))
+		}
+		if offer.Port0 {
+			return newReply(488, "Not Acceptable Here", warning(a.domain, "the audio stream is disabled (port 0)"))
+		}
+		if _, ok := media.AnswerCodecs(offer.Media, media.Forwardable); !ok {
+			return newReply(488, "Not Acceptable Here", warning(a.domain, "no offered audio codec can be forwarded (Parley forwards opus, G722, PCMU, PCMA)"))
+		}
 	}
 	contact := req.Contact()
 	if contact == nil {
@@ -298,7 +336,7 @@ func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.Ser
 	c := &call{
 		id: strings.Clone(in.callID), uas: true, leg: leg,
 		from: in.from, to: callee,
-		invite: req, tx: tx, acked: make(chan struct{}), final: make(chan struct{}),
+		invite: req, tx: tx, lateOffer: late, final: make(chan struct{}),
 		sdp: media.AudioSDP{SessionID: newSessionID(), Direction: offer.Direction.Reverse()},
 	}
 	c.d = dialog{
@@ -353,6 +391,41 @@ func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.Ser
 	case <-tx.Done():
 	}
 	return nil
+}
+
+// Payload types of a late offer: the static ones of RFC 3551 and the
+// dynamic ones most phones use.
+var lateOfferTypes = map[string]uint8{
+	"pcmu/8000": 0, "pcma/8000": 8, "g722/8000": 9,
+	"opus/48000": 111, "telephone-event/8000": 101, "telephone-event/48000": 110,
+}
+
+// lateOfferMedia is what Parley offers the core for a caller who made no
+// offer: every codec it forwards (media.Forwardable), numbered as phones
+// usually number them.
+func lateOfferMedia() event.Media {
+	var m event.Media
+	used := map[uint8]bool{}
+	next := uint8(96)
+	for _, c := range media.Forwardable {
+		pt, ok := lateOfferTypes[strings.ToLower(c.Name)+"/"+strconv.FormatUint(uint64(c.ClockRate), 10)]
+		if !ok || used[pt] {
+			for used[next] {
+				next++
+			}
+			pt = next
+		}
+		used[pt] = true
+		c.PayloadType = pt
+		switch {
+		case c.IsDTMF():
+			c.FMTP = "0-16"
+		case strings.EqualFold(c.Name, "opus"):
+			c.FMTP = "minptime=10;useinbandfec=1"
+		}
+		m.Codecs = append(m.Codecs, c)
+	}
+	return m
 }
 
 // finish marks the INVITE of a caller leg answered with a final response.
@@ -507,7 +580,10 @@ func (a *Adapter) ringing(c *call, e *event.CallRinging) error {
 	if c.state != callEarly {
 		return nil
 	}
-	if e.EarlyMedia {
+	// Early media would be Parley's offer when the INVITE had none, and an
+	// offer in a provisional response must be sent reliably (RFC 3262,
+	// 100rel), which Parley does not do: such a caller hears ringing.
+	if e.EarlyMedia && !c.lateOffer {
 		a.respondCallLocked(c, 183, "Session Progress", a.ourSDP(c, e.Media))
 		return nil
 	}
@@ -527,9 +603,8 @@ func (a *Adapter) ourSDP(c *call, m event.Media) []byte {
 }
 
 // answer sends the 2xx with SDP to a caller leg and retransmits it until
-// the ACK comes (RFC 3261 §13.3.1.4: T1, doubling up to T2, for 64·T1; then
-// the leg ends with a BYE). sipgo's server transaction leaves the
-// retransmissions to the user agent (RFC 6026).
+// the ACK comes (retransmitOK). The SDP is the answer to the caller's
+// offer, or, for a late offer, Parley's offer of the answer's codecs.
 func (a *Adapter) answer(c *call, e *event.CallAnswer) error {
 	if !c.uas {
 		return nil
@@ -549,37 +624,59 @@ func (a *Adapter) answer(c *call, e *event.CallAnswer) error {
 		headers = append(headers, sip.NewHeader("Session-Expires", strconv.Itoa(int(c.expires/time.Second))+";refresher=uac"),
 			sip.NewHeader("Require", "timer"))
 	}
-	c.ok = a.respondCallLocked(c, 200, "OK", a.ourSDP(c, e.Answer), headers...)
+	res := a.respondCallLocked(c, 200, "OK", a.ourSDP(c, e.Answer), headers...)
+	p := a.pendingLocked(c, c.tx, res, c.invite, c.lateOffer)
+	p.first = true
 	a.armLapseLocked(c)
 	c.mu.Unlock()
 	a.storeDialog(c)
-	go a.retransmitOK(c)
+	go a.retransmitOK(c, p)
 	return nil
 }
 
-func (a *Adapter) retransmitOK(c *call) {
+// pendingLocked makes res, the 2xx to req sent in tx, c's pending 2xx; offer
+// says whether it carries Parley's offer. c.mu is held.
+func (a *Adapter) pendingLocked(c *call, tx sip.ServerTransaction, res *sip.Response, req *sip.Request, offer bool) *pendingOK {
+	p := &pendingOK{tx: tx, res: res, offer: offer, acked: make(chan struct{})}
+	if cs := req.CSeq(); cs != nil {
+		p.cseq = cs.SeqNo
+	}
+	c.pending = p
+	return p
+}
+
+// retransmitOK sends p, a 2xx of c, again until its ACK comes (RFC 3261
+// §13.3.1.4: after T1, doubling up to T2, for 64·T1); without an ACK by
+// then the leg ends with a BYE (§14.2 for a re-INVITE).
+func (a *Adapter) retransmitOK(c *call, p *pendingOK) {
 	interval := sip.T1
 	deadline := time.NewTimer(64 * sip.T1)
 	defer deadline.Stop()
 	for {
 		t := time.NewTimer(interval)
 		select {
-		case <-c.acked:
+		case <-p.acked:
 			t.Stop()
 			return
 		case <-deadline.C:
 			t.Stop()
-			a.log.Info("sip call not acknowledged; ending it", "call", c.id)
+			c.mu.Lock()
+			current := c.pending == p
+			c.mu.Unlock()
+			if !current {
+				return
+			}
+			a.log.Info("sip call not acknowledged; ending it", "call", c.id, "cseq", p.cseq)
 			a.endWithBye(a.dispatchCtx, c, event.HangupFailure, true)
 			return
 		case <-t.C:
 		}
 		c.mu.Lock()
-		if c.state != callAnswering {
+		if c.pending != p || c.state == callEnded {
 			c.mu.Unlock()
 			return
 		}
-		if err := c.tx.Respond(c.ok); err != nil {
+		if err := p.tx.Respond(p.res); err != nil {
 			a.log.Debug("sip 2xx retransmission failed", "call", c.id, "err", err)
 		}
 		c.mu.Unlock()
@@ -734,6 +831,7 @@ func (a *Adapter) endCall(c *call) {
 	c.finish()
 	c.mu.Lock()
 	c.state = callEnded
+	c.ackedLocked()
 	if c.lapse != nil {
 		c.lapse.Stop()
 	}
@@ -745,6 +843,12 @@ func (a *Adapter) endCall(c *call) {
 // c; report says whether the core must be told (the leg ended on
 // Parley's side, not by the core's Signal).
 func (a *Adapter) endWithBye(ctx context.Context, c *call, reason event.HangupReason, report bool) {
+	a.endWithByeText(ctx, c, reason, report, "")
+}
+
+// endWithByeText is endWithBye with text, the why of the hangup for the
+// core (CallHangup.Text).
+func (a *Adapter) endWithByeText(ctx context.Context, c *call, reason event.HangupReason, report bool, text string) {
 	c.mu.Lock()
 	if c.state == callEnded {
 		c.mu.Unlock()
@@ -756,7 +860,7 @@ func (a *Adapter) endWithBye(ctx context.Context, c *call, reason event.HangupRe
 	c.mu.Unlock()
 	a.endCall(c)
 	if report {
-		a.reportHangup(c, reason, "")
+		a.reportHangup(c, reason, text)
 	}
 	ctx, cancel := context.WithTimeout(ctx, byeTimeout)
 	defer cancel()
@@ -845,23 +949,88 @@ func (a *Adapter) sendInDialog(ctx context.Context, d dialog, method sip.Request
 	return nil
 }
 
-// onAck handles an ACK: the ACK of a caller leg's 2xx confirms its
-// dialog. ACKs of other responses are absorbed by their transactions.
+// onAck handles an ACK: the ACK of a leg's pending 2xx (its CSeq is the
+// INVITE's) ends the 2xx's retransmissions and confirms the dialog. When the
+// 2xx carried Parley's offer, the ACK carries the answer (RFC 3264): for a
+// late offer, an ACK without one, or with one Parley cannot take, ends the
+// call (a BYE; the core hears of incompatible media); for a re-INVITE
+// without SDP, a usable answer moves the leg's remote address and anything
+// else leaves the leg as it was. ACKs of other responses are absorbed by
+// their transactions.
 func (a *Adapter) onAck(req *sip.Request, _ sip.ServerTransaction) {
-	callID := req.CallID()
-	if callID == nil {
+	callID, cseq := req.CallID(), req.CSeq()
+	if callID == nil || cseq == nil {
 		return
 	}
 	c := a.calls.byDialog(callID.Value())
-	if c == nil || !c.uas {
+	if c == nil {
 		return
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state == callAnswering && toTagOf(req) == c.d.LocalTag {
-		c.state = callConfirmed
-		close(c.acked)
+	p := c.pending
+	if p == nil || cseq.SeqNo != p.cseq || toTagOf(req) != c.d.LocalTag || fromTag(req) != c.d.RemoteTag {
+		c.mu.Unlock()
+		return
 	}
+	c.ackedLocked()
+	if c.state == callAnswering {
+		c.state = callConfirmed
+	}
+	var bad string
+	if p.offer {
+		bad = a.takeAnswerLocked(c, req)
+	}
+	c.mu.Unlock()
+	switch {
+	case bad == "":
+	case p.first:
+		a.log.Info("sip call ended: the ACK does not answer Parley's offer", "call", c.id, "why", bad)
+		go a.endWithByeText(a.dispatchCtx, c, event.HangupIncompatibleMedia, true, bad)
+	default:
+		a.log.Info("sip re-INVITE: the ACK's answer is not taken", "call", c.id, "why", bad)
+	}
+}
+
+// takeAnswerLocked takes the answer in req, an ACK, to the offer Parley
+// made in a 2xx: the leg sends to its address from now on, and c.sdp keeps
+// the offered codecs the answer accepts. It returns why the answer cannot
+// be taken, or "". c.mu is held.
+func (a *Adapter) takeAnswerLocked(c *call, req *sip.Request) string {
+	if len(req.Body()) == 0 {
+		return "the ACK has no SDP answer"
+	}
+	if h := req.ContentType(); h != nil {
+		if mt, _, err := parseMediaType(h.Value()); err != nil || mt != sdpType {
+			return "the ACK's body is " + h.Value() + ", not SDP"
+		}
+	}
+	ans, err := media.ParseSDP(req.Body())
+	if err != nil {
+		return err.Error()
+	}
+	if ans.Port0 {
+		return "the answer refuses the audio stream (port 0)"
+	}
+	var kept []event.Codec
+	audio := false
+	for _, ac := range ans.Media.Codecs {
+		for _, oc := range c.sdp.Media.Codecs {
+			if oc.Same(ac) {
+				if oc.PayloadType != ac.PayloadType {
+					a.log.Debug("sip answer renumbers a codec", "call", c.id, "codec", oc.String(), "answer", ac.PayloadType)
+				}
+				kept = append(kept, oc)
+				audio = audio || !oc.IsDTMF()
+				break
+			}
+		}
+	}
+	if !audio {
+		return "the answer has none of the offered audio codecs"
+	}
+	c.leg.SetRemote(ans.Addr, !ans.Addr.IsValid())
+	c.sdp.Media = event.Media{Codecs: kept}
+	return ""
 }
 
 // onBye handles a BYE: 200, and the leg ends for the reason its Reason
@@ -879,12 +1048,9 @@ func (a *Adapter) onBye(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 		c.mu.Unlock()
 		return newReply(481, "Call/Transaction Does Not Exist")
 	}
-	answering := c.state == callAnswering
 	c.state = callEnded
+	c.ackedLocked() // a BYE before the ACK ends the retransmissions
 	c.mu.Unlock()
-	if answering {
-		close(c.acked) // a BYE before the ACK ends the retransmissions
-	}
 	reason, ok := parseReason(req)
 	if !ok {
 		reason = event.HangupNormal

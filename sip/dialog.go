@@ -21,8 +21,10 @@ import (
 // the leg's codec (Parley does not transcode, so a re-offer without it is
 // 488) and mirrors the offer's direction. A re-INVITE without SDP is
 // answered with Parley's current SDP as the offer (its answer, in the ACK,
-// changes nothing). 491 while the leg is not answered yet, 481 outside any
-// leg.
+// may move the leg's remote address: see onAck). The 2xx is sent again
+// until its ACK comes, as the first one (retransmitOK). 491 while the leg
+// is not answered yet, or while an offer Parley made in a 2xx waits for
+// its answer in the ACK (RFC 3264 §4); 481 outside any leg.
 func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply {
 	c := a.calls.byDialog(req.CallID().Value())
 	if c == nil {
@@ -44,8 +46,13 @@ func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply 
 	if c.state == callEnded || fromTag(req) != c.d.RemoteTag || toTagOf(req) != c.d.LocalTag {
 		return newReply(481, "Call/Transaction Does Not Exist")
 	}
-	if c.state == callEarly {
+	if c.state == callEarly || c.pending != nil && c.pending.offer {
 		return newReply(491, "Request Pending")
+	}
+	// A 2xx with an answer still unacknowledged: the caller has it, or
+	// would not send a new INVITE; its ACK was lost or is late.
+	if c.ackedLocked() != nil && c.state == callAnswering {
+		c.state = callConfirmed
 	}
 	if len(req.Body()) > 0 {
 		if len(c.sdp.Media.Codecs) > 0 && !offer.Port0 {
@@ -79,6 +86,8 @@ func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply 
 	if err := tx.Respond(res); err != nil {
 		a.log.Debug("sip re-INVITE response failed", "call", c.id, "err", err)
 	}
+	p := a.pendingLocked(c, tx, res, req, len(req.Body()) == 0)
+	go a.retransmitOK(c, p)
 	a.log.Debug("sip call re-INVITEd", "call", c.id, "direction", string(c.sdp.Direction))
 	return nil
 }
