@@ -29,6 +29,9 @@ type fakeCallHost struct {
 	*fakeHost
 	a    *Adapter
 	mode string // "answer", "ring", "early" (183 with SDP, no answer) or "refuse"
+	// supported are the codecs the callee answers with (AnswerCodecs);
+	// media.Forwardable when nil.
+	supported []event.Codec
 
 	mu     sync.Mutex
 	err    error // Call's error in mode "refuse"
@@ -55,12 +58,16 @@ func (h *fakeCallHost) Call(_ context.Context, inv *event.CallInvite, m media.En
 	h.mu.Lock()
 	h.echoes = append(h.echoes, echo)
 	h.mu.Unlock()
+	supported := h.supported
+	if supported == nil {
+		supported = media.Forwardable
+	}
 	go func() {
 		ctx := context.Background()
 		ringing := &event.CallRinging{Call: inv.Call}
 		if h.mode == "early" {
 			ringing.EarlyMedia = true
-			ringing.Media, _ = media.AnswerCodecs(inv.Offer, media.Forwardable)
+			ringing.Media, _ = media.AnswerCodecs(inv.Offer, supported)
 		}
 		if err := h.a.Signal(ctx, ringing); err != nil {
 			panic(err)
@@ -68,7 +75,7 @@ func (h *fakeCallHost) Call(_ context.Context, inv *event.CallInvite, m media.En
 		if h.mode != "answer" {
 			return
 		}
-		answer, ok := media.AnswerCodecs(inv.Offer, media.Forwardable)
+		answer, ok := media.AnswerCodecs(inv.Offer, supported)
 		if !ok {
 			panic("no answer codec")
 		}
@@ -197,7 +204,6 @@ func TestInviteRefusals(t *testing.T) {
 	}{
 		{"toll fraud: unauthenticated, to another domain", newInvite(a.udp, alice, "sip:+441234567@carrier.example.net", testOffer), 403, "Other Domains"},
 		{"unauthenticated user of the domain is challenged", newInvite(a.udp, alice, bob, testOffer), 407, ""},
-		{"no SDP", newInvite(a.udp, peerUser, bob, ""), 400, "without SDP"},
 		{"malformed SDP", newInvite(a.udp, peerUser, bob, "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"), 400, "m=audio line 5: no connection address"},
 		{"only G.729", newInvite(a.udp, peerUser, bob, strings.Replace(testOffer, "RTP/AVP 0 101", "RTP/AVP 18", 1)), 488, "no offered audio codec"},
 		{"SRTP only", newInvite(a.udp, peerUser, bob, strings.Replace(testOffer, "RTP/AVP", "RTP/SAVP", 1)), 488, "RTP/SAVP"},
@@ -862,4 +868,340 @@ func TestSippInviteGlobalFailure(t *testing.T) {
 		t.Errorf("the decline took %s: the other phone was left to ring", d)
 	}
 	wg.Wait() // the ringing phone got its CANCEL with Q.850;cause=21
+}
+
+// rawCall is a phone that speaks raw SIP over UDP to the adapter, for the
+// tests that need to see each retransmission or to send what no user agent
+// library would (an ACK with a body, an ACK with an old CSeq).
+type rawCall struct {
+	t      *testing.T
+	conn   net.Conn
+	local  string
+	callID string
+	to     string // the To header of requests in the dialog, once known
+}
+
+func newRawCall(t *testing.T, addr, callID string) *rawCall {
+	conn := dialUDP(t, addr)
+	return &rawCall{t: t, conn: conn, local: conn.LocalAddr().String(), callID: callID, to: "<sip:bob@" + testDomain + ">"}
+}
+
+// send sends a request of method with cseq, extra headers, and body as
+// application/sdp when it is not empty.
+func (r *rawCall) send(method string, cseq int, body string, extra ...string) {
+	r.t.Helper()
+	lines := []string{method + " sip:bob@" + testDomain + " SIP/2.0",
+		"Via: SIP/2.0/UDP " + r.local + ";rport;branch=z9hG4bK-" + sip.GenerateTagN(10),
+		"From: <sip:100@pbx.example.org>;tag=r1",
+		"To: " + r.to,
+		"Call-ID: " + r.callID,
+		"CSeq: " + strconv.Itoa(cseq) + " " + method,
+		"Contact: <sip:100@" + r.local + ">",
+		"Max-Forwards: 70"}
+	lines = append(lines, extra...)
+	if body != "" {
+		lines = append(lines, "Content-Type: application/sdp")
+	}
+	if _, err := r.conn.Write([]byte(rawSIP(lines...)(body))); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// read returns the next message, or "" when none comes within d.
+func (r *rawCall) read(d time.Duration) string {
+	_ = r.conn.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 65536)
+	n, err := r.conn.Read(buf)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:n])
+}
+
+// until returns the first message that starts with prefix and whose CSeq
+// is cseq, skipping others (provisional responses, retransmissions).
+func (r *rawCall) until(prefix, cseq string) string {
+	r.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		m := r.read(time.Until(deadline))
+		if strings.HasPrefix(m, prefix) && rawHeader(m, "CSeq") == cseq {
+			return m
+		}
+	}
+	r.t.Fatalf("no %q with CSeq %s", prefix, cseq)
+	return ""
+}
+
+// answered takes the To header (with Parley's tag) of a response, for the
+// requests that follow in the dialog.
+func (r *rawCall) answered(res string) {
+	r.t.Helper()
+	r.to = rawHeader(res, "To")
+	if !strings.Contains(r.to, "tag=") {
+		r.t.Fatalf("no To tag in %q", firstLine(res))
+	}
+}
+
+// rawHeader returns the value of the first header name of a raw message.
+func rawHeader(msg, name string) string {
+	head, _, _ := strings.Cut(msg, "\r\n\r\n")
+	for _, l := range strings.Split(head, "\r\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.EqualFold(strings.TrimSpace(k), name) {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func rawBody(msg string) string {
+	_, body, _ := strings.Cut(msg, "\r\n\r\n")
+	return body
+}
+
+// answerSDP is a phone's SDP at port with the payload types pts.
+func answerSDP(port int, pts string) string {
+	return "v=0\r\no=- 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio " + strconv.Itoa(port) + " RTP/AVP " + pts +
+		"\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
+}
+
+func listenRTP(t *testing.T) (*net.UDPConn, int) {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, c.LocalAddr().(*net.UDPAddr).Port
+}
+
+var pcmaCallee = []event.Codec{{Name: "PCMA", ClockRate: 8000}, {Name: event.TelephoneEvent, ClockRate: 8000}}
+
+// TestLateOffer: an INVITE without SDP (RFC 3261 §13.2.1). The core gets
+// an offer of every codec Parley forwards; the caller gets 180, then a 200
+// whose SDP offers the codecs of the core's answer at the leg's address,
+// sent again until the ACK, which brings the answer. RTP then flows
+// between the address of the answer and the core; a BYE ends the call.
+func TestLateOffer(t *testing.T) {
+	h := newFakeCallHost("answer")
+	h.supported = pcmaCallee
+	a := startCallAdapter(t, h, trustLoopback)
+	r := newRawCall(t, a.udp, "late-1")
+	r.send("INVITE", 1, "")
+	var statuses []string
+	var ok string
+	for ok == "" {
+		m := r.read(10 * time.Second)
+		switch {
+		case m == "":
+			t.Fatalf("no 200; got %v", statuses)
+		case strings.HasPrefix(m, "SIP/2.0 200 "):
+			ok = m
+		case strings.HasPrefix(m, "SIP/2.0 1"):
+			statuses = append(statuses, firstLine(m))
+		default:
+			t.Fatalf("got %q", firstLine(m))
+		}
+	}
+	if len(statuses) == 0 || !strings.HasPrefix(statuses[len(statuses)-1], "SIP/2.0 180 ") {
+		t.Errorf("provisional responses %v, want 180 last", statuses)
+	}
+
+	inv := <-h.calls
+	var offered []string
+	for _, c := range inv.Offer.Codecs {
+		offered = append(offered, c.String())
+	}
+	if got, want := strings.Join(offered, ", "), "111 opus/48000/2, 9 G722/8000, 0 PCMU/8000, 8 PCMA/8000, 101 telephone-event/8000, 110 telephone-event/48000"; got != want {
+		t.Errorf("the core was offered %s, want %s", got, want)
+	}
+	if err := inv.Offer.Validate(); err != nil {
+		t.Errorf("the core's offer: %v", err)
+	}
+
+	if ct := rawHeader(ok, "Content-Type"); ct != "application/sdp" {
+		t.Errorf("200 Content-Type %q", ct)
+	}
+	offer, err := media.ParseSDP([]byte(rawBody(ok)))
+	if err != nil {
+		t.Fatalf("the 200's SDP: %v", err)
+	}
+	var got []string
+	for _, c := range offer.Media.Codecs {
+		got = append(got, c.String())
+	}
+	if strings.Join(got, ", ") != "8 PCMA/8000, 101 telephone-event/8000" || offer.Direction != media.SendRecv ||
+		!offer.Addr.IsValid() || offer.Addr.Port() < 20000 || offer.Addr.Port() > 20999 {
+		t.Errorf("the 200 offers %v %s at %s; want PCMA and telephone-event, sendrecv, at the leg", got, offer.Direction, offer.Addr)
+	}
+	r.answered(ok)
+	if again := r.until("SIP/2.0 200 ", "1 INVITE"); rawBody(again) != rawBody(ok) {
+		t.Errorf("the retransmitted 200 has another SDP:\n%s", rawBody(again))
+	}
+
+	rtp, port := listenRTP(t)
+	r.send("ACK", 1, answerSDP(port, "8 101"))
+	if !rtpEchoed(t, rtp, offer.Addr) {
+		t.Error("no echo at the answer's address")
+	}
+	if n := h.echoed(); n == 0 {
+		t.Error("the core got no RTP")
+	}
+	c := a.calls.byDialog("late-1")
+	if c == nil {
+		t.Fatal("no leg")
+	}
+	c.mu.Lock()
+	state, pending := c.state, c.pending
+	c.mu.Unlock()
+	if state != callConfirmed || pending != nil {
+		t.Errorf("state %d, pending 2xx %v after the ACK; want confirmed, none", state, pending != nil)
+	}
+
+	r.send("BYE", 2, "")
+	r.until("SIP/2.0 200 ", "2 BYE")
+	if hang, ok := h.waitEvent(t).(*event.CallHangup); !ok || hang.Call != "late-1" || hang.Reason != event.HangupNormal {
+		t.Errorf("event %#v, want a normal hangup", hang)
+	}
+}
+
+// TestLateOfferBadACK: a late offer's ACK without an answer, or with an
+// answer Parley cannot take, ends the call: a BYE with Reason
+// Q.850;cause=88, and the core hears of incompatible media.
+func TestLateOfferBadACK(t *testing.T) {
+	h := newFakeCallHost("answer")
+	h.supported = pcmaCallee
+	a := startCallAdapter(t, h, trustLoopback)
+	for i, tt := range []struct {
+		name, ack string
+	}{
+		{"no SDP", ""},
+		{"none of the offered codecs", answerSDP(16000, "0")},
+		{"audio refused", answerSDP(0, "8")},
+		{"malformed SDP", "v=0\r\nm=audio 16000 RTP/AVP 8\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			callID := "late-bad-" + strconv.Itoa(i)
+			r := newRawCall(t, a.udp, callID)
+			r.send("INVITE", 1, "")
+			r.answered(r.until("SIP/2.0 200 ", "1 INVITE"))
+			<-h.calls
+			r.send("ACK", 1, tt.ack)
+			bye := r.until("BYE ", "1 BYE")
+			if reason := rawHeader(bye, "Reason"); !strings.HasPrefix(reason, "Q.850;cause=88") {
+				t.Errorf("BYE with Reason %q, want Q.850;cause=88", reason)
+			}
+			if _, err := r.conn.Write([]byte(rawSIP("SIP/2.0 200 OK",
+				"Via: "+rawHeader(bye, "Via"), "From: "+rawHeader(bye, "From"), "To: "+rawHeader(bye, "To"),
+				"Call-ID: "+callID, "CSeq: 1 BYE")(""))); err != nil {
+				t.Fatal(err)
+			}
+			hang, ok := h.waitEvent(t).(*event.CallHangup)
+			if !ok || hang.Call != callID || hang.Reason != event.HangupIncompatibleMedia || hang.Text == "" {
+				t.Errorf("event %#v, want a hangup for incompatible media, with why", hang)
+			}
+			if a.calls.get(callID) != nil {
+				t.Error("the leg is still in the table")
+			}
+		})
+	}
+}
+
+// TestLateOfferNoEarlyMedia: early media for a late offer would be an offer
+// in a provisional response, which needs 100rel: the caller gets 180.
+func TestLateOfferNoEarlyMedia(t *testing.T) {
+	h := newFakeCallHost("early")
+	a := startCallAdapter(t, h, trustLoopback)
+	r := newRawCall(t, a.udp, "late-early")
+	r.send("INVITE", 1, "")
+	<-h.calls
+	for {
+		m := r.read(10 * time.Second)
+		if m == "" {
+			t.Fatal("no ringing")
+		}
+		if strings.HasPrefix(m, "SIP/2.0 100 ") {
+			continue
+		}
+		if !strings.HasPrefix(m, "SIP/2.0 180 ") || rawBody(m) != "" {
+			t.Fatalf("got %q with body %q, want 180 without SDP", firstLine(m), rawBody(m))
+		}
+		return
+	}
+}
+
+// TestReinviteOKRetransmittedUntilACK: the 2xx of a re-INVITE is sent
+// again until its ACK (RFC 3261 §13.3.1.4), which has the re-INVITE's
+// CSeq: a late copy of the first ACK does not stop it. A re-INVITE without
+// SDP gets Parley's offer, and the answer in its ACK moves the leg.
+func TestReinviteOKRetransmittedUntilACK(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, trustLoopback)
+	r := newRawCall(t, a.udp, "reinvite-retrans")
+	r.send("INVITE", 1, testOffer)
+	first := r.until("SIP/2.0 200 ", "1 INVITE")
+	r.answered(first)
+	r.send("ACK", 1, "")
+
+	r.send("INVITE", 2, strings.Replace(testOffer, "m=audio 16000", "m=audio 16002", 1))
+	ok := r.until("SIP/2.0 200 ", "2 INVITE")
+	if again := r.until("SIP/2.0 200 ", "2 INVITE"); rawBody(again) != rawBody(ok) {
+		t.Errorf("the retransmitted 200 differs:\n%s", again)
+	}
+	r.send("ACK", 1, "") // the first ACK again
+	r.until("SIP/2.0 200 ", "2 INVITE")
+	r.send("ACK", 2, "")
+	// A retransmission may cross the ACK; none comes after it.
+	if m := r.read(1500 * time.Millisecond); m != "" {
+		if m := r.read(3 * time.Second); m != "" {
+			t.Fatalf("after the ACK, still %q", firstLine(m))
+		}
+	}
+
+	// Without SDP: Parley offers, the ACK answers from a new address.
+	r.send("INVITE", 3, "")
+	ok = r.until("SIP/2.0 200 ", "3 INVITE")
+	offer, err := media.ParseSDP([]byte(rawBody(ok)))
+	if err != nil || offer.Media.Codecs[0].Name != "PCMU" {
+		t.Fatalf("the 200 offers %+v, %v; want the call's codec", offer, err)
+	}
+	// Another re-INVITE while Parley's offer waits for its answer.
+	r.send("INVITE", 4, testOffer)
+	if res := r.until("SIP/2.0 491 ", "4 INVITE"); res == "" {
+		t.Fatal("no 491")
+	}
+	rtp, port := listenRTP(t)
+	r.send("ACK", 3, strings.Replace(testOffer, "m=audio 16000", "m=audio "+strconv.Itoa(port), 1))
+	if !rtpEchoed(t, rtp, offer.Addr) {
+		t.Error("no echo at the answer's address")
+	}
+	c := a.calls.byDialog("reinvite-retrans")
+	if c == nil {
+		t.Fatal("the leg ended")
+	}
+	c.mu.Lock()
+	state, pending := c.state, c.pending
+	c.mu.Unlock()
+	if state != callConfirmed || pending != nil {
+		t.Errorf("state %d, pending 2xx %v; want confirmed, none", state, pending != nil)
+	}
+}
+
+// rtpEchoed sends RTP from rtp to a leg at addr, as a phone does every
+// 20 ms, until the leg sends it back (it may have dropped the first packets
+// while the ACK that names rtp's address was on its way), for 5 s at most.
+func rtpEchoed(t *testing.T, rtp *net.UDPConn, addr netip.AddrPort) bool {
+	t.Helper()
+	pkt := []byte{0x80, 8, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7, 0xd5, 0xd5}
+	buf := make([]byte, 100)
+	for range 250 {
+		if _, err := rtp.WriteToUDPAddrPort(pkt, addr); err != nil {
+			t.Fatal(err)
+		}
+		_ = rtp.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if n, _, err := rtp.ReadFromUDPAddrPort(buf); err == nil && n == len(pkt) {
+			return true
+		}
+	}
+	return false
 }
