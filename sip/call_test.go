@@ -341,6 +341,35 @@ func TestSippCall(t *testing.T) {
 	}
 }
 
+// TestSippLateOffer: sipp calls bob through Parley as alice with a late
+// offer (an INVITE without SDP): the core is offered every codec Parley
+// forwards and its callee answers G.711a; sipp gets 100/180 and a 200 whose
+// SDP offers G.711a and telephone-event, ACKs with its answer, plays 236
+// G.711a packets to the address of Parley's offer and hangs up with BYE;
+// the fake core's echo endpoint counts the packets.
+func TestSippLateOffer(t *testing.T) {
+	h := newFakeCallHost("answer")
+	h.supported = pcmaCallee
+	a := startCallAdapter(t, h, nil)
+	sipp(t, "late_offer.xml", a.udp, peertest.FreePort(t),
+		"-s", "alice", "-au", "alice", "-ap", alicePassword,
+		"-set", "domain", testDomain, "-set", "to", "sip:bob@"+testDomain)
+	inv := <-h.calls
+	if inv.From.ID != "sip:alice@"+testDomain || inv.To.ID != "sip:bob@"+testDomain || len(inv.Offer.Codecs) != len(media.Forwardable) {
+		t.Errorf("the core got %+v", inv)
+	}
+	hang, ok := h.waitEvent(t).(*event.CallHangup)
+	if !ok || hang.Reason != event.HangupNormal || hang.Call != inv.Call {
+		t.Errorf("event %#v, want a normal hangup of %s", hang, inv.Call)
+	}
+	if n := h.echoed(); n < 230 {
+		t.Errorf("the echo endpoint got %d RTP packets, want about 236; leg %+v", n, h.echoes[0].leg.Stats())
+	}
+	if a.calls.get(inv.Call) != nil {
+		t.Error("the leg is still in the table")
+	}
+}
+
 // TestSippCancel: sipp gives up while Parley's callee rings: CANCEL, 200,
 // 487, and the core hears of a cancelled leg.
 func TestSippCancel(t *testing.T) {
