@@ -245,8 +245,8 @@ func (a *Adapter) callHost() (bridges.CallHost, bool) {
 // An INVITE to an address outside the domain from anyone not authenticated
 // is refused with 403 at once, without a challenge: Parley is no open
 // relay for calls (toll fraud). A body other than SDP is 415; an INVITE
-// without SDP or with SDP Parley cannot read is 400 with a Warning that
-// says why; an offer without an audio codec Parley can forward is 488.
+// with SDP Parley cannot read is 400 with a Warning that says why; an offer
+// without an audio codec Parley can forward is 488.
 // Otherwise the INVITE is answered 100 and handed to the core; the final
 // response comes from Signal.
 //
