@@ -73,6 +73,10 @@ type socket struct {
 type remote struct {
 	addr     *udpAddr // nil when unknown
 	latchAny bool
+	// natIP, when valid, is where the party signals from, another address
+	// than its SDP gave: behind a NAT, its media comes from there too, from
+	// any port.
+	natIP netip.Addr
 }
 
 type udpAddr struct {
@@ -119,8 +123,12 @@ func (l *Leg) Addr() netip.AddrPort {
 // new address (a re-INVITE) undoes the latch, so the party's new address
 // latches again.
 func (l *Leg) SetRemote(rtp netip.AddrPort, latchAny bool) {
-	r := &remote{latchAny: latchAny}
-	rc := &remote{latchAny: latchAny}
+	l.setRemote(rtp, latchAny, netip.Addr{})
+}
+
+func (l *Leg) setRemote(rtp netip.AddrPort, latchAny bool, natIP netip.Addr) {
+	r := &remote{latchAny: latchAny, natIP: natIP}
+	rc := &remote{latchAny: latchAny, natIP: natIP}
 	if rtp.IsValid() {
 		r.addr = newAddr(rtp)
 		rc.addr = newAddr(netip.AddrPortFrom(rtp.Addr(), rtp.Port()+1))
@@ -133,6 +141,25 @@ func (l *Leg) SetRemote(rtp netip.AddrPort, latchAny bool) {
 		if old == nil || old.addr == nil || s.r.addr == nil || old.addr.ap != s.r.addr.ap {
 			s.sock.peer.Store(nil)
 		}
+	}
+}
+
+// SetRemoteVia is SetRemote for a party whose SDP came from the address
+// signalling (the source of its INVITE, ACK or response): when the SDP
+// names no address, the first packet from anywhere latches the leg; when it
+// names signalling's own address, only a packet from there does; and when
+// it names another one (a phone behind a NAT writes its private address),
+// the first packet from that address or from any port of signalling's does,
+// as phones behind a NAT send from their public address.
+func (l *Leg) SetRemoteVia(rtp netip.AddrPort, signalling netip.Addr) {
+	signalling = signalling.Unmap()
+	switch {
+	case !rtp.IsValid():
+		l.SetRemote(rtp, true)
+	case !signalling.IsValid() || rtp.Addr().Unmap() == signalling:
+		l.SetRemote(rtp, false)
+	default:
+		l.setRemote(rtp, false, signalling)
 	}
 }
 
@@ -207,7 +234,7 @@ func (s *socket) accept(src netip.AddrPort) bool {
 		return p.ap == src
 	}
 	r := s.remote.Load()
-	if r == nil || !r.latchAny && (r.addr == nil || r.addr.ap != src) {
+	if r == nil || !r.latchAny && (r.addr == nil || r.addr.ap != src) && (!r.natIP.IsValid() || r.natIP != src.Addr()) {
 		return false
 	}
 	s.peer.CompareAndSwap(nil, newAddr(src))

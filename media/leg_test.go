@@ -132,3 +132,45 @@ func TestLegKeepsReportedLossAndJitter(t *testing.T) {
 		t.Fatalf("worst loss %v, jitter %v; want 0.25 and 100ms", s.WorstLoss, s.WorstJitter)
 	}
 }
+
+// A phone behind a NAT writes its private address in its SDP and sends
+// from its public one (where its signalling comes from): the leg latches to
+// that, from any port, and to nothing else.
+func TestLegLatchesBehindNAT(t *testing.T) {
+	ports, err := NewPorts(loopback, 30300, 30399)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ports.NewLeg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	s := &sink{}
+	l.SetPeer(s)
+	private := netip.MustParseAddrPort("192.168.1.10:4000")
+	l.SetRemoteVia(private, netip.MustParseAddr("127.0.0.1"))
+	to := net.UDPAddrFromAddrPort(l.Addr())
+
+	stranger, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		t.Skipf("no second loopback address: %v", err)
+	}
+	defer stranger.Close()
+	send(t, stranger, packet(t, 8, 1, []byte("x")), to)
+	waitFor(t, "the stranger's packet to be dropped", func() bool { return l.Stats().Dropped == 1 })
+
+	phone := newParty(t) // 127.0.0.1, some port
+	send(t, phone.rtp, packet(t, 8, 2, []byte("a")), to)
+	waitFor(t, "the phone's packet", func() bool { return s.count() == 1 })
+	if p, _ := l.Peer(); p != addr(phone.rtp) {
+		t.Fatalf("latched to %v", p)
+	}
+	// What the core sends goes where the phone's packets come from.
+	if err := l.WriteRTP(packet(t, 8, 9, []byte("z"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, phone.rtp); !bytes.Equal(got, packet(t, 8, 9, []byte("z"))) {
+		t.Fatalf("phone got %x", got)
+	}
+}

@@ -34,6 +34,7 @@ type rtpLeg interface {
 	media.Endpoint
 	Addr() netip.AddrPort
 	SetRemote(rtp netip.AddrPort, latchAny bool)
+	SetRemoteVia(rtp netip.AddrPort, signalling netip.Addr)
 }
 
 // Timers of calls.
@@ -332,7 +333,7 @@ func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.Ser
 		a.log.Warn("sip call refused: no media port", "err", err)
 		return newReply(503, "Service Unavailable (No Media Port)", sip.NewHeader("Retry-After", "10"))
 	}
-	leg.SetRemote(offer.Addr, !offer.Addr.IsValid())
+	leg.SetRemoteVia(offer.Addr, sourceIP(req))
 	c := &call{
 		id: strings.Clone(in.callID), uas: true, leg: leg,
 		from: in.from, to: callee,
@@ -386,6 +387,14 @@ func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.Ser
 		return nil
 	}
 	a.log.Debug("sip call accepted", "call", c.id, "from", in.from, "to", callee)
+	// A CANCEL that came while the core took the call found no call to
+	// report to: report it now, or the callees would ring for no one.
+	c.mu.Lock()
+	gone := c.state == callEnded
+	c.mu.Unlock()
+	if gone {
+		a.reportHangup(c, event.HangupCancelled, "")
+	}
 	select {
 	case <-c.final:
 	case <-tx.Done():
@@ -1028,7 +1037,7 @@ func (a *Adapter) takeAnswerLocked(c *call, req *sip.Request) string {
 	if !audio {
 		return "the answer has none of the offered audio codecs"
 	}
-	c.leg.SetRemote(ans.Addr, !ans.Addr.IsValid())
+	c.leg.SetRemoteVia(ans.Addr, sourceIP(req))
 	c.sdp.Media = event.Media{Codecs: kept}
 	return ""
 }
@@ -1047,6 +1056,11 @@ func (a *Adapter) onBye(req *sip.Request, _ netip.Addr, _ *peer) *reply {
 	if c.state == callEnded || fromTag(req) != c.d.RemoteTag || toTagOf(req) != c.d.LocalTag {
 		c.mu.Unlock()
 		return newReply(481, "Call/Transaction Does Not Exist")
+	}
+	if c.uas && c.state == callEarly {
+		// A BYE in the early dialog (RFC 3261 §15): the INVITE still
+		// pending gets its final answer.
+		a.respondCallLocked(c, 487, "Request Terminated", nil)
 	}
 	c.state = callEnded
 	c.ackedLocked() // a BYE before the ACK ends the retransmissions

@@ -288,7 +288,7 @@ func (a *Adapter) branchRinging(c *call, res *sip.Response) {
 	}
 	c.rang = true // one CallRinging per leg, unless early media comes after it
 	if hasSDP {
-		c.leg.SetRemote(early.Addr, !early.Addr.IsValid())
+		c.leg.SetRemoteVia(early.Addr, sourceIP(res))
 	}
 	c.mu.Unlock()
 	host, ok := a.callHost()
@@ -342,7 +342,7 @@ func (a *Adapter) branchAnswered(c *call, b *branch, res *sip.Response) {
 	c.state = callConfirmed
 	c.d = d
 	c.sdp.Media = answer.Media // what a re-INVITE must keep
-	c.leg.SetRemote(answer.Addr, !answer.Addr.IsValid())
+	c.leg.SetRemoteVia(answer.Addr, sourceIP(res))
 	others := make([]*branch, 0, len(c.branches))
 	for _, o := range c.branches {
 		if o != b {

@@ -68,7 +68,12 @@ func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply 
 				return newReply(488, "Not Acceptable Here", warning(a.domain, "the re-offer leaves out the call's codec "+cur.Name))
 			}
 		}
-		c.leg.SetRemote(offer.Addr, !offer.Addr.IsValid())
+		// A re-offer without an address (hold written as c=0.0.0.0) keeps
+		// the leg latched where it is: unlatching would let anyone's first
+		// packet take the call over while it is on hold.
+		if offer.Addr.IsValid() {
+			c.leg.SetRemoteVia(offer.Addr, sourceIP(req))
+		}
 		c.sdp.Direction = offer.Direction.Reverse()
 	}
 	if ct := req.Contact(); ct != nil {

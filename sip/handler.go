@@ -140,9 +140,10 @@ func (a *Adapter) respond(req *sip.Request, tx sip.ServerTransaction, r *reply) 
 	}
 }
 
-// sourceIP returns the IP address req came from, or the invalid address.
-func sourceIP(req *sip.Request) netip.Addr {
-	host, _, err := net.SplitHostPort(req.Source())
+// sourceIP returns the IP address a request or response came from, or the
+// invalid address.
+func sourceIP(m interface{ Source() string }) netip.Addr {
+	host, _, err := net.SplitHostPort(m.Source())
 	if err != nil {
 		return netip.Addr{}
 	}
