@@ -142,12 +142,14 @@ func supportsTimer(req *sip.Request) bool {
 // sessionTimer takes the session timer of a caller leg's INVITE (RFC 4028):
 // when the caller supports it and asks for an interval, the answer carries
 // it with the caller as refresher, and the leg ends with a BYE when no
-// refresh came in time.
+// refresh came in time. A caller that asks Parley to refresh
+// (refresher=uas) gets no session timer: RFC 4028 §9 lets the UAS choose
+// only when the UAC did not, and Parley sends no refreshes of its own.
 func (a *Adapter) sessionTimer(c *call, req *sip.Request) {
 	if !supportsTimer(req) {
 		return
 	}
-	if se, _ := sessionExpires(req); se > 0 {
+	if se, uas := sessionExpires(req); se > 0 && !uas {
 		c.expires = se
 	}
 }
