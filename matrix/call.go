@@ -115,6 +115,13 @@ func WithCalls(cfg media.WebRTCConfig) Option {
 	}
 }
 
+// What an outbound call keeps of the candidates of devices that have not
+// answered yet.
+const (
+	maxEarlyParties    = 8
+	maxEarlyCandidates = 32
+)
+
 // The limit of call invites from one Matrix user: a burst of inviteBurst,
 // then invitesPerSecond, for up to maxInviters users at once.
 const (
@@ -783,8 +790,12 @@ func (a *Adapter) handleAnswer(ctx context.Context, c *mcall, content callConten
 func (a *Adapter) handleCandidates(c *mcall, content callContent, selected string, log *slog.Logger) {
 	if c.outbound && selected == "" {
 		c.mu.Lock()
-		if c.early != nil && len(c.early[content.PartyID]) < 100 {
-			c.early[content.PartyID] = append(c.early[content.PartyID], content.Candidates...)
+		// Kept per answering device until one answer is selected; bounded,
+		// as the devices and their candidates are the remote's to choose.
+		if _, known := c.early[content.PartyID]; c.early != nil && (known || len(c.early) < maxEarlyParties) {
+			kept := c.early[content.PartyID]
+			room := max(0, maxEarlyCandidates-len(kept))
+			c.early[content.PartyID] = append(kept, content.Candidates[:min(room, len(content.Candidates))]...)
 		}
 		c.mu.Unlock()
 		return

@@ -413,7 +413,7 @@ func (l *WebRTCLeg) AddCandidate(candidate, mid string, index *uint16) error {
 		init.SDPMid = &mid
 	}
 	l.mu.Lock()
-	if l.closed || l.candidates[cand] {
+	if l.closed || l.candidates[cand] || len(l.candidates) >= maxRemoteCandidates {
 		l.mu.Unlock()
 		return nil
 	}
@@ -426,6 +426,11 @@ func (l *WebRTCLeg) AddCandidate(candidate, mid string, index *uint16) error {
 	l.mu.Unlock()
 	return l.pc.AddICECandidate(init)
 }
+
+// maxRemoteCandidates bounds what a remote party can make a leg keep and
+// check: a client gathers a handful (host, reflexive and relayed, per
+// interface); more only makes Parley send checks where the remote says.
+const maxRemoteCandidates = 32
 
 // parseCandidate checks a remote candidate line and returns it as pion
 // takes it ("candidate:..."), or "" for end of candidates.
