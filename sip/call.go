@@ -73,6 +73,9 @@ type call struct {
 	mu    sync.Mutex
 	state callState
 	d     dialog
+	// byeAfterACK is the reason of a hangup that came before the ACK of
+	// the leg's 2xx: the BYE waits for the ACK.
+	byeAfterACK event.HangupReason
 	// sdp is what Parley last offered or answered, for a re-INVITE's
 	// answer and its version.
 	sdp media.AudioSDP
@@ -732,6 +735,13 @@ func (a *Adapter) hangup(ctx context.Context, c *call, reason event.HangupReason
 		a.endCall(c)
 		return nil
 	}
+	if c.uas && c.state == callAnswering {
+		// No BYE before the ACK of the 2xx (RFC 3261 §15): it goes when
+		// the ACK comes (onAck), or when the 2xx times out unacknowledged.
+		c.byeAfterACK = reason
+		c.mu.Unlock()
+		return nil
+	}
 	c.mu.Unlock()
 	a.endWithBye(ctx, c, reason, false)
 	return nil
@@ -989,8 +999,11 @@ func (a *Adapter) onAck(req *sip.Request, _ sip.ServerTransaction) {
 	if p.offer {
 		bad = a.takeAnswerLocked(c, req)
 	}
+	bye := c.byeAfterACK
 	c.mu.Unlock()
 	switch {
+	case bye != 0:
+		go a.endWithBye(a.dispatchCtx, c, bye, false)
 	case bad == "":
 	case p.first:
 		a.log.Info("sip call ended: the ACK does not answer Parley's offer", "call", c.id, "why", bad)

@@ -1241,3 +1241,54 @@ func rtpEchoed(t *testing.T, rtp *net.UDPConn, addr netip.AddrPort, d time.Durat
 	}
 	return false
 }
+
+// TestNoByeBeforeACK: the core hangs up a caller leg whose 200 is not yet
+// ACKed: the BYE waits for the ACK (RFC 3261 §15), then goes.
+func TestNoByeBeforeACK(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, func(c *Config) {
+		c.TrustedPeers = append(c.TrustedPeers, TrustedPeer{Name: "lo", Addresses: []string{"127.0.0.1"}, Domains: []string{"pbx.example.org"}})
+	})
+	conn := dialUDP(t, a.udp)
+	local := conn.LocalAddr().String()
+	bob := "sip:bob@" + testDomain
+	head := func(method, branch, to string, cseq int) []string {
+		return []string{method + " " + bob + " SIP/2.0",
+			"Via: SIP/2.0/UDP " + local + ";rport;branch=z9hG4bK-" + branch,
+			"From: <sip:100@pbx.example.org>;tag=r1",
+			"To: " + to,
+			"Call-ID: bye-after-ack",
+			"CSeq: " + strconv.Itoa(cseq) + " " + method,
+			"Contact: <sip:100@" + local + ">",
+			"Max-Forwards: 70"}
+	}
+	invite := rawSIP(append(head("INVITE", "i1", "<"+bob+">", 1), "Content-Type: application/sdp")...)(testOffer)
+	res := exchange(t, conn, invite)
+	for !strings.HasPrefix(res, "SIP/2.0 200 ") {
+		res = exchange(t, conn, "")
+	}
+	to := rawHeader(res, "To")
+	if err := a.Signal(context.Background(), &event.CallHangup{Call: "bye-after-ack", Reason: event.HangupNormal}); err != nil {
+		t.Fatal(err)
+	}
+	// Until the ACK only the 200 comes again, no BYE.
+	for deadline := time.Now().Add(1200 * time.Millisecond); time.Now().Before(deadline); {
+		if m := exchange(t, conn, ""); strings.HasPrefix(m, "BYE ") {
+			t.Fatal("a BYE before the ACK")
+		}
+	}
+	if _, err := conn.Write([]byte(rawSIP(head("ACK", "a1", to, 1)...)(""))); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if m := exchange(t, conn, ""); strings.HasPrefix(m, "BYE ") {
+			if !strings.Contains(m, "Reason: Q.850;cause=16") {
+				t.Errorf("BYE without the reason: %q", m)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no BYE after the ACK")
+		}
+	}
+}
