@@ -77,17 +77,17 @@ bench-presence: peers
 	$(GO) test ./bridges -run '^$$' -bench 'PresenceFanout|SubscribeSQLite' -benchtime 20x -count 1
 
 # CALLS concurrent SIP → SIP G.711 calls (sipp) with 50 packets/s each way
-# per call through Parley, for SECONDS: calls held, packets/s, added
+# per call through Parley, for WINDOW seconds: calls held, packets/s, added
 # latency p50/p99, loss, CPU per 1,000 calls, memory per call.
 bench-calls: peers
-	PARLEY_BENCH_CALLS=$${CALLS:-1000} PARLEY_BENCH_SECONDS=$${SECONDS:-10} \
+	PARLEY_BENCH_CALLS=$${CALLS:-1000} PARLEY_BENCH_SECONDS=$${WINDOW:-10} \
 	  $(GO) test ./e2e -run '^$$' -bench '^BenchmarkCalls$$' -benchtime 1x -count=1 -timeout 20m
 
 # CALLS SIP ↔ Matrix calls (a plain RTP leg and a WebRTC leg each, phones and
-# pion clients in a second process) with 50 packets/s each way, for SECONDS:
+# pion clients in a second process) with 50 packets/s each way, for WINDOW seconds:
 # Parley's heap and stacks per WebRTC leg, RSS and CPU per call, loss.
 bench-webrtc:
-	PARLEY_BENCH_CALLS=$${CALLS:-1,10,100,200} PARLEY_BENCH_SECONDS=$${SECONDS:-10} $(GO) test ./media -run '^$$' -bench '^BenchmarkWebRTCCalls$$' -benchtime 1x -count=1 -timeout 10m
+	PARLEY_BENCH_CALLS=$${CALLS:-1,10,100,200} PARLEY_BENCH_SECONDS=$${WINDOW:-10} $(GO) test ./media -run '^$$' -bench '^BenchmarkWebRTCCalls$$' -benchtime 1x -count=1 -timeout 10m
 
 demo: peers build
 	$(GO) build -o $(BIN)/parley-demo ./internal/demo
