@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/pion/rtcp"
+
+	"github.com/parleygw/parley/internal/peertest"
 )
 
 // sink is an Endpoint that keeps what it is given.
@@ -153,9 +155,7 @@ func TestLegLatchesBehindNAT(t *testing.T) {
 	to := net.UDPAddrFromAddrPort(l.Addr())
 
 	stranger, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
-	if err != nil {
-		t.Skipf("no second loopback address: %v", err)
-	}
+	peertest.Require(t, "a second loopback address (127.0.0.2)", err)
 	defer stranger.Close()
 	send(t, stranger, packet(t, 8, 1, []byte("x")), to)
 	waitFor(t, "the stranger's packet to be dropped", func() bool { return l.Stats().Dropped == 1 })
