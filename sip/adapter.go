@@ -24,7 +24,7 @@
 // agent. An INVITE, authenticated as a MESSAGE is, becomes a caller leg
 // handed to the core (bridges.CallHost); Invite places a callee leg,
 // forking to every registered contact. Media is plain RTP through
-// media.Leg, from the port range in Config.Media.
+// media.Leg, from the port range given by WithCalls.
 package sip
 
 import (
@@ -46,6 +46,7 @@ import (
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/internal/keylock"
 	"github.com/parleygw/parley/internal/ratelimit"
+	"github.com/parleygw/parley/media"
 )
 
 var _ bridges.Network = (*Adapter)(nil)
@@ -77,6 +78,16 @@ const (
 
 // Option configures an Adapter.
 type Option func(*Adapter)
+
+// WithCalls lets the adapter carry calls, with the RTP legs of their media
+// from ports. Without it INVITEs are refused with 503, and Invite fails.
+func WithCalls(ports *media.Ports) Option {
+	return func(a *Adapter) {
+		if ports != nil {
+			a.newLeg = func() (rtpLeg, error) { return ports.NewLeg() }
+		}
+	}
+}
 
 // WithLogger makes the adapter, and sipgo through its options, log to l
 // instead of discarding its logs. sipgo's own records are logged at debug
@@ -123,7 +134,7 @@ type Adapter struct {
 	authBackoff *authBackoff
 
 	// Calls (see call.go): the live legs, the maker of their media legs
-	// (nil when Config.Media is nil: INVITEs are refused), a limit of
+	// (nil without WithCalls: INVITEs are refused), a limit of
 	// INVITEs per source on top of the limit of all requests, and the
 	// warning that calls are not configured, logged once.
 	calls         *callTable
@@ -198,10 +209,6 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		calls:       newCallTable(),
 		// A phone places a few calls a minute; a scanner hundreds.
 		inviteLimiter: ratelimit.New[netip.Addr](invitesPerSecond, inviteBurst, maxBuckets),
-	}
-	if cfg.Media != nil {
-		ports := cfg.Media
-		a.newLeg = func() (rtpLeg, error) { return ports.NewLeg() }
 	}
 	a.serverHeader = sip.NewHeader("Server", cfg.UserAgent)
 	a.userAgentHeader = sip.NewHeader("User-Agent", cfg.UserAgent)

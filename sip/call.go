@@ -24,8 +24,8 @@ import (
 // call is one leg of a call the routing core runs: an INVITE from a phone
 // is a caller leg (the adapter is its UAS), an Invite from the core a callee
 // leg (the adapter is its UAC, forking to every registered contact of the
-// callee). The media of a leg is a plain RTP media.Leg from Config.Media,
-// described in SDP (media.ParseSDP, media.WriteSDP).
+// callee). The media of a leg is a plain RTP media.Leg from the port range
+// WithCalls gave, described in SDP (media.ParseSDP, media.WriteSDP).
 
 var _ bridges.CallNetwork = (*Adapter)(nil)
 
@@ -235,7 +235,7 @@ func newSessionID() uint64 {
 }
 
 // callHost returns the host as a CallHost, and whether calls can be made at
-// all (Config.Media is set).
+// all (WithCalls gave a port range).
 func (a *Adapter) callHost() (bridges.CallHost, bool) {
 	host, _, _, _ := a.stack()
 	ch, ok := host.(bridges.CallHost)
@@ -304,7 +304,7 @@ func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.Ser
 	host, ok := a.callHost()
 	if !ok {
 		a.noCalls.Do(func() {
-			a.log.Warn("sip calls refused: no media port range configured (sip.Config.Media)")
+			a.log.Warn("sip calls refused: no media port range (no calls section)")
 		})
 		return newReply(503, "Service Unavailable (Calls Not Configured)")
 	}

@@ -138,11 +138,10 @@ func startCallAdapter(t *testing.T, h *fakeCallHost, edit func(*Config), setup .
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Media = ports
 	if edit != nil {
 		edit(&cfg)
 	}
-	a, err := New(cfg, WithLogger(testLogger(t)))
+	a, err := New(cfg, WithLogger(testLogger(t)), WithCalls(ports))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -253,14 +252,12 @@ func TestInviteRefusals(t *testing.T) {
 	}
 }
 
-// TestInviteWithoutMedia: without Config.Media an INVITE is refused with
-// 503.
+// TestInviteWithoutMedia: without WithCalls an INVITE is refused with 503.
 func TestInviteWithoutMedia(t *testing.T) {
 	h := newFakeCallHost("answer")
 	a := startCallAdapter(t, h, func(c *Config) {
-		c.Media = nil
 		c.TrustedPeers = append(c.TrustedPeers, TrustedPeer{Name: "lo", Addresses: []string{"127.0.0.1"}, Domains: []string{"pbx.example.org"}})
-	})
+	}, func(a *Adapter) { a.newLeg = nil }) // as New without WithCalls
 	res := newPeerUA(t).do(newInvite(a.udp, "sip:100@pbx.example.org", "sip:bob@"+testDomain, testOffer))
 	if res.StatusCode != 503 || !strings.Contains(res.Reason, "Not Configured") {
 		t.Errorf("%d %s, want 503 Calls Not Configured", res.StatusCode, res.Reason)

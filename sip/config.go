@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
-
-	"github.com/parleygw/parley/media"
 )
 
 // Defaults of the optional settings.
@@ -92,10 +90,6 @@ type Config struct {
 	// UserAgent is sent in the User-Agent and Server headers (default
 	// "Parley").
 	UserAgent string `yaml:"user_agent"`
-	// Media is the RTP port range of calls, set by the gateway's wiring
-	// (not from this section of the YAML). Nil: INVITEs are refused with
-	// 503, and Invite fails.
-	Media *media.Ports `yaml:"-"`
 }
 
 // User is one account of Config.Users: either Password, or the HA1 of

@@ -396,8 +396,8 @@ func serve(path string, stderr io.Writer) error {
 		router.Add(a)
 	}
 	if cfg.SIP != nil {
-		cfg.SIP.Media = ports // nil without a calls section: INVITEs get 503
-		a, err := sip.New(*cfg.SIP, sip.WithLogger(log.With("network", "sip")))
+		// Without a calls section ports is nil: INVITEs get 503.
+		a, err := sip.New(*cfg.SIP, sip.WithLogger(log.With("network", "sip")), sip.WithCalls(ports))
 		if err != nil {
 			return err
 		}
