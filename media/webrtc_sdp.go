@@ -90,11 +90,11 @@ func audioCodecs(md *sdp.MediaDescription) event.Media {
 	return m
 }
 
-// carried reports whether Parley relays c between legs: the audio codecs
-// every network has, and telephone events.
+// carried reports whether Parley relays c between legs: whether its name is
+// one of Forwardable's.
 func carried(c event.Codec) bool {
-	for _, n := range []string{"PCMU", "PCMA", "opus", "G722", event.TelephoneEvent} {
-		if strings.EqualFold(c.Name, n) {
+	for _, f := range Forwardable {
+		if strings.EqualFold(c.Name, f.Name) {
 			return true
 		}
 	}
