@@ -251,15 +251,8 @@ func (r *Router) ActiveCalls() int {
 
 // CallEvent implements CallHost.
 func (r *Router) CallEvent(ctx context.Context, evt event.Event) error {
-	var call string
-	switch e := evt.(type) {
-	case *event.CallRinging:
-		call = e.Call
-	case *event.CallAnswer:
-		call = e.Call
-	case *event.CallHangup:
-		call = e.Call
-	default:
+	call, ok := event.CallOf(evt)
+	if !ok || evt.Kind() == event.KindCallInvite {
 		return fmt.Errorf("call event: %s is not a ringing, answer or hangup", evt.Kind())
 	}
 	k := legKey{evt.Head().From.Network, call}

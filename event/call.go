@@ -256,3 +256,19 @@ func ParseHangupReason(s string) (HangupReason, bool) {
 	}
 	return 0, false
 }
+
+// CallOf returns the leg ID (Call) of a call event, and false for any other
+// event.
+func CallOf(evt Event) (string, bool) {
+	switch e := evt.(type) {
+	case *CallInvite:
+		return e.Call, true
+	case *CallRinging:
+		return e.Call, true
+	case *CallAnswer:
+		return e.Call, true
+	case *CallHangup:
+		return e.Call, true
+	}
+	return "", false
+}

@@ -556,15 +556,8 @@ func (a *Adapter) respondCallLocked(c *call, code int, reason string, body []byt
 
 // Signal implements bridges.CallNetwork.
 func (a *Adapter) Signal(ctx context.Context, evt event.Event) error {
-	var id string
-	switch e := evt.(type) {
-	case *event.CallRinging:
-		id = e.Call
-	case *event.CallAnswer:
-		id = e.Call
-	case *event.CallHangup:
-		id = e.Call
-	default:
+	id, ok := event.CallOf(evt)
+	if !ok || evt.Kind() == event.KindCallInvite {
 		return bridges.Permanent(fmt.Errorf("signal SIP call: %T is not a call progress event", evt))
 	}
 	c := a.calls.get(id)
