@@ -105,8 +105,9 @@ const (
 
 var sipUsers = map[string]string{"1001": "pw-1001", "1002": "pw-1002", "1003": "pw-1003"}
 
-// Parley's media ports in the tests, away from sipp's (16000 on) and the
-// homeserver's; and the media timeout, short enough to test.
+// Parley's media ports in the tests, away from sipp's and baresip's (see
+// peertest) and from the ephemeral ports of the servers; and the media
+// timeout, short enough to test.
 const (
 	mediaPortMin = 20000
 	mediaTimeout = "3s"

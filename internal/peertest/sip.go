@@ -263,15 +263,23 @@ func freeUDPTCPPort(t TB) int {
 	return 0
 }
 
+// sippMediaPorts is where sipp's media ports (-mp) come from: a band of its
+// own, below the ephemeral ports that FreePort hands out (32768 on) and away
+// from the media ranges of the Parleys under test (20000–25999 in e2e, the
+// demo and the SIP tests, 30000 on in the media and Matrix tests) and from
+// baresip's RTP ports (17000 on). Parley binds its media ports only when a
+// call starts, so a sipp port taken from one of its ranges can be bound by a
+// Parley in another test binary between the check here and sipp's start,
+// and sipp then exits before its first call.
+const sippMediaPortMin, sippMediaPortMax = 26000, 29999
+
 // freeUDPPorts returns the first of n consecutive UDP ports on 127.0.0.1
-// that were free a moment ago; the first one is even (RTP convention).
+// from sipp's band that were free a moment ago; the first one is even (RTP
+// convention).
 func freeUDPPorts(t TB, n int) int {
 	t.Helper()
 	for i := 0; i < 200; i++ {
-		base := 20000 + 2*rand.IntN(20000)
-		if base+n > 65535 {
-			continue
-		}
+		base := sippMediaPortMin + 2*rand.IntN((sippMediaPortMax-sippMediaPortMin+1-n)/2)
 		ok := true
 		var held []net.PacketConn
 		for p := base; p < base+n; p++ {
