@@ -32,8 +32,9 @@ type runner struct {
 
 	// root only: set once exit has started, and what to do afterwards.
 	exiting   bool
-	failed    bool // the demo failed: cleanups may say more (Failed)
-	removeDir bool // remove dir after a successful exit
+	failed    bool   // the demo failed: cleanups may say more (Failed)
+	why       string // the first line of the failure, repeated at the end
+	removeDir bool   // remove dir after a successful exit
 }
 
 func newRunner(dir string, out io.Writer, removeDir bool) *runner {
@@ -74,6 +75,7 @@ func (r *runner) fail(msg string) {
 	_, _ = fmt.Fprintf(os.Stderr, "\ndemo: FAILED: %s\n", msg)
 	root.mu.Lock()
 	root.failed = true
+	root.why, _, _ = strings.Cut(msg, "\n")
 	root.mu.Unlock()
 	root.exit(1, true)
 }
@@ -168,6 +170,7 @@ func (r *runner) exit(code int, keepLogs bool) {
 		select {}
 	}
 	r.exiting = true
+	why := r.why
 	r.mu.Unlock()
 	t0 := time.Now()
 	r.close()
@@ -175,6 +178,11 @@ func (r *runner) exit(code int, keepLogs bool) {
 	switch {
 	case keepLogs:
 		_, _ = fmt.Fprintf(os.Stderr, "demo: logs kept in %s\n", r.dir)
+		if why != "" {
+			// The cleanups printed much since the failure: say it again
+			// where the eye (and a truncated log) ends.
+			_, _ = fmt.Fprintf(os.Stderr, "demo: FAILED: %s (in full above)\n", why)
+		}
 	case r.removeDir:
 		_ = os.RemoveAll(r.dir)
 	}
