@@ -426,9 +426,16 @@ func parseSippStats(p string) (ok, failed int, err error) {
 // Require when sipp is not installed.
 func RunSipp(t TB, opts SippOptions) SippResult {
 	t.Helper()
-	r := prepareSipp(t, opts, 15*time.Second)
-	p := r.start(t)
-	res := r.finish(p)
+	var r *sippRun
+	var res SippResult
+	for attempt := 1; ; attempt++ {
+		r = prepareSipp(t, opts, 15*time.Second)
+		res = r.finish(r.start(t))
+		if res.ExitCode != sippBindFailed || attempt == sippStarts {
+			break
+		}
+		t.Logf("peertest: sipp %s could not bind its ports (exit %d); starting it again with others", r.name, res.ExitCode)
+	}
 	if !res.OK() && !opts.AllowFailure {
 		t.Fatalf("peertest: sipp %s failed: %s", r.name, res.Diagnostics())
 	}
@@ -437,13 +444,48 @@ func RunSipp(t TB, opts SippOptions) SippResult {
 	return res
 }
 
+// sippBindFailed is sipp's exit status when it cannot bind one of its
+// sockets. peertest checks that its ports are free before it starts sipp,
+// but another test binary running at the same time may take one in
+// between; sipp is then started again with new ports, up to sippStarts
+// times in all.
+const (
+	sippBindFailed = 254
+	sippStarts     = 3
+)
+
+// bindFailed waits until sipp p has bound its SIP port or exited, and
+// reports whether it exited because it could not bind its sockets.
+func (r *sippRun) bindFailed(p *process) bool {
+	deadline := time.Now().Add(startTimeout(5 * time.Second))
+	for time.Now().Before(deadline) {
+		if p.exited() {
+			return p.cmd.ProcessState.ExitCode() == sippBindFailed
+		}
+		if bound, ok := portBound(r.trans, r.port); !ok || bound {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
 // StartSipp starts sipp in the background and returns once its SIP socket is
 // bound (for UDP sipp only reads requests after that; a UAC starts sending
 // at once). t.Cleanup stops it. Wait collects the result of a sipp that ends
 // on its own (after opts.Calls calls), Stop ends it earlier.
 func StartSipp(t TB, opts SippOptions) *SippProcess {
 	t.Helper()
-	r := prepareSipp(t, opts, 60*time.Second)
+	var r *sippRun
+	var proc *process
+	for attempt := 1; ; attempt++ {
+		r = prepareSipp(t, opts, 60*time.Second)
+		proc = r.start(t)
+		if attempt == sippStarts || !r.bindFailed(proc) {
+			break
+		}
+		t.Logf("peertest: sipp %s could not bind its ports (exit %d); starting it again with others", r.name, sippBindFailed)
+	}
 	s := &SippProcess{
 		Name:      r.name,
 		Addr:      net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)),
@@ -454,7 +496,7 @@ func StartSipp(t TB, opts SippOptions) *SippProcess {
 		opts:      opts,
 		timeout:   r.timeout,
 	}
-	s.proc = r.start(t)
+	s.proc = proc
 	t.Cleanup(s.proc.stop)
 	s.proc.waitReady(t, startTimeout(5*time.Second), func() error {
 		bound, ok := portBound(r.trans, r.port)
