@@ -78,6 +78,23 @@ type liveCall struct {
 	media   *callLeg      // the callee whose media is connected with the caller's
 	answer  time.Time
 	onPhone []event.Address // the accounts shown on the phone during the call
+	// updating is the CallUpdate under way, if any: the other leg has it.
+	updating *callUpdate
+	// stopUpdate ends the other leg's Update of updating.
+	stopUpdate context.CancelFunc
+}
+
+// callUpdate is a leg's new offer (CallHost.Update) and where its outcome
+// goes.
+type callUpdate struct {
+	leg   *callLeg
+	upd   *event.CallUpdate
+	reply chan updateResult // buffered: the call never waits for the asker
+}
+
+type updateResult struct {
+	answer event.Media
+	err    error
 }
 
 // callLeg is one leg of a call, on one network.
@@ -98,13 +115,16 @@ type callLeg struct {
 }
 
 // callMsg is an event for a call's goroutine: a leg's progress (event set),
-// or the outcome of an invite.
+// the outcome of an invite, a leg's new offer (update) or the other leg's
+// answer to it (updated).
 type callMsg struct {
-	leg   *callLeg
-	evt   event.Event
-	event bool
-	ep    media.Endpoint // an invite's endpoint
-	err   error          // an invite's error
+	leg     *callLeg
+	evt     event.Event
+	event   bool
+	ep      media.Endpoint // an invite's endpoint
+	err     error          // an invite's error
+	update  *callUpdate
+	updated *updateResult
 }
 
 // Call implements CallHost.
@@ -252,27 +272,62 @@ func (r *Router) ActiveCalls() int {
 // CallEvent implements CallHost.
 func (r *Router) CallEvent(ctx context.Context, evt event.Event) error {
 	call, ok := event.CallOf(evt)
-	if !ok || evt.Kind() == event.KindCallInvite {
+	if !ok || evt.Kind() == event.KindCallInvite || evt.Kind() == event.KindCallUpdate {
 		return fmt.Errorf("call event: %s is not a ringing, answer or hangup", evt.Kind())
 	}
-	k := legKey{evt.Head().From.Network, call}
-	c := r.calls.find(k)
-	if c == nil {
-		return fmt.Errorf("%w: %s %s", ErrUnknownCall, k.network, call)
-	}
-	var l *callLeg
-	for _, x := range c.byID {
-		if x.key == k {
-			l = x
-		}
+	c, l, err := r.calls.leg(legKey{evt.Head().From.Network, call})
+	if err != nil {
+		return err
 	}
 	// The event is queued, not awaited: an adapter may report from within
 	// a Signal, which the call's own goroutine is running.
+	return c.post(ctx, callMsg{leg: l, evt: evt, event: true})
+}
+
+// Update implements CallHost.
+func (r *Router) Update(ctx context.Context, upd *event.CallUpdate) (event.Media, error) {
+	if err := upd.Offer.Validate(); err != nil {
+		return event.Media{}, fmt.Errorf("%w: %w", ErrUpdateRefused, err)
+	}
+	c, l, err := r.calls.leg(legKey{upd.From.Network, upd.Call})
+	if err != nil {
+		return event.Media{}, err
+	}
+	u := &callUpdate{leg: l, upd: upd, reply: make(chan updateResult, 1)}
+	if err := c.post(ctx, callMsg{leg: l, update: u}); err != nil {
+		return event.Media{}, err
+	}
 	select {
-	case c.inbox <- callMsg{leg: l, evt: evt, event: true}:
+	case res := <-u.reply:
+		return res.answer, res.err
+	case <-c.done:
+		return event.Media{}, fmt.Errorf("%w: %s %s", ErrUnknownCall, l.key.network, l.key.call)
+	case <-ctx.Done():
+		return event.Media{}, ctx.Err()
+	}
+}
+
+// leg finds the live call of the leg k.
+func (t *callTable) leg(k legKey) (*liveCall, *callLeg, error) {
+	c := t.find(k)
+	if c == nil {
+		return nil, nil, fmt.Errorf("%w: %s %s", ErrUnknownCall, k.network, k.call)
+	}
+	for _, l := range c.byID {
+		if l.key == k {
+			return c, l, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("%w: %s %s", ErrUnknownCall, k.network, k.call)
+}
+
+// post queues m for the call's goroutine.
+func (c *liveCall) post(ctx context.Context, m callMsg) error {
+	select {
+	case c.inbox <- m:
 		return nil
 	case <-c.done:
-		return fmt.Errorf("%w: %s %s", ErrUnknownCall, k.network, call)
+		return fmt.Errorf("%w: %s %s", ErrUnknownCall, m.leg.key.network, m.leg.key.call)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -358,6 +413,9 @@ func (c *liveCall) run(inv *event.CallInvite) {
 			c.handle(<-c.inbox, inv)
 		}
 	}
+	if c.stopUpdate != nil {
+		c.stopUpdate()
+	}
 	for _, l := range c.byID {
 		c.closeLeg(l)
 	}
@@ -372,6 +430,14 @@ func (c *liveCall) run(inv *event.CallInvite) {
 
 // handle applies one message to the call.
 func (c *liveCall) handle(m callMsg, inv *event.CallInvite) {
+	switch {
+	case m.update != nil:
+		c.startUpdate(m.update)
+		return
+	case m.updated != nil:
+		c.finishUpdate(*m.updated)
+		return
+	}
 	if !m.event { // an invite's outcome
 		l := m.leg
 		l.inviting = false
@@ -466,6 +532,77 @@ func (c *liveCall) do(acts []calls.Action, inv *event.CallInvite) {
 			c.closeLeg(l)
 		}
 	}
+}
+
+// updateTimeout bounds the other leg's Update: a SIP re-INVITE's
+// transaction (64·T1).
+const updateTimeout = 32 * time.Second
+
+// startUpdate offers u's new offer to the other leg of the answered call, in
+// a goroutine of its own that reports to the inbox (finishUpdate). Only
+// the two legs whose media are connected may update, one offer at a time.
+func (c *liveCall) startUpdate(u *callUpdate) {
+	var other *callLeg
+	switch {
+	case c.sm.State() != calls.StateAnswered || c.media == nil:
+	case u.leg == c.caller:
+		other = c.media
+	case u.leg == c.media:
+		other = c.caller
+	}
+	switch {
+	case u.leg.ended:
+		u.reply <- updateResult{err: fmt.Errorf("%w: %s %s ended", ErrUnknownCall, u.leg.key.network, u.leg.key.call)}
+		return
+	case other == nil:
+		u.reply <- updateResult{err: fmt.Errorf("%w: the leg is not in an answered call", ErrUpdateRefused)}
+		return
+	}
+	if c.updating != nil {
+		u.reply <- updateResult{err: fmt.Errorf("%w: an update of the call is under way", ErrUpdatePending)}
+		return
+	}
+	up, ok := other.net.(CallUpdater)
+	if !ok {
+		u.reply <- updateResult{err: fmt.Errorf("%w: %s legs cannot change codec during a call", ErrUpdateRefused, other.key.network)}
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.r.runCtx, updateTimeout)
+	c.updating, c.stopUpdate = u, cancel
+	out := &event.CallUpdate{Header: c.header(other), Call: other.key.call, Offer: u.upd.Offer}
+	go func() {
+		defer cancel()
+		answer, err := up.Update(ctx, out)
+		select {
+		case c.inbox <- callMsg{leg: other, updated: &updateResult{answer, err}}:
+		case <-c.done:
+		}
+	}()
+}
+
+// finishUpdate gives the leg that asked for the update under way the other
+// leg's answer: its codecs, numbered as the offer numbered them, or why it
+// did not take the offer.
+func (c *liveCall) finishUpdate(res updateResult) {
+	u := c.updating
+	c.updating, c.stopUpdate = nil, nil
+	if u == nil {
+		return
+	}
+	if res.err == nil {
+		if err := res.answer.Validate(); err != nil {
+			res.err = fmt.Errorf("the answer: %w", err)
+		}
+	}
+	switch {
+	case res.err == nil:
+		c.r.log.Info("call: codec changed", "call", c.caller.key.call, "by", u.leg.key.network, "codecs", res.answer.String())
+	case errors.Is(res.err, ErrUpdatePending):
+	default:
+		c.r.log.Info("call: update refused", "call", c.caller.key.call, "by", u.leg.key.network, "err", res.err)
+		res.err = fmt.Errorf("%w: %w", ErrUpdateRefused, res.err)
+	}
+	u.reply <- res
 }
 
 // header is the header of an event the core sends to leg l: from the other

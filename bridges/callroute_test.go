@@ -327,3 +327,62 @@ func TestCallShowsOnThePhone(t *testing.T) {
 		t.Fatalf("watcher after the call got %+v", ps)
 	}
 }
+
+// A leg that re-offers another codec in an answered call changes the codec
+// of the other leg first, and gets its answer; before the answer, from a
+// leg out of the call, while another change is under way or when the other
+// leg refuses, the update is refused and the call goes on.
+func TestCallCodecChange(t *testing.T) {
+	h := startCalls(t, bridges.CallConfig{})
+	_, sipLeg, matrixLeg := placeCall(t, h, "c1")
+	pcma := event.Media{Codecs: []event.Codec{{Name: "PCMA", ClockRate: 8000, PayloadType: 8}}}
+	update := func(from event.Address, call string) (event.Media, error) {
+		return h.router.Update(waitCtx(t), &event.CallUpdate{Header: event.Header{From: from}, Call: call, Offer: pcma})
+	}
+	if _, err := update(phone, "c1"); !errors.Is(err, bridges.ErrUpdateRefused) {
+		t.Fatalf("update before the answer: %v, want refused", err)
+	}
+	legEvent(t, h, aliceM, &event.CallAnswer{Call: matrixLeg.Call, Answer: pcmu})
+	waitLast(t, h.sip, 3) // the caller's answer, the other device's hangup
+
+	answer, err := update(phone, "c1")
+	if err != nil || len(answer.Codecs) != 1 || answer.Codecs[0].Name != "PCMA" {
+		t.Fatalf("caller's update: %v, %v", answer, err)
+	}
+	if u, ok := waitLast(t, h.matrix, 2).(*event.CallUpdate); !ok || u.Call != matrixLeg.Call || u.To != aliceM || u.Offer.Codecs[0].Name != "PCMA" {
+		t.Fatalf("the answering device got %#v, want the caller's offer", u)
+	}
+	if _, err := update(aliceM, matrixLeg.Call); err != nil {
+		t.Fatalf("callee's update: %v", err)
+	}
+	if u, ok := waitLast(t, h.sip, 4).(*event.CallUpdate); !ok || u.Call != "c1" || u.To != phone {
+		t.Fatalf("the caller got %#v, want the callee's offer", u)
+	}
+	if _, err := update(aliceS, sipLeg.Call); !errors.Is(err, bridges.ErrUnknownCall) {
+		t.Errorf("update from the device answered elsewhere: %v, want unknown call", err)
+	}
+
+	h.matrix.UpdateErr = errors.New("488 Not Acceptable Here")
+	if _, err := update(phone, "c1"); !errors.Is(err, bridges.ErrUpdateRefused) {
+		t.Errorf("update the other leg refuses: %v, want refused", err)
+	}
+	h.matrix.UpdateErr = nil
+
+	h.matrix.Held = make(chan struct{})
+	first := make(chan error, 1)
+	go func() { _, err := update(phone, "c1"); first <- err }()
+	waitLast(t, h.matrix, 4) // the first update reached the callee
+	if _, err := update(aliceM, matrixLeg.Call); !errors.Is(err, bridges.ErrUpdatePending) {
+		t.Errorf("crossing update: %v, want pending", err)
+	}
+	close(h.matrix.Held)
+	if err := <-first; err != nil {
+		t.Errorf("the first update, once answered: %v", err)
+	}
+
+	legEvent(t, h, phone, &event.CallHangup{Call: "c1", Reason: event.HangupNormal})
+	waitNoCalls(t, h.router)
+	if _, err := update(phone, "c1"); !errors.Is(err, bridges.ErrUnknownCall) {
+		t.Errorf("update after the end: %v", err)
+	}
+}

@@ -29,6 +29,13 @@ import (
 //   - The core runs the call's state machine (package calls) and tells each
 //     leg what happened on the other side with CallNetwork.Signal: the caller
 //     leg gets CallRinging and CallAnswer; any leg may get CallHangup.
+//   - In an answered call, a leg whose party re-offers with another codec
+//     (a SIP re-INVITE from G.711 µ-law to A-law) asks the core with
+//     CallHost.Update; the core offers the same codecs to the other leg
+//     (CallUpdater.Update), and the first leg answers its party with what
+//     the other accepted, or refuses the re-offer and keeps the call as it
+//     was. Parley forwards media untouched, so both legs change together or
+//     not at all.
 //   - When a callee answers (or sends early media), the core connects its
 //     media endpoint with the caller's; when a leg ends, the core closes its
 //     endpoint. An adapter may use its endpoint until then (for a re-INVITE,
@@ -58,6 +65,17 @@ type CallNetwork interface {
 	Signal(ctx context.Context, evt event.Event) error
 }
 
+// CallUpdater is a CallNetwork whose legs can take a new offer once
+// answered (a SIP re-INVITE).
+type CallUpdater interface {
+	// Update offers upd.Offer to the leg upd.Call and returns the leg's
+	// answer: the offered codecs its party accepted, numbered as upd.Offer
+	// numbers them. It may wait for the party's final answer, within ctx.
+	// After an error the leg keeps its media as they were; the error wraps
+	// ErrUpdatePending when an offer of the party's own crossed this one.
+	Update(ctx context.Context, upd *event.CallUpdate) (event.Media, error)
+}
+
 // Events of calls name their leg's party in Header.From: the caller for the
 // caller leg, the device for a callee leg. The core finds a leg by that
 // address's network and the event's Call.
@@ -82,6 +100,16 @@ type CallHost interface {
 	// Signal. An event for a leg the core does not know (it ended already)
 	// returns ErrUnknownCall.
 	CallEvent(ctx context.Context, evt event.Event) error
+	// Update asks the other leg of an answered call to take upd.Offer, a
+	// new offer of the leg upd.Call (see CallUpdate), and returns its
+	// answer, numbered as upd.Offer numbers it. It waits for the other
+	// leg's party, within ctx. It returns an error wrapping ErrUnknownCall
+	// for a leg the core does not know, ErrUpdatePending while another
+	// update of the call is under way or crossed this one, and
+	// ErrUpdateRefused when the call is not answered, the other leg's
+	// network cannot update a leg, or its party refused the offer. The
+	// call goes on as it was after any error.
+	Update(ctx context.Context, upd *event.CallUpdate) (event.Media, error)
 }
 
 // ErrCallLimit is returned by CallHost.Call when the caller, the callee or
@@ -91,3 +119,11 @@ var ErrCallLimit = errors.New("call limit reached")
 // ErrUnknownCall is returned by CallHost.CallEvent for a leg the core does
 // not know, or no longer.
 var ErrUnknownCall = errors.New("unknown call")
+
+// ErrUpdatePending is returned by CallHost.Update and CallUpdater.Update
+// when another offer is under way in the call (SIP 491).
+var ErrUpdatePending = errors.New("another offer is under way")
+
+// ErrUpdateRefused is returned by CallHost.Update when the other leg cannot
+// take the new offer (SIP 488).
+var ErrUpdateRefused = errors.New("the other leg cannot take the offer")

@@ -9,7 +9,8 @@ import (
 // A call is a session, not history: call events are not put in the outbox.
 // Each network's adapter turns its signalling into these four kinds (SIP
 // INVITE/180/183/200/CANCEL/BYE, Matrix m.call.*, Jingle and JMI), and the
-// call state machine (package calls) drives every leg from them.
+// call state machine (package calls) drives every leg from them. A fifth,
+// CallUpdate, changes the codec of an answered call on both legs at once.
 //
 // Header.ID is the ID of the event itself; Call is the ID of the call on the
 // sender's network (a SIP Call-ID, a Matrix call_id, a Jingle sid), the same
@@ -113,6 +114,16 @@ func (m Media) Validate() error {
 	return nil
 }
 
+// String lists m's codecs as SDP's rtpmap writes them: "8 PCMA/8000, 101
+// telephone-event/8000".
+func (m Media) String() string {
+	names := make([]string, len(m.Codecs))
+	for i, c := range m.Codecs {
+		names[i] = c.String()
+	}
+	return strings.Join(names, ", ")
+}
+
 // DTMF returns the telephone-event codec of m, if any.
 func (m Media) DTMF() (Codec, bool) {
 	for _, c := range m.Codecs {
@@ -162,6 +173,20 @@ type CallHangup struct {
 	Text string
 }
 
+// CallUpdate is a new offer in an answered call that the leg cannot answer
+// alone: a SIP re-INVITE (or, later, a Jingle content-modify) that changes
+// the codec. Parley forwards media untouched, so the other leg must change
+// to the same codec first: the core offers it there (bridges.CallUpdater)
+// and the leg answers with what that leg accepted. A re-offer that keeps
+// the call's codec (a hold, a new address) is the leg's own business and
+// never becomes a CallUpdate.
+type CallUpdate struct {
+	Header
+	Call string
+	// Offer is the leg's new offer, numbered as its party numbers it.
+	Offer Media
+}
+
 // Kind implements Event.
 func (*CallInvite) Kind() Kind { return KindCallInvite }
 
@@ -173,6 +198,9 @@ func (*CallAnswer) Kind() Kind { return KindCallAnswer }
 
 // Kind implements Event.
 func (*CallHangup) Kind() Kind { return KindCallHangup }
+
+// Kind implements Event.
+func (*CallUpdate) Kind() Kind { return KindCallUpdate }
 
 // HangupReason is the closed set of reasons a call or a leg ends. Each network
 // has its own words for them; package calls holds the one table that maps
@@ -268,6 +296,8 @@ func CallOf(evt Event) (string, bool) {
 	case *CallAnswer:
 		return e.Call, true
 	case *CallHangup:
+		return e.Call, true
+	case *CallUpdate:
 		return e.Call, true
 	}
 	return "", false

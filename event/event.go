@@ -16,17 +16,19 @@ const (
 	KindCallRinging
 	KindCallAnswer
 	KindCallHangup
+	KindCallUpdate
 )
 
 var kindNames = [...]string{
 	KindMessage: "message", KindFailure: "failure", KindPresence: "presence", KindSubscription: "subscription",
 	KindCallInvite: "call-invite", KindCallRinging: "call-ringing", KindCallAnswer: "call-answer", KindCallHangup: "call-hangup",
+	KindCallUpdate: "call-update",
 }
 
 // Kinds lists every Kind, for metrics and exhaustive tests.
 var Kinds = []Kind{
 	KindMessage, KindFailure, KindPresence, KindSubscription,
-	KindCallInvite, KindCallRinging, KindCallAnswer, KindCallHangup,
+	KindCallInvite, KindCallRinging, KindCallAnswer, KindCallHangup, KindCallUpdate,
 }
 
 // String returns the lowercase name of k, as used in metrics and the store.

@@ -42,6 +42,12 @@ func (h *fakeCallHost) Call(_ context.Context, inv *event.CallInvite, m media.En
 	return nil
 }
 
+var _ bridges.CallHost = (*fakeCallHost)(nil)
+
+func (h *fakeCallHost) Update(context.Context, *event.CallUpdate) (event.Media, error) {
+	return event.Media{}, bridges.ErrUpdateRefused
+}
+
 func (h *fakeCallHost) CallEvent(_ context.Context, evt event.Event) error {
 	h.cmu.Lock()
 	defer h.cmu.Unlock()

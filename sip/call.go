@@ -79,6 +79,11 @@ type call struct {
 	// sdp is what Parley last offered or answered, for a re-INVITE's
 	// answer and its version.
 	sdp media.AudioSDP
+	// updating is set while a change of codec is under way on the leg: a
+	// re-INVITE of the party's waits for the other leg (onReinvite), or
+	// Parley's re-INVITE for the other leg's change waits for the party
+	// (Update). A re-INVITE that comes meanwhile gets 491.
+	updating bool
 
 	// UAS: the INVITE and its transaction.
 	invite *sip.Request
@@ -121,6 +126,15 @@ type pendingOK struct {
 	// first is set for the 2xx of the INVITE that made the dialog.
 	first bool
 	acked chan struct{} // closed when the ACK came or the leg ended
+}
+
+// local is the leg's party on Parley's side: the callee of a caller leg,
+// the caller of a callee leg.
+func (c *call) local() string {
+	if c.uas {
+		return c.to
+	}
+	return c.from
 }
 
 // ackedLocked stops the retransmissions of c's pending 2xx, if any, and
@@ -557,7 +571,7 @@ func (a *Adapter) respondCallLocked(c *call, code int, reason string, body []byt
 // Signal implements bridges.CallNetwork.
 func (a *Adapter) Signal(ctx context.Context, evt event.Event) error {
 	id, ok := event.CallOf(evt)
-	if !ok || evt.Kind() == event.KindCallInvite {
+	if !ok || evt.Kind() == event.KindCallInvite || evt.Kind() == event.KindCallUpdate {
 		return bridges.Permanent(fmt.Errorf("signal SIP call: %T is not a call progress event", evt))
 	}
 	c := a.calls.get(id)
@@ -1026,25 +1040,12 @@ func (a *Adapter) takeAnswerLocked(c *call, req *sip.Request) string {
 	if ans.Port0 {
 		return "the answer refuses the audio stream (port 0)"
 	}
-	var kept []event.Codec
-	audio := false
-	for _, ac := range ans.Media.Codecs {
-		for _, oc := range c.sdp.Media.Codecs {
-			if oc.Same(ac) {
-				if oc.PayloadType != ac.PayloadType {
-					a.log.Debug("sip answer renumbers a codec", "call", c.id, "codec", oc.String(), "answer", ac.PayloadType)
-				}
-				kept = append(kept, oc)
-				audio = audio || !oc.IsDTMF()
-				break
-			}
-		}
-	}
-	if !audio {
+	kept := acceptedCodecs(c.sdp.Media, ans.Media)
+	if kept.Validate() != nil {
 		return "the answer has none of the offered audio codecs"
 	}
 	c.leg.SetRemoteVia(ans.Addr, sourceIP(req))
-	c.sdp.Media = event.Media{Codecs: kept}
+	c.sdp.Media = kept
 	return ""
 }
 

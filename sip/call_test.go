@@ -33,11 +33,25 @@ type fakeCallHost struct {
 	// media.Forwardable when nil.
 	supported []event.Codec
 
+	// update answers Update; when nil, Update refuses as a network that
+	// cannot change codec.
+	update func(*event.CallUpdate) (event.Media, error)
+
 	mu     sync.Mutex
 	err    error // Call's error in mode "refuse"
 	echoes []*echoEndpoint
 	calls  chan *event.CallInvite
 	events chan event.Event
+}
+
+var _ bridges.CallHost = (*fakeCallHost)(nil)
+
+func (h *fakeCallHost) Update(_ context.Context, upd *event.CallUpdate) (event.Media, error) {
+	h.events <- upd
+	if h.update == nil {
+		return event.Media{}, bridges.ErrUpdateRefused
+	}
+	return h.update(upd)
 }
 
 func newFakeCallHost(mode string) *fakeCallHost {
@@ -716,10 +730,19 @@ type answeringPhone struct {
 	invites, acks, byes chan *sip.Request
 }
 
-func newAnsweringPhone(t *testing.T) *answeringPhone {
+func newAnsweringPhone(t *testing.T) *answeringPhone { return newPhoneAnswering(t, nil) }
+
+// newPhoneAnswering returns an answeringPhone that answers each INVITE
+// with what answer returns for it, or as newAnsweringPhone's when answer
+// is nil.
+func newPhoneAnswering(t *testing.T, answer func(p *answeringPhone, req *sip.Request) *sip.Response) *answeringPhone {
 	p := &answeringPhone{peerUA: newPeerUA(t), invites: make(chan *sip.Request, 5), acks: make(chan *sip.Request, 5), byes: make(chan *sip.Request, 5)}
 	p.srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		p.invites <- req
+		if answer != nil {
+			_ = tx.Respond(answer(p, req))
+			return
+		}
 		sdp := "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 16010 RTP/AVP 8\r\n"
 		res := sip.NewResponseFromRequest(req, 200, "OK", []byte(sdp))
 		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))

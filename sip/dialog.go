@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -11,15 +13,20 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/media"
 )
 
 // onReinvite handles an INVITE in the dialog of a leg (RFC 3261 §14): a
-// hold (sendonly, inactive), a new address or a refresh of the session
-// timer. The leg's remote address follows the new offer; the answer keeps
-// the leg's codec (Parley does not transcode, so a re-offer without it is
-// 488) and mirrors the offer's direction. A re-INVITE without SDP is
+// hold (sendonly, inactive), a new address, a refresh of the session timer
+// or a change of codec. The leg's remote address follows the new offer; the
+// answer keeps the leg's codec and mirrors the offer's direction. A
+// re-offer without the call's codec changes the codec of the whole call
+// (Parley does not transcode): the other leg is offered the same codecs
+// first (see changeCodec), and the answer follows its answer; when it
+// cannot change, the re-INVITE gets 488 and the call goes on as it
+// was. A re-INVITE without SDP is
 // answered with Parley's current SDP as the offer (its answer, in the ACK,
 // may move the leg's remote address: see onAck). The 2xx is sent again
 // until its ACK comes, as the first one (retransmitOK). 491 while the leg
@@ -46,7 +53,7 @@ func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply 
 	if c.state == callEnded || fromTag(req) != c.d.RemoteTag || toTagOf(req) != c.d.LocalTag {
 		return newReply(481, "Call/Transaction Does Not Exist")
 	}
-	if c.state == callEarly || c.pending != nil && c.pending.offer {
+	if c.state == callEarly || c.pending != nil && c.pending.offer || c.updating {
 		return newReply(491, "Request Pending")
 	}
 	// A 2xx with an answer still unacknowledged: the caller has it, or
@@ -54,6 +61,7 @@ func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply 
 	if c.ackedLocked() != nil && c.state == callAnswering {
 		c.state = callConfirmed
 	}
+	var changed event.Media // the call's new codecs, after a change
 	if len(req.Body()) > 0 {
 		if len(c.sdp.Media.Codecs) > 0 && !offer.Port0 {
 			cur := c.sdp.Media.Codecs[0]
@@ -65,7 +73,10 @@ func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply 
 				}
 			}
 			if !found {
-				return newReply(488, "Not Acceptable Here", warning(a.domain, "the re-offer leaves out the call's codec "+cur.Name))
+				var r *reply
+				if changed, r = a.changeCodec(c, req, tx, offer); r != nil {
+					return r
+				}
 			}
 		}
 		// A re-offer without an address (hold written as c=0.0.0.0) keeps
@@ -80,9 +91,9 @@ func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply 
 		c.d.Target = ct.Address.String()
 	}
 	a.refreshSessionLocked(c, req)
-	res := sip.NewResponseFromRequest(req, 200, "OK", a.ourSDP(c, event.Media{}))
+	res := sip.NewResponseFromRequest(req, 200, "OK", a.ourSDP(c, changed))
 	res.AppendHeader(a.serverHeader)
-	res.AppendHeader(&sip.ContactHeader{Address: a.localContact(c.d.Transport, c.to)})
+	res.AppendHeader(&sip.ContactHeader{Address: a.localContact(c.d.Transport, c.local())})
 	res.AppendHeader(sip.NewHeader("Content-Type", sdpType))
 	if c.expires > 0 {
 		res.AppendHeader(sip.NewHeader("Session-Expires", strconv.Itoa(int(c.expires/time.Second))+";refresher=uac"))
@@ -95,6 +106,142 @@ func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply 
 	go a.retransmitOK(c, p)
 	a.log.Debug("sip call re-INVITEd", "call", c.id, "direction", string(c.sdp.Direction))
 	return nil
+}
+
+// changeCodec asks the core to change the call's codec to those of offer,
+// a re-INVITE's offer without the call's codec (see onReinvite), and
+// returns the leg's new codecs, numbered as the offer numbers them; or the
+// reply that refuses the re-INVITE (488 when the other leg cannot change,
+// 491 when an offer of its own crossed this one), after which the call
+// goes on as it was. It sends 100 Trying while it waits for the other leg.
+// c.mu is held, and held again when it returns; meanwhile c.updating keeps
+// other offers out.
+func (a *Adapter) changeCodec(c *call, req *sip.Request, tx sip.ServerTransaction, offer media.AudioSDP) (event.Media, *reply) {
+	host, ok := a.callHost()
+	if !ok {
+		return event.Media{}, newReply(488, "Not Acceptable Here", warning(a.domain, "the re-offer leaves out the call's codec "+c.sdp.Media.Codecs[0].Name))
+	}
+	c.updating = true
+	c.mu.Unlock()
+	if err := tx.Respond(sip.NewResponseFromRequest(req, 100, "Trying", nil)); err != nil {
+		a.log.Debug("sip re-INVITE 100 failed", "call", c.id, "err", err)
+	}
+	ctx, cancel := context.WithTimeout(a.dispatchCtx, updateTimeout)
+	answer, err := host.Update(ctx, &event.CallUpdate{Header: a.callHeader(c), Call: c.id, Offer: offer.Media})
+	cancel()
+	c.mu.Lock()
+	c.updating = false
+	switch {
+	case c.state == callEnded:
+		return event.Media{}, newReply(487, "Request Terminated")
+	case errors.Is(err, bridges.ErrUpdatePending):
+		return event.Media{}, newReply(491, "Request Pending")
+	case err != nil:
+		a.log.Info("sip codec change refused", "call", c.id, "offer", offer.Media.String(), "err", err)
+		return event.Media{}, newReply(488, "Not Acceptable Here", warning(a.domain, err.Error()))
+	}
+	a.log.Info("sip codec changed", "call", c.id, "codecs", answer.String())
+	return answer, nil
+}
+
+// updateTimeout bounds a change of codec: the other leg's answer to it
+// (the core's own bound), and Parley's re-INVITE to a leg.
+const updateTimeout = 32 * time.Second
+
+// Update implements bridges.CallUpdater: the other leg of the call changed
+// codec, and this leg must too. Parley re-INVITEs the leg's party with
+// upd.Offer and returns the codecs of the 2xx's answer, numbered as the
+// offer numbers them; the leg's media follow the answer. A 491 (an offer
+// of the party's own crossed this one) is ErrUpdatePending; any other
+// refusal leaves the leg as it was.
+func (a *Adapter) Update(ctx context.Context, upd *event.CallUpdate) (event.Media, error) {
+	c := a.calls.get(upd.Call)
+	if c == nil {
+		return event.Media{}, fmt.Errorf("update SIP call %s: %w", upd.Call, bridges.ErrUnknownCall)
+	}
+	_, _, client, _ := a.stack()
+	if client == nil {
+		return event.Media{}, errNotStarted
+	}
+	c.mu.Lock()
+	switch {
+	case c.state == callEnded:
+		c.mu.Unlock()
+		return event.Media{}, fmt.Errorf("update SIP call %s: %w", upd.Call, bridges.ErrUnknownCall)
+	case c.state != callConfirmed || c.pending != nil || c.updating:
+		c.mu.Unlock()
+		return event.Media{}, fmt.Errorf("update SIP call %s: %w", upd.Call, bridges.ErrUpdatePending)
+	}
+	c.updating = true
+	prev := c.sdp.Media
+	body := a.ourSDP(c, upd.Offer)
+	c.d.CSeq++
+	d := c.d
+	c.mu.Unlock()
+	answer, err := a.reinvite(ctx, client, c, d, body, upd.Offer)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.updating = false
+	if err != nil {
+		c.sdp.Media = prev
+		return event.Media{}, fmt.Errorf("update SIP call %s: %w", upd.Call, err)
+	}
+	c.sdp.Media = answer
+	return answer, nil
+}
+
+// reinvite sends a re-INVITE with body, Parley's offer of offered, in d,
+// ACKs its 2xx, moves c's leg to the answer's address and returns the
+// offered codecs the answer accepts.
+func (a *Adapter) reinvite(ctx context.Context, client *sipgo.Client, c *call, d dialog, body []byte, offered event.Media) (event.Media, error) {
+	req, err := a.newInDialog(d, sip.INVITE,
+		&sip.ContactHeader{Address: a.localContact(d.Transport, c.local())},
+		sip.NewHeader("Allow", allowMethods), sip.NewHeader("Content-Type", sdpType))
+	if err != nil {
+		return event.Media{}, err
+	}
+	req.SetBody(body)
+	res, err := client.Do(ctx, req)
+	switch {
+	case err != nil:
+		return event.Media{}, fmt.Errorf("re-INVITE: %w", err)
+	case res == nil:
+		return event.Media{}, errors.New("re-INVITE: no answer")
+	case res.StatusCode == 491:
+		return event.Media{}, fmt.Errorf("re-INVITE answered 491: %w", bridges.ErrUpdatePending)
+	case !res.IsSuccess():
+		return event.Media{}, fmt.Errorf("re-INVITE answered %d %s", res.StatusCode, res.Reason)
+	}
+	a.ack(d)
+	ans, err := media.ParseSDP(res.Body())
+	if err != nil {
+		return event.Media{}, fmt.Errorf("the answer to the re-INVITE: %w", err)
+	}
+	kept := acceptedCodecs(offered, ans.Media)
+	if ans.Port0 || kept.Validate() != nil {
+		// The party took the re-INVITE but none of its codecs: the
+		// dialog's session is now one Parley cannot forward.
+		return event.Media{}, errors.New("the answer to the re-INVITE accepts none of the offered audio codecs")
+	}
+	if ans.Addr.IsValid() {
+		c.leg.SetRemoteVia(ans.Addr, sourceIP(res))
+	}
+	return kept, nil
+}
+
+// acceptedCodecs returns the codecs of offered that answer accepts, each
+// once, in the answer's order and numbered as offered numbers them.
+func acceptedCodecs(offered, answer event.Media) event.Media {
+	var kept []event.Codec
+	for _, ac := range answer.Codecs {
+		for _, oc := range offered.Codecs {
+			if oc.Same(ac) && !slices.ContainsFunc(kept, oc.Same) {
+				kept = append(kept, oc)
+				break
+			}
+		}
+	}
+	return event.Media{Codecs: kept}
 }
 
 // sessionExpires returns the session interval a request or response asks

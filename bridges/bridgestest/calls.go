@@ -11,12 +11,17 @@ import (
 )
 
 // CallNetwork is a fake adapter that carries calls: Invite returns a fresh
-// Endpoint (or InviteErr), and every Invite and Signal is recorded, in
-// order, as Calls.
+// Endpoint (or InviteErr), Update accepts every offer (or returns
+// UpdateErr), and every Invite, Signal and Update is recorded, in order, as
+// Calls.
 type CallNetwork struct {
 	net *Network
 	// InviteErr, when set, is what Invite returns.
 	InviteErr error
+	// UpdateErr, when set, is what Update returns.
+	UpdateErr error
+	// Held, when set, holds every Update until it is closed.
+	Held chan struct{}
 
 	cmu       sync.Mutex
 	calls     []event.Event
@@ -24,7 +29,10 @@ type CallNetwork struct {
 	cnotify   chan struct{}
 }
 
-var _ bridges.CallNetwork = (*CallNetwork)(nil)
+var (
+	_ bridges.CallNetwork = (*CallNetwork)(nil)
+	_ bridges.CallUpdater = (*CallNetwork)(nil)
+)
 
 // NewCallNetwork returns a fake adapter with calls for network n.
 func NewCallNetwork(n event.Network) *CallNetwork {
@@ -65,6 +73,23 @@ func (n *CallNetwork) Invite(_ context.Context, inv *event.CallInvite) (media.En
 func (n *CallNetwork) Signal(_ context.Context, evt event.Event) error {
 	n.recordCall(evt)
 	return nil
+}
+
+// Update implements bridges.CallUpdater: it records upd and, once Held is
+// closed (if set), accepts the offer as it is, or returns UpdateErr.
+func (n *CallNetwork) Update(ctx context.Context, upd *event.CallUpdate) (event.Media, error) {
+	n.recordCall(upd)
+	if n.Held != nil {
+		select {
+		case <-n.Held:
+		case <-ctx.Done():
+			return event.Media{}, ctx.Err()
+		}
+	}
+	if n.UpdateErr != nil {
+		return event.Media{}, n.UpdateErr
+	}
+	return upd.Offer, nil
 }
 
 func (n *CallNetwork) recordCall(evt event.Event) {
