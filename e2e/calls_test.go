@@ -193,6 +193,42 @@ func TestCallSIPToSIP(t *testing.T) {
 	}
 }
 
+// SIP → SIP, and the caller changes codec once answered: its re-INVITE from
+// µ-law to A-law reaches the callee as Parley's own re-INVITE in the callee's
+// dialog (the callee's sipp checks that it offers A-law), the callee's 200
+// answers A-law, and so does Parley's 200 to the caller (the caller's sipp
+// checks). The A-law recording then reaches the callee byte for byte.
+func TestCallSIPToSIPCodecChange(t *testing.T) {
+	want := pcapRTP(t, g711aPcap)
+	st := newStack(t, stackSettings{})
+	st.start(true)
+	media := newPhoneMedia(t)
+	callee := peertest.StartSipp(t, peertest.SippOptions{
+		Scenario: "uac_register_then_uas.xml", OOCScenario: testdataPath(t, "uas_call_reinvite.xml"), Target: st.sipAddr,
+		Service: "1002", AuthPassword: sipUsers["1002"], Name: "callee-1002",
+		Vars: map[string]string{"domain": sipDomain, "messages": "1", "rtp_ip": "127.0.0.1", "rtp_port": fmt.Sprint(media.port())},
+	})
+	waitLog(t, callee, "REGISTERED", 10*time.Second)
+	caller := peertest.StartSipp(t, peertest.SippOptions{
+		Scenario: testdataPath(t, "uac_call_reinvite.xml"), Target: st.sipAddr, Service: "1001",
+		AuthPassword: sipUsers["1001"], Name: "caller",
+		Vars: map[string]string{"domain": sipDomain, "to": "1002", "talk": "8000"},
+	})
+	caller.Wait(t)
+	callee.Wait(t)
+
+	got, _ := media.packets()
+	if len(got) != len(want) {
+		t.Errorf("the callee got %d RTP packets, the caller sent %d", len(got), len(want))
+	}
+	for j := range min(len(got), len(want)) {
+		if !bytes.Equal(got[j], want[j]) {
+			t.Fatalf("packet %d differs:\n got %x\nwant %x", j, got[j], want[j])
+		}
+	}
+	waitMetric(t, st, `parley_calls_ended_total{reason="normal"}`, 1)
+}
+
 // waitMetric waits until a series of /metrics reaches want.
 func waitMetric(t *testing.T, st *stack, series string, want float64) {
 	t.Helper()
