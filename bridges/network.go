@@ -70,6 +70,23 @@ type Host interface {
 	Reachable(addr event.Address)
 }
 
+// RoomHost is what an adapter that carries group chats may ask of the
+// core, beside Host (the Host given to Start is always one).
+//
+// A message in a room arrives at the core with Header.Room set, From the
+// participant (a real address of the adapter's network) and To the room as
+// the YAML's portal names it. The core sends it on to the portal's room on
+// each other network, with Room set, To that room and From the
+// participant's appearance there (their ghost, or their identity's alias):
+// the adapter posts it as that participant, joining the room first when
+// needed.
+type RoomHost interface {
+	Host
+	// Rooms returns the rooms of network n that are in a portal, for the
+	// adapter to join and to listen in.
+	Rooms(n event.Network) []event.Address
+}
+
 // Links is a durable key-value map owned by one adapter.
 type Links interface {
 	// Get returns the value of key; ok is false when there is none.

@@ -217,6 +217,9 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 		return fmt.Errorf("dispatch from %s: unknown event kind %s", h.From, evt.Kind())
 	}
 	m := r.mapping.Load()
+	if h.Room {
+		return r.dispatchRoom(ctx, evt, m)
+	}
 	from, to, err := resolve(m, h.From, h.To)
 	if err != nil {
 		return err
@@ -236,6 +239,46 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 	if h.Time.IsZero() {
 		h.Time = r.now()
 	}
+	return r.accept(ctx, origin, evt)
+}
+
+// dispatchRoom accepts a message posted in a room: it goes to the portal's
+// room on the other network, from the participant's appearance there. A
+// message from an address Parley serves is a ghost's own post coming back
+// (the adapter should not have dispatched it) and is refused.
+func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.Map) error {
+	h := evt.Head()
+	origin := *h
+	others, ok := m.Portal(h.To)
+	if !ok {
+		return fmt.Errorf("%w: %s is in no portal", ErrNoRoute, h.To)
+	}
+	if m.Serves(h.From) {
+		return fmt.Errorf("%w: %s: %w", ErrRefused, h.From, mapping.ErrLoop)
+	}
+	if len(others) != 1 {
+		return fmt.Errorf("%w: the portal of %s joins %d rooms; one other is supported", ErrNoRoute, h.To, len(others))
+	}
+	to := others[0]
+	from, err := m.Appearance(h.From, to.Network)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNoRoute, err)
+	}
+	h.From, h.To = from, to
+	if name := m.DisplayName(origin.From); name != "" {
+		h.FromName = name
+	} else if h.FromName == "" {
+		h.FromName = origin.From.ID
+	}
+	if h.Time.IsZero() {
+		h.Time = r.now()
+	}
+	return r.accept(ctx, origin, evt)
+}
+
+// accept stores evt, already translated, in the outbox and queues it; a
+// duplicate of an event accepted before is counted and dropped.
+func (r *Router) accept(ctx context.Context, origin event.Header, evt event.Event) error {
 	e := store.Entry{Origin: origin, Event: evt, Accepted: r.now()}
 	dup, err := r.store.Enqueue(ctx, &e)
 	if err != nil {
@@ -250,6 +293,9 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 	return nil
 }
 
+// Rooms implements RoomHost.
+func (r *Router) Rooms(n event.Network) []event.Address { return r.mapping.Load().Rooms(n) }
+
 func (r *Router) isStopping() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -261,6 +307,11 @@ func (r *Router) isStopping() bool {
 func (r *Router) push(e store.Entry) {
 	h := e.Event.Head()
 	key := conversation{h.From, h.To}
+	if h.Room {
+		// A room is one conversation: its posts keep their order across
+		// senders.
+		key.from = event.Address{}
+	}
 	r.mu.Lock()
 	q, busy := r.queues[key]
 	if !busy {
@@ -484,3 +535,5 @@ func resolve(m *mapping.Map, from, to event.Address) (event.Address, event.Addre
 	}
 	return f, t, err
 }
+
+var _ RoomHost = (*Router)(nil)

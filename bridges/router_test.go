@@ -38,9 +38,15 @@ type harness struct {
 
 func start(t testing.TB, st store.Store, opts ...bridges.Option) *harness {
 	t.Helper()
+	return startWith(t, st, testMap(t), opts...)
+}
+
+// startWith is start with the mapping m.
+func startWith(t testing.TB, st store.Store, m *mapping.Map, opts ...bridges.Option) *harness {
+	t.Helper()
 	h := &harness{xmpp: bridgestest.NewNetwork(event.XMPP), matrix: bridgestest.NewNetwork(event.Matrix), store: st}
 	opts = append([]bridges.Option{bridges.WithRetry(bridges.Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond}, time.Hour)}, opts...)
-	h.router = bridges.NewRouter(st, testMap(t), opts...)
+	h.router = bridges.NewRouter(st, m, opts...)
 	h.router.Add(h.xmpp)
 	h.router.Add(h.matrix)
 	if err := h.router.Start(context.Background()); err != nil {
@@ -295,5 +301,57 @@ func TestReachableCutsTheRetryWaitShort(t *testing.T) {
 	h.router.Reachable(event.Address{Network: event.Matrix, ID: "carol@hs.example"})
 	if sent := h.matrix.WaitSent(waitCtx(t), 1); len(sent) != 1 {
 		t.Fatal("Reachable did not end the retry wait")
+	}
+}
+
+// A post in a portal room goes to the portal's room on the other network,
+// from the poster's ghost there, in the order of the room across senders;
+// a ghost's own post coming back and a room in no portal are refused.
+func TestRoomMessagesCrossThePortal(t *testing.T) {
+	m, err := mapping.New(mapping.Config{
+		Ghosts: map[event.Network]map[event.Network]string{
+			event.Matrix: {event.XMPP: "_xmpp_{user}_{domain}@hs.example"},
+			event.XMPP:   {event.Matrix: "{user}%{domain}@matrix.example.org"},
+		},
+		Portals: []mapping.Portal{{Matrix: "!team:hs.example", XMPP: "team@muc.example.org"}},
+	}, map[event.Network]mapping.Codec{event.XMPP: bridgestest.Codec{}, event.Matrix: bridgestest.Codec{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startWith(t, store.NewMemory(), m)
+	if rooms := h.router.Rooms(event.XMPP); len(rooms) != 1 || rooms[0].ID != "team@muc.example.org" {
+		t.Fatalf("Rooms(xmpp) = %v", rooms)
+	}
+	muc := event.Address{Network: event.XMPP, ID: "team@muc.example.org"}
+	post := func(id, from string, to event.Address) error {
+		return h.router.Dispatch(context.Background(), &event.Message{
+			Header: event.Header{ID: id, From: event.Address{Network: event.XMPP, ID: from}, To: to, Room: true},
+			Body:   id,
+		})
+	}
+	const n = 60
+	for i := range n {
+		if err := post(fmt.Sprint(i), fmt.Sprintf("user%d@example.org", i%3), muc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := h.matrix.WaitSent(waitCtx(t), n)
+	if len(sent) != n {
+		t.Fatalf("delivered %d of %d", len(sent), n)
+	}
+	for i, e := range sent {
+		msg := e.(*event.Message)
+		if !msg.Room || msg.To != (event.Address{Network: event.Matrix, ID: "!team:hs.example"}) || msg.Body != fmt.Sprint(i) {
+			t.Fatalf("post %d went out as %+v", i, msg.Header)
+		}
+		if want := fmt.Sprintf("_xmpp_user%d_example.org@hs.example", i%3); msg.From.ID != want || msg.FromName == "" {
+			t.Fatalf("post %d from %s (%q), want %s", i, msg.From.ID, msg.FromName, want)
+		}
+	}
+	if err := post("echo", "bob%hs.example@matrix.example.org", muc); !errors.Is(err, bridges.ErrRefused) {
+		t.Errorf("a ghost's post: %v, want ErrRefused", err)
+	}
+	if err := post("lost", "alice@example.org", event.Address{Network: event.XMPP, ID: "other@muc.example.org"}); !errors.Is(err, bridges.ErrNoRoute) {
+		t.Errorf("a post in a room in no portal: %v, want ErrNoRoute", err)
 	}
 }

@@ -73,6 +73,12 @@ type Header struct {
 	// FromName is the sender's display name, if known. The routing core sets
 	// it from the YAML identity of the sender when there is one.
 	FromName string
+	// Room is set when To is a group chat (a Matrix room, an XMPP
+	// multi-user chat) rather than a person: From is the participant who
+	// wrote in it. The routing core carries such events through the portal
+	// that joins the room with its counterparts on the other networks, and
+	// rewrites From to the participant's appearance there.
+	Room bool
 	// Time is when the source network says the event happened.
 	Time time.Time
 }

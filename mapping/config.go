@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 
 	"github.com/parleygw/parley/event"
 )
@@ -27,6 +28,40 @@ type Config struct {
 	// may watch whose presence (the first match decides; none matching
 	// allows).
 	Watch []WatchRule `yaml:"watch"`
+	// Portals join group chats of different networks into one
+	// conversation: each participant on one side appears on the other as a
+	// participant of their own.
+	Portals []Portal `yaml:"portals"`
+}
+
+// Portal is one group chat seen from two networks: a Matrix room (its ID,
+// !id:server, or an alias, #name:server) and an XMPP multi-user chat (the
+// room's bare JID).
+type Portal struct {
+	Matrix string `yaml:"matrix"`
+	XMPP   string `yaml:"xmpp"`
+}
+
+// rooms returns the portal's rooms, one per network.
+func (p Portal) rooms() []event.Address {
+	return []event.Address{{Network: event.Matrix, ID: p.Matrix}, {Network: event.XMPP, ID: p.XMPP}}
+}
+
+// validRoom checks the form of a room's address on its network.
+func validRoom(a event.Address) error {
+	switch a.Network {
+	case event.Matrix:
+		local, server, ok := strings.Cut(a.ID, ":")
+		if !ok || len(local) < 2 || (local[0] != '!' && local[0] != '#') || server == "" || strings.ContainsAny(a.ID, " \t\r\n") {
+			return fmt.Errorf("%q is not a Matrix room ID (!id:server) or alias (#name:server)", a.ID)
+		}
+	case event.XMPP:
+		local, domain, ok := strings.Cut(a.ID, "@")
+		if !ok || local == "" || domain == "" || strings.ContainsAny(domain, "@") || strings.ContainsAny(a.ID, "/ \t\r\n") {
+			return fmt.Errorf("%q is not the bare JID of a multi-user chat (room@service)", a.ID)
+		}
+	}
+	return nil
 }
 
 // Identity is one person and their accounts.
@@ -89,6 +124,25 @@ func (c *Config) Validate() error {
 	for i, r := range c.Watch {
 		if err := r.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("mapping.watch[%d]: %w", i, err))
+		}
+	}
+	inPortal := map[event.Address]int{}
+	for i, p := range c.Portals {
+		for _, room := range p.rooms() {
+			where := fmt.Sprintf("mapping.portals[%d].%s", i, room.Network)
+			if room.ID == "" {
+				errs = append(errs, fmt.Errorf("%s: a portal needs a room on each network", where))
+				continue
+			}
+			if err := validRoom(room); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", where, err))
+				continue
+			}
+			if j, dup := inPortal[room]; dup {
+				errs = append(errs, fmt.Errorf("%s: %s is in portal %d already", where, room.ID, j))
+				continue
+			}
+			inPortal[room] = i
 		}
 	}
 	return errors.Join(errs...)

@@ -29,6 +29,7 @@ type Map struct {
 	ghosts     map[event.Network][]ghost // by the network the ghosts live on
 	aliases    map[event.Network]template
 	watch      []WatchRule
+	portals    map[event.Address][]event.Address // a room → the portal's rooms on the other networks
 }
 
 type identity struct {
@@ -56,6 +57,7 @@ func New(cfg Config, codecs map[event.Network]Codec) (*Map, error) {
 		ghosts:    map[event.Network][]ghost{},
 		aliases:   map[event.Network]template{},
 		watch:     cfg.Watch,
+		portals:   map[event.Address][]event.Address{},
 	}
 	var errs []error
 	for i, c := range cfg.Identities {
@@ -89,6 +91,21 @@ func New(cfg Config, codecs map[event.Network]Codec) (*Map, error) {
 	}
 	for on, raw := range cfg.Aliases {
 		m.aliases[on], _ = parseTemplate(raw, "{name}")
+	}
+	for i, p := range cfg.Portals {
+		rooms := p.rooms()
+		for _, room := range rooms {
+			if _, ok := codecs[room.Network]; !ok {
+				errs = append(errs, fmt.Errorf("mapping.portals[%d].%s: network %s is not enabled", i, room.Network, room.Network))
+			}
+		}
+		for _, room := range rooms {
+			for _, other := range rooms {
+				if other != room {
+					m.portals[room] = append(m.portals[room], other)
+				}
+			}
+		}
 	}
 	errs = append(errs, m.checkAmbiguity()...)
 	if err := errors.Join(errs...); err != nil {
@@ -291,6 +308,26 @@ func (m *Map) Patterns(on event.Network) []string {
 	if t, ok := m.aliases[on]; ok {
 		out = append(out, t.pattern())
 	}
+	return out
+}
+
+// Portal returns the rooms of other networks that the portal of room joins
+// it with, and false when room is in no portal. A room is named as the YAML
+// names it (a Matrix room ID or alias, a MUC's bare JID).
+func (m *Map) Portal(room event.Address) ([]event.Address, bool) {
+	others, ok := m.portals[room]
+	return others, ok
+}
+
+// Rooms returns the rooms of network on that are in a portal, sorted.
+func (m *Map) Rooms(on event.Network) []event.Address {
+	var out []event.Address
+	for room := range m.portals {
+		if room.Network == on {
+			out = append(out, room)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
 

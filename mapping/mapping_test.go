@@ -102,6 +102,18 @@ func TestConfigErrors(t *testing.T) {
 		{"account twice", func(c *mapping.Config) {
 			c.Identities = append(c.Identities, mapping.Identity{Name: "al", Accounts: []string{"xmpp:alice@example.org"}})
 		}, "already belongs to alice"},
+		{"portal without a MUC", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "!r:hs.example"}}
+		}, "portals[0].xmpp: a portal needs a room on each network"},
+		{"portal room not a room", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "@bob:hs.example", XMPP: "room@muc.example.org"}}
+		}, "portals[0].matrix"},
+		{"portal MUC with a resource", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "#r:hs.example", XMPP: "room@muc.example.org/nick"}}
+		}, "portals[0].xmpp"},
+		{"room in two portals", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "#r:hs.example", XMPP: "a@muc.example.org"}, {Matrix: "#r:hs.example", XMPP: "b@muc.example.org"}}
+		}, "portals[1].matrix: #r:hs.example is in portal 0 already"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -172,5 +184,25 @@ func TestMayWatch(t *testing.T) {
 	c.Watch = []mapping.WatchRule{{Watcher: "[", Presentity: "*"}}
 	if _, err := mapping.New(c, codecs); err == nil || !strings.Contains(err.Error(), "mapping.watch[0]") {
 		t.Errorf("bad pattern: %v", err)
+	}
+}
+
+func TestPortals(t *testing.T) {
+	c := testConfig()
+	c.Portals = []mapping.Portal{{Matrix: "#team:hs.example", XMPP: "team@muc.example.org"}, {Matrix: "!x:hs.example", XMPP: "x@muc.example.org"}}
+	m, err := mapping.New(c, codecs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	others, ok := m.Portal(event.Address{Network: event.XMPP, ID: "team@muc.example.org"})
+	if !ok || len(others) != 1 || others[0] != (event.Address{Network: event.Matrix, ID: "#team:hs.example"}) {
+		t.Errorf("Portal(team MUC) = %v, %v", others, ok)
+	}
+	if _, ok := m.Portal(event.Address{Network: event.XMPP, ID: "other@muc.example.org"}); ok {
+		t.Error("a room in no portal has one")
+	}
+	rooms := m.Rooms(event.Matrix)
+	if len(rooms) != 2 || rooms[0].ID != "!x:hs.example" || rooms[1].ID != "#team:hs.example" {
+		t.Errorf("Rooms(matrix) = %v", rooms)
 	}
 }
