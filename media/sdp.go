@@ -297,7 +297,8 @@ func mLines(b []byte) []int {
 // WriteSDP returns the session description of s for a leg whose RTP address
 // is s.Addr (RTCP on the next port): one RTP/AVP audio stream with
 // s.Media's codecs, rtpmap and fmtp lines for each, s.Direction and
-// s.Ptime when set. An invalid s.Addr writes port 0 (a refused stream).
+// s.Ptime when set. An invalid s.Addr, or Port0, writes port 0 (a refused
+// or disabled stream).
 // The origin's user is "parley"; SessionID and Version make its session ID
 // and version.
 func WriteSDP(s AudioSDP) []byte {
@@ -311,7 +312,7 @@ func WriteSDP(s AudioSDP) []byte {
 	}
 	host := addr.Unmap().String()
 	port := int(s.Addr.Port())
-	if !s.Addr.IsValid() {
+	if !s.Addr.IsValid() || s.Port0 {
 		port = 0
 	}
 	md := &sdp.MediaDescription{

@@ -157,3 +157,27 @@ func TestUpdateReinvitesTheLeg(t *testing.T) {
 		t.Errorf("Update of an unknown leg: %v", err)
 	}
 }
+
+// TestReinvitePort0: a re-offer that disables the audio stream (port 0) is
+// answered with port 0 (RFC 3264 §6), keeping the call; the next re-offer
+// with a port enables it again.
+func TestReinvitePort0(t *testing.T) {
+	h := newFakeCallHost("answer")
+	a := startCallAdapter(t, h, trustLoopback)
+	r := newRawCall(t, a.udp, "port-0")
+	r.send("INVITE", 1, testOffer)
+	r.answered(r.until("SIP/2.0 200 ", "1 INVITE"))
+	r.send("ACK", 1, "")
+	r.send("INVITE", 2, strings.Replace(testOffer, "m=audio 16000", "m=audio 0", 1))
+	ok := r.until("SIP/2.0 200 ", "2 INVITE")
+	if !strings.Contains(rawBody(ok), "m=audio 0 ") {
+		t.Errorf("the answer to a disabled stream does not disable it:\n%s", rawBody(ok))
+	}
+	r.send("ACK", 2, "")
+	r.send("INVITE", 3, testOffer)
+	ok = r.until("SIP/2.0 200 ", "3 INVITE")
+	if answer, err := media.ParseSDP([]byte(rawBody(ok))); err != nil || answer.Port0 {
+		t.Errorf("the stream stays disabled: %+v, %v", answer, err)
+	}
+	r.send("ACK", 3, "")
+}

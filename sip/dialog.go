@@ -87,6 +87,10 @@ func (a *Adapter) onReinvite(req *sip.Request, tx sip.ServerTransaction) *reply 
 		}
 		c.sdp.Direction = offer.Direction.Reverse()
 	}
+	// A stream the offer disables (port 0) is disabled in the answer too
+	// (RFC 3264 §6); Parley's own offer (no SDP in the re-INVITE) enables
+	// it again.
+	c.sdp.Port0 = offer.Port0
 	if ct := req.Contact(); ct != nil {
 		c.d.Target = ct.Address.String()
 	}
