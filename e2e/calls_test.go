@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -304,17 +305,7 @@ func TestCallEndings(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			media := newPhoneMedia(t)
-			// sipp checks a response's status code when it reads the
-			// scenario: write it in.
-			scenario, err := os.ReadFile(testdataPath(t, "uas_call_ending.xml"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ooc := filepath.Join(t.TempDir(), "uas_call_ending.xml")
-			status := cmp.Or(tt.status, "486")
-			if err := os.WriteFile(ooc, bytes.ReplaceAll(scenario, []byte("[$status]"), []byte(status)), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			ooc := endingScenario(t, cmp.Or(tt.status, "486"))
 			callee := peertest.StartSipp(t, peertest.SippOptions{
 				Scenario: "uac_register_then_uas.xml", OOCScenario: ooc, Target: st.sipAddr,
 				Service: "1002", AuthPassword: sipUsers["1002"], Name: "callee",
@@ -341,6 +332,67 @@ func TestCallEndings(t *testing.T) {
 			t.Errorf("calls ended %s: %v, want %v", reason, v, n)
 		}
 	}
+}
+
+// A call still ringing when Parley is SIGKILLed ends properly at the next
+// start: the caller's INVITE gets 500 with a Reason (the phone stops waiting
+// for an answer), and the callee, still ringing, gets a CANCEL.
+func TestRingingCallEndedAfterCrash(t *testing.T) {
+	st := newStack(t, stackSettings{})
+	st.start(true)
+	callee := peertest.StartSipp(t, peertest.SippOptions{
+		Scenario: "uac_register_then_uas.xml", OOCScenario: endingScenario(t, "486"), Target: st.sipAddr,
+		Service: "1002", AuthPassword: sipUsers["1002"], Name: "callee",
+		Vars: map[string]string{"domain": sipDomain, "messages": "1", "ending": "ring",
+			"rtp_ip": "127.0.0.1", "rtp_port": fmt.Sprint(newPhoneMedia(t).port())},
+	})
+	waitLog(t, callee, "REGISTERED", 10*time.Second)
+	caller := peertest.StartSipp(t, peertest.SippOptions{
+		Scenario: testdataPath(t, "uac_call_ending.xml"), Target: st.sipAddr, Service: "1001",
+		AuthPassword: sipUsers["1001"], Name: "caller", Timeout: 60 * time.Second,
+		Vars: map[string]string{"domain": sipDomain, "to": "1002", "cancel": "no",
+			"rtp_ip": "127.0.0.1", "rtp_port": fmt.Sprint(newPhoneMedia(t).port())},
+	})
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if ringing(caller.Messages()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the caller never heard the callee ring")
+		}
+	}
+	st.stop(syscall.SIGKILL)
+	st.start(true)
+	caller.Wait(t)
+	callee.Wait(t)
+	wantLogs(t, "caller", caller.Logs(), []string{"FINAL 500"})
+	wantLogs(t, "callee", callee.Logs(), []string{`CANCEL reason= Q.850;cause=41;text="Temporary failure"`})
+}
+
+// ringing reports whether a phone's sipp received a 180.
+func ringing(msgs []peertest.SipMessage) bool {
+	for _, m := range msgs {
+		if m.Received && m.StatusCode() == 180 {
+			return true
+		}
+	}
+	return false
+}
+
+// endingScenario writes uas_call_ending.xml with status as the final
+// response of its "refuse" ending (sipp reads status codes as it loads a
+// scenario) and returns its path.
+func endingScenario(t *testing.T, status string) string {
+	t.Helper()
+	scenario, err := os.ReadFile(testdataPath(t, "uas_call_ending.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ooc := filepath.Join(t.TempDir(), "uas_call_ending.xml")
+	if err := os.WriteFile(ooc, bytes.ReplaceAll(scenario, []byte("[$status]"), []byte(status)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return ooc
 }
 
 // wantLogs checks that each wanted line is in a sipp's log, in order.

@@ -95,6 +95,8 @@ type stackSettings struct {
 	// (default 1000: 250 calls of two legs); callsPerUser, when set, how
 	// many calls one person may be in (Parley's default is 4).
 	mediaPorts, callsPerUser int
+	// portals join Matrix rooms and MUCs: {matrix room or alias, MUC JID}.
+	portals [][2]string
 }
 
 // The SIP side: parley serves parley.localhost, where these users may
@@ -241,6 +243,12 @@ mapping:
 		sipDomain, st.sipAddr, st.sipAddr, sipUsers["1001"], sipUsers["1002"], sipUsers["1003"], peer,
 		mediaPortMin, mediaPortMin+cmp.Or(st.settings.mediaPorts, 1000)-1, mediaTimeout, st.settings.callsPerUser,
 		sipDomain, sipDomain, sipDomain, sipDomain)
+	if len(st.settings.portals) > 0 {
+		cfg += "  portals:\n"
+		for _, p := range st.settings.portals {
+			cfg += fmt.Sprintf("    - {matrix: %q, xmpp: %q}\n", p[0], p[1])
+		}
+	}
 	if err := os.WriteFile(st.config, []byte(cfg), 0o600); err != nil {
 		st.t.Fatal(err)
 	}

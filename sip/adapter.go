@@ -282,6 +282,7 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 			sip.WithTransactionLayerLogger(sl),
 			sip.WithTransactionLayerUnhandledResponseHandler(func(r *sip.Response) {
 				a.log.Debug("sip response matches no transaction", "status", r.StatusCode, "source", r.Source())
+				a.ackStray(r)
 			}),
 		),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sl)),

@@ -166,7 +166,11 @@ type dialog struct {
 	// cancelled after a restart.
 	Branch     string `json:"branch,omitempty"`
 	InviteCSeq uint32 `json:"invite_cseq,omitempty"`
-	Answered   bool   `json:"answered,omitempty"`
+	// Vias are the Via headers of a caller leg's INVITE, with InviteCSeq
+	// what a final response to it needs, should Parley restart before
+	// answering it.
+	Vias     []string `json:"vias,omitempty"`
+	Answered bool     `json:"answered,omitempty"`
 }
 
 // callTable holds the live legs.
@@ -362,7 +366,10 @@ func (a *Adapter) onInvite(req *sip.Request, src netip.Addr, p *peer, tx sip.Ser
 		LocalURI: req.To().Address.String(), RemoteURI: req.From().Address.String(),
 		Target: contact.Address.String(), Routes: recordRoutes(req, false),
 		Transport: sip.NetworkToUpper(req.Transport()), Source: req.Source(),
-		CSeq: 0,
+		CSeq: 0, InviteCSeq: in.cseq,
+	}
+	for _, v := range req.GetHeaders("Via") {
+		c.d.Vias = append(c.d.Vias, v.Value())
 	}
 	c.d.Flow = reachByFlow(flowInputOf(req, contact)) != flowNone
 	if !a.calls.add(c, c.id) {

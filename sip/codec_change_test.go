@@ -3,6 +3,7 @@ package sip
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -180,4 +181,42 @@ func TestReinvitePort0(t *testing.T) {
 		t.Errorf("the stream stays disabled: %+v, %v", answer, err)
 	}
 	r.send("ACK", 3, "")
+}
+
+// TestLeftoverRingingCallRefused: a caller leg recorded by an earlier run
+// before it was answered (its phone still waits for a final response) gets
+// 500 with a Reason when the adapter starts, at the INVITE's source, for the
+// INVITE's transaction; its record goes.
+func TestLeftoverRingingCallRefused(t *testing.T) {
+	phone, port := listenRTP(t) // a plain UDP socket, as the phone's SIP port
+	src := "127.0.0.1:" + strconv.Itoa(port)
+	h := newFakeCallHost("answer")
+	h.links.Set(callKeyPrefix+"ringing@x", `{"call_id":"ringing@x","local_tag":"lt","remote_tag":"rt",`+
+		`"local_uri":"sip:bob@`+testDomain+`","remote_uri":"sip:100@pbx.example.org",`+
+		`"target":"sip:100@`+src+`","transport":"UDP","source":"`+src+`","invite_cseq":7,`+
+		`"vias":["SIP/2.0/UDP `+src+`;branch=z9hG4bK-ringing;rport=`+strconv.Itoa(port)+`"]}`)
+	startCallAdapter(t, h, nil)
+	_ = phone.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	n, err := phone.Read(buf)
+	if err != nil {
+		t.Fatalf("no answer to the leftover INVITE: %v", err)
+	}
+	res := string(buf[:n])
+	for _, want := range []string{"SIP/2.0 500 ", "Via: SIP/2.0/UDP " + src + ";branch=z9hG4bK-ringing", "CSeq: 7 INVITE",
+		"Call-ID: ringing@x", "To: <sip:bob@" + testDomain + ">;tag=lt", "From: <sip:100@pbx.example.org>;tag=rt", "Reason: Q.850;cause=41"} {
+		if !strings.Contains(res, want) {
+			t.Errorf("the answer lacks %q:\n%s", want, res)
+		}
+	}
+	if _, err := sip.ParseMessage(buf[:n]); err != nil {
+		t.Errorf("the answer does not parse: %v", err)
+	}
+	for range 50 {
+		if _, ok := h.links.Value(callKeyPrefix + "ringing@x"); !ok {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Error("the leftover leg's record is still there")
 }

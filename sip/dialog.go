@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/calls"
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/media"
 )
@@ -407,12 +410,83 @@ func (a *Adapter) endLeftoverCalls(ctx context.Context) {
 				err = a.sendInDialog(ctx, d, sip.BYE, reasonHeader(event.HangupFailure))
 			case d.Branch != "":
 				err = a.cancelRecorded(ctx, d)
+			case len(d.Vias) > 0:
+				err = a.refuseRecorded(d)
 			}
 			a.log.Info("sip call left over by an earlier run ended", "call_id", d.CallID, "answered", d.Answered, "err", err)
 		}
 		if err := links.Delete(ctx, key); err != nil {
 			a.log.Warn("sip leftover call record not deleted", "key", key, "err", err)
 		}
+	}
+}
+
+// refuseRecorded answers the INVITE of a recorded caller leg that was not
+// answered with the status and Reason of a failure (500, Q.850 cause 41), so that the phone stops
+// waiting for an answer that will not come. Only a UDP INVITE can be
+// answered: a TCP or TLS connection ended with the earlier run, and the
+// phone saw it end.
+func (a *Adapter) refuseRecorded(d dialog) error {
+	if d.Transport != "UDP" {
+		return nil
+	}
+	dest, err := netip.ParseAddrPort(d.Source)
+	if err != nil {
+		return fmt.Errorf("the INVITE's source %q: %w", d.Source, err)
+	}
+	a.udp.mu.RLock()
+	var conn *udpConn
+	if len(a.udp.conns) > 0 {
+		conn = a.udp.conns[0]
+	}
+	a.udp.mu.RUnlock()
+	if conn == nil {
+		return errors.New("no UDP listener")
+	}
+	code := calls.For(event.HangupFailure).SIPStatus
+	var b strings.Builder
+	b.WriteString("SIP/2.0 " + strconv.Itoa(code) + " " + sipReasonPhrase(code) + "\r\n")
+	for _, v := range d.Vias {
+		b.WriteString("Via: " + v + "\r\n")
+	}
+	b.WriteString("From: <" + d.RemoteURI + ">;tag=" + d.RemoteTag + "\r\n")
+	b.WriteString("To: <" + d.LocalURI + ">;tag=" + d.LocalTag + "\r\n")
+	b.WriteString("Call-ID: " + d.CallID + "\r\n")
+	b.WriteString("CSeq: " + strconv.FormatUint(uint64(d.InviteCSeq), 10) + " INVITE\r\n")
+	b.WriteString(reasonHeader(event.HangupFailure).String() + "\r\n")
+	b.WriteString("Server: " + a.cfg.UserAgent + "\r\nContent-Length: 0\r\n\r\n")
+	_, err = conn.WriteTo([]byte(b.String()), net.UDPAddrFromAddrPort(dest))
+	return err
+}
+
+// ackStray ACKs a final non-2xx response to an INVITE that matches no
+// transaction: the 487 to the INVITE of a callee leg that an earlier run
+// left ringing, and that this run cancelled (cancelRecorded). The phone's
+// transaction retransmits it until it is ACKed (RFC 3261 §17.2.1), and
+// the ACK of a non-2xx belongs to the INVITE's transaction, which ended
+// with the earlier run: Parley builds it as that transaction would have
+// (§17.1.1.3), with the response's Via, From, To and Call-ID.
+func (a *Adapter) ackStray(r *sip.Response) {
+	cseq, via := r.CSeq(), r.Via()
+	if cseq == nil || cseq.MethodName != sip.INVITE || r.StatusCode < 300 || via == nil || r.To() == nil || r.From() == nil || r.CallID() == nil {
+		return
+	}
+	_, _, client, _ := a.stack()
+	if client == nil {
+		return
+	}
+	ack := sip.NewRequest(sip.ACK, r.To().Address)
+	ack.AppendHeader(via.Clone())
+	ack.AppendHeader(sip.HeaderClone(r.From()))
+	ack.AppendHeader(sip.HeaderClone(r.To()))
+	ack.AppendHeader(sip.HeaderClone(r.CallID()))
+	ack.AppendHeader(&sip.CSeqHeader{SeqNo: cseq.SeqNo, MethodName: sip.ACK})
+	maxForwards := sip.MaxForwardsHeader(70)
+	ack.AppendHeader(&maxForwards)
+	ack.SetTransport(r.Transport())
+	ack.SetDestination(r.Source())
+	if err := client.WriteRequest(ack); err != nil {
+		a.log.Debug("sip ACK of a stray response not sent", "status", r.StatusCode, "err", err)
 	}
 }
 
