@@ -18,9 +18,9 @@ type RelayConfig struct {
 	OnTimeout func(event.HangupReason)
 }
 
-// Relay joins two endpoints (Connect) and watches them for silence: the
-// smallest driver of a call's media, used by benchmarks and tests. The
-// routing core does the same for every answered call.
+// Relay joins two endpoints (Connect) and watches them for silence (Idle):
+// the smallest driver of a call's media, for the package's tests and
+// benchmarks. The routing core does the same for every answered call.
 type Relay struct {
 	a, b    Endpoint
 	cfg     RelayConfig
@@ -52,18 +52,6 @@ func (r *Relay) Close() error {
 	r.timer.Stop()
 	r.mu.Unlock()
 	return errors.Join(r.a.Close(), r.b.Close())
-}
-
-// Idle returns how long neither endpoint has accepted a packet, counted at
-// the latest from start.
-func Idle(now, start time.Time, eps ...Endpoint) time.Duration {
-	last := start
-	for _, e := range eps {
-		if t := e.LastPacket(); t.After(last) {
-			last = t
-		}
-	}
-	return now.Sub(last)
 }
 
 func (r *Relay) checkTimeout() {
