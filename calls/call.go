@@ -382,3 +382,11 @@ func rank(r event.HangupReason) int {
 		return 1
 	}
 }
+
+// The limit of new calls from one caller (a SIP source address, a Matrix
+// user), the same on every network: a burst of InviteBurst, then
+// InvitesPerSecond. Each adapter applies it to its own callers.
+const (
+	InvitesPerSecond = 1
+	InviteBurst      = 10
+)

@@ -111,7 +111,7 @@ func WithCalls(cfg media.WebRTCConfig) Option {
 	return func(a *Adapter) {
 		a.calls.media = cfg
 		a.calls.on = cfg.Ports != nil
-		a.calls.invites = ratelimit.New[id.UserID](invitesPerSecond, inviteBurst, maxInviters)
+		a.calls.invites = ratelimit.New[id.UserID](calls.InvitesPerSecond, calls.InviteBurst, maxInviters)
 	}
 }
 
@@ -122,13 +122,9 @@ const (
 	maxEarlyCandidates = 32
 )
 
-// The limit of call invites from one Matrix user: a burst of inviteBurst,
-// then invitesPerSecond, for up to maxInviters users at once.
-const (
-	invitesPerSecond = 1
-	inviteBurst      = 10
-	maxInviters      = 16384
-)
+// maxInviters is how many Matrix users the limit of call invites
+// (calls.InviteBurst, calls.InvitesPerSecond) tracks at once.
+const maxInviters = 16384
 
 // WithHomeserverTURN adds the homeserver's TURN servers (its
 // /voip/turnServer answer, asked as the bot and kept for half its TTL) to

@@ -15,6 +15,7 @@ import (
 	"github.com/pion/rtp"
 
 	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/calls"
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/media"
 )
@@ -613,14 +614,14 @@ func TestCallInvitesLimited(t *testing.T) {
 		t.Fatal("a user of another homeserver placed a call")
 	}
 
-	for i := range inviteBurst + 5 {
+	for i := range calls.InviteBurst + 5 {
 		invite(fmt.Sprintf("t%d", i), testUser, testRoom, fmt.Sprintf("flood%d", i))
 	}
 	host.cmu.Lock()
 	n = len(host.invites)
 	host.cmu.Unlock()
-	if n > inviteBurst+1 {
-		t.Errorf("%d of %d invites reached the core; the limit is a burst of %d", n, inviteBurst+5, inviteBurst)
+	if n > calls.InviteBurst+1 {
+		t.Errorf("%d of %d invites reached the core; the limit is a burst of %d", n, calls.InviteBurst+5, calls.InviteBurst)
 	}
 	if busy := sentCalls(hs, "m.call.hangup"); len(busy) < 4 {
 		t.Errorf("%d hangups, want one per refused invite", len(busy))

@@ -43,6 +43,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/calls"
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/internal/keylock"
 	"github.com/parleygw/parley/internal/ratelimit"
@@ -68,13 +69,6 @@ var defaultBackoff = bridges.Backoff{Min: 500 * time.Millisecond, Max: 30 * time
 
 // maxBuckets bounds the source addresses the rate limiter remembers.
 const maxBuckets = 16384
-
-// The limit of new INVITEs from one source that is not a trusted peer: a
-// burst of inviteBurst, then invitesPerSecond.
-const (
-	invitesPerSecond = 1
-	inviteBurst      = 10
-)
 
 // Option configures an Adapter.
 type Option func(*Adapter)
@@ -208,7 +202,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		answers:     newAnswers(sip.Timer_J),
 		calls:       newCallTable(),
 		// A phone places a few calls a minute; a scanner hundreds.
-		inviteLimiter: ratelimit.New[netip.Addr](invitesPerSecond, inviteBurst, maxBuckets),
+		inviteLimiter: ratelimit.New[netip.Addr](calls.InvitesPerSecond, calls.InviteBurst, maxBuckets),
 	}
 	a.serverHeader = sip.NewHeader("Server", cfg.UserAgent)
 	a.userAgentHeader = sip.NewHeader("User-Agent", cfg.UserAgent)
