@@ -87,6 +87,9 @@ func TestCallMatrixToSIP(t *testing.T) {
 	phone.WaitLog(t, "terminated", 10*time.Second)
 	phoneHeard(t, "the phone", phone, 440)
 	waitMetric(t, st, `parley_calls_ended_total{reason="normal"}`, 1)
+	// The Matrix client's RTCP reports on the media it got reach the
+	// metrics, as a phone's do.
+	waitMetric(t, st, `parley_media_reported_loss_ratio_count{network="matrix"}`, 1)
 }
 
 // Ring all devices: a phone calls Erin's alias; Erin has a phone (1003)

@@ -35,8 +35,40 @@ type Leg struct {
 	// what the party's RTCP reception reports said of the media it got
 	// (noteRTCP), and the payload type of its last RTP packet (for the
 	// clock rate of the jitter)
+	quality reception
+	lastPT  atomic.Uint32
+}
+
+// reception is what a party's RTCP reception reports (RFC 3550 §6.4) said
+// of the media it got from Parley: how many, and the worst loss and jitter.
+type reception struct {
 	reports, worstLoss, worstJitter atomic.Uint64 // loss in 1/256, jitter in µs
-	lastPT                          atomic.Uint32
+}
+
+// note takes the reception reports of pkts; rate is the clock rate of the
+// media they report on, in which their jitter is counted.
+func (q *reception) note(pkts []rtcp.Packet, rate uint64) {
+	for _, p := range pkts {
+		var reports []rtcp.ReceptionReport
+		switch p := p.(type) {
+		case *rtcp.ReceiverReport:
+			reports = p.Reports
+		case *rtcp.SenderReport:
+			reports = p.Reports
+		}
+		for _, r := range reports {
+			q.reports.Add(1)
+			storeMax(&q.worstLoss, uint64(r.FractionLost))
+			storeMax(&q.worstJitter, uint64(r.Jitter)*1_000_000/rate)
+		}
+	}
+}
+
+// fill sets the reception fields of s.
+func (q *reception) fill(s *Stats) {
+	s.Reports = q.reports.Load()
+	s.WorstLoss = float64(q.worstLoss.Load()) / 256
+	s.WorstJitter = time.Duration(q.worstJitter.Load()) * time.Microsecond
 }
 
 // peerRef holds a leg's peer; a *Leg peer is kept apart so that two plain
@@ -207,12 +239,12 @@ func (l *Leg) LastPacket() time.Time { return l.created.Add(time.Duration(l.last
 
 // Stats returns the leg's counters.
 func (l *Leg) Stats() Stats {
-	return Stats{
+	s := Stats{
 		PacketsIn: l.packetsIn.Load(), BytesIn: l.bytesIn.Load(), PacketsOut: l.packetsOut.Load(),
 		BytesOut: l.bytesOut.Load(), Dropped: l.dropped.Load(), Malformed: l.malformed.Load(),
-		Reports: l.reports.Load(), WorstLoss: float64(l.worstLoss.Load()) / 256,
-		WorstJitter: time.Duration(l.worstJitter.Load()) * time.Microsecond,
 	}
+	l.quality.fill(&s)
+	return s
 }
 
 // Close closes the leg's sockets, waits for its readers and gives its ports
@@ -290,20 +322,7 @@ func (l *Leg) noteRTCP(b []byte) {
 	if pt := l.lastPT.Load(); pt < 96 {
 		rate = 8000
 	}
-	for _, p := range pkts {
-		var reports []rtcp.ReceptionReport
-		switch p := p.(type) {
-		case *rtcp.ReceiverReport:
-			reports = p.Reports
-		case *rtcp.SenderReport:
-			reports = p.Reports
-		}
-		for _, r := range reports {
-			l.reports.Add(1)
-			storeMax(&l.worstLoss, uint64(r.FractionLost))
-			storeMax(&l.worstJitter, uint64(r.Jitter)*1_000_000/rate)
-		}
-	}
+	l.quality.note(pkts, rate)
 }
 
 func storeMax(a *atomic.Uint64, v uint64) {

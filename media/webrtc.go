@@ -95,6 +95,8 @@ type WebRTCLeg struct {
 	last             atomic.Int64 // nanoseconds since start
 
 	packetsIn, bytesIn, packetsOut, bytesOut, dropped, malformed atomic.Uint64
+	// what the client's RTCP reception reports said of the media it got
+	quality reception
 
 	failOnce sync.Once
 	failed   chan struct{}
@@ -491,12 +493,17 @@ func (l *WebRTCLeg) readTrack(tr *webrtc.TrackRemote) {
 
 func (l *WebRTCLeg) readRTCP(sender *webrtc.RTPSender) {
 	defer l.wg.Done()
-	buf := make([]byte, maxPacket)
 	for {
-		if _, _, err := sender.Read(buf); err != nil {
+		pkts, _, err := sender.ReadRTCP()
+		if err != nil {
 			return
 		}
 		l.last.Store(int64(time.Since(l.start)))
+		rate := uint64(l.track.rate.Load())
+		if rate == 0 {
+			rate = 48000
+		}
+		l.quality.note(pkts, rate)
 	}
 }
 
@@ -542,10 +549,12 @@ func (l *WebRTCLeg) LastPacket() time.Time {
 
 // Stats implements Endpoint.
 func (l *WebRTCLeg) Stats() Stats {
-	return Stats{
+	s := Stats{
 		PacketsIn: l.packetsIn.Load(), BytesIn: l.bytesIn.Load(), PacketsOut: l.packetsOut.Load(),
 		BytesOut: l.bytesOut.Load(), Dropped: l.dropped.Load(), Malformed: l.malformed.Load(),
 	}
+	l.quality.fill(&s)
+	return s
 }
 
 // Close implements Endpoint: it closes the peer connection and gives the
@@ -573,6 +582,7 @@ type localTrack struct {
 	mu         sync.RWMutex
 	w          webrtc.TrackLocalWriter
 	ssrc       uint32
+	rate       atomic.Uint32 // the clock rate of the negotiated codec
 
 	// The track is one stream to the client whatever feeds it: when the
 	// source changes (early media from one device, the answer from
@@ -596,6 +606,7 @@ func (t *localTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParamete
 			t.mu.Lock()
 			t.w, t.ssrc = ctx.WriteStream(), uint32(ctx.SSRC())
 			t.mu.Unlock()
+			t.rate.Store(c.ClockRate)
 			return c, nil
 		}
 	}
