@@ -15,6 +15,11 @@
 // the ghost's behalf. Outbound, event.Presence and event.Subscription become
 // presence stanzas from the ghost JIDs.
 //
+// Rooms (XEP-0045 multi-user chats) in a portal: the component's domain JID
+// joins each as a listener, whose copy of a post is dispatched with
+// Header.Room set; a ghost joins a room when it first posts there (see
+// room.go).
+//
 // The adapter never trusts a 'from' it has not checked: only users of
 // Config.ServerDomains may use the gateway.
 package xmpp

@@ -540,7 +540,7 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 			a.rooms.left(roomID, to.Bare().String())
 		}
 	case in.typ != stanza.GroupChatMessage:
-		in.reason = "private message in a room"
+		in.reason = "not a groupchat (a private message, an invitation...)"
 	case to.Localpart() != "":
 		in.reason = "copy to a ghost"
 	case nick == "":

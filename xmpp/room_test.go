@@ -128,7 +128,7 @@ func TestTranslateRoomMessage(t *testing.T) {
 		{"history", roomMsg(`<body>old</body><delay xmlns="urn:xmpp:delay" stamp="2025-01-01T00:00:00Z"/>`, "id", "m1", "from", testRoom+"/alice", "to", listener), "history"},
 		{"subject", roomMsg(`<subject>Plans</subject>`, "id", "m1", "from", testRoom+"/alice", "to", listener), "no body"},
 		{"from the room", roomMsg(`<body>The room is now non-anonymous</body>`, "id", "m1", "from", testRoom, "to", listener), "from the room itself"},
-		{"private message", msg(`<body>psst</body>`, "type", "chat", "id", "m1", "from", testRoom+"/alice", "to", roomGhost), "private message in a room"},
+		{"private message", msg(`<body>psst</body>`, "type", "chat", "id", "m1", "from", testRoom+"/alice", "to", roomGhost), "not a groupchat (a private message, an invitation...)"},
 		{"to another domain", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/alice", "to", "localhost"), "not addressed to the component domain"},
 		{"error", msg(`<error type="cancel"><not-acceptable xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error>`, "type", "error", "id", "m1", "from", testRoom, "to", roomGhost), "error message"},
 	}
