@@ -117,6 +117,29 @@ func TestProsodyRoom(t *testing.T) {
 		}
 	case <-time.After(500 * time.Millisecond):
 	}
+
+	// Parley restarts: the room still holds its occupants. The new
+	// listener and the ghost join again under the nicks they hold, and
+	// the ghost's post is still not taken for someone else's.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h2 := &fakeRoomHost{fakeHost: newFakeHost(), rooms: []event.Address{xmppAddr(room)}}
+	a = startAdapterWith(t, p.ComponentAddr, p.ComponentSecret, h2)
+	waitFor(t, h2.fakeHost, bridges.Connected, bridges.Starting, bridges.Reconnecting)
+	if _, err := a.Send(t.Context(), roomPost("$m3", roomGhost, "Bob (Matrix)", "still here")); err != nil {
+		t.Fatalf("Send after a restart: %v", err)
+	}
+	got := next(t, alice, "post after a restart", func(e peertest.XMPPEvent) bool { return e.Ev == "groupchat" && e.Nick != "Alice" })
+	if got.Nick != "Bob (Matrix)" || got.Body != "still here" {
+		t.Fatalf("alice got %q from %q after a restart", got.Body, got.Nick)
+	}
+	alice.SendGroupchat(t, room, "a4", "welcome back")
+	if m := nextRoomPost(t, h2.fakeHost); m.Body != "welcome back" || m.From != xmppAddr("alice@localhost") {
+		t.Fatalf("dispatched %+v after a restart, want alice's post", m)
+	}
 }
 
 // TestProsodyRoomNickCollision has two ghosts with the same display name,
