@@ -15,6 +15,11 @@
 // the ghost's behalf. Outbound, event.Presence and event.Subscription become
 // presence stanzas from the ghost JIDs.
 //
+// Rooms (XEP-0045 multi-user chats) in a portal: the component's domain JID
+// joins each as a listener, whose copy of a post is dispatched with
+// Header.Room set; a ghost joins a room when it first posts there (see
+// room.go).
+//
 // The adapter never trusts a 'from' it has not checked: only users of
 // Config.ServerDomains may use the gateway.
 package xmpp
@@ -83,6 +88,7 @@ type Adapter struct {
 	log           *slog.Logger
 	senders       *senders
 	presences     *presences
+	rooms         *rooms // the rooms Parley's occupants are in (see room.go)
 	// subscribeLimiter and probeLimiter bound the subscription requests
 	// and probes of each sender.
 	subscribeLimiter *ratelimit.Limiter[string]
@@ -141,6 +147,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		log:              slog.New(slog.DiscardHandler),
 		senders:          newSenders(sendersSize),
 		presences:        newPresences(presencePairs),
+		rooms:            newRooms(),
 		subscribeLimiter: ratelimit.New[string](subscribeRate, subscribeBurst, limitersSize),
 		probeLimiter:     ratelimit.New[string](probeRate, probeBurst, limitersSize),
 		dial: func(ctx context.Context, addr string) (net.Conn, error) {
@@ -243,7 +250,11 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 	switch e := evt.(type) {
 	case *event.Message:
 		to = e.To.ID
-		id, r, err = a.outboundMessage(e)
+		if e.Room {
+			id, r, err = a.outboundRoomMessage(ctx, e)
+		} else {
+			id, r, err = a.outboundMessage(e)
+		}
 	case *event.Failure:
 		to = e.To.ID
 		id, r, err = a.outboundFailure(e)
@@ -526,12 +537,19 @@ func (a *Adapter) connectAndServe(ctx context.Context) (time.Duration, error) {
 		a.mu.Unlock()
 		_ = conn.Close()
 		a.endPings(sess)
+		// The rooms' occupants of this session are gone with it.
+		a.rooms.reset()
 	}()
 	probed := make(chan struct{})
 	pctx, stopProbes := context.WithCancel(ctx)
 	defer func() { stopProbes(); <-probed }()
 	stale := a.presences.reset()
 	go func() { defer close(probed); a.probeAgain(pctx, sessionWriter{a, sess}, a.toProbe(pctx, stale)) }()
+	// The listener joins the portal rooms; it needs the session served
+	// (the rooms' answers come through the handler), so it runs apart.
+	listening := make(chan struct{})
+	defer func() { stopProbes(); <-listening }()
+	go func() { defer close(listening); a.joinListeners(pctx) }()
 	a.log.Info("xmpp component connected", "server", a.cfg.Server, "domain", a.domain.String())
 	a.setState(bridges.Connected, nil)
 	connected := time.Now()

@@ -265,7 +265,7 @@ func startAdapter(t *testing.T, addr, secret string) (*Adapter, *fakeHost) {
 }
 
 // startAdapterWith is startAdapter with the host h.
-func startAdapterWith(t *testing.T, addr, secret string, h *fakeHost) *Adapter {
+func startAdapterWith(t *testing.T, addr, secret string, h bridges.Host) *Adapter {
 	t.Helper()
 	cfg := validConfig()
 	cfg.Server, cfg.Secret = addr, secret

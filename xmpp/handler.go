@@ -40,6 +40,9 @@ func (a *Adapter) handler(ctx context.Context, out *replies) xmpp.Handler {
 		case "iq":
 			return a.handleIQ(t, r)
 		case "presence":
+			if room, ok := a.fromRoom(attrValue(start, "from")); ok {
+				return a.handleRoomPresence(r, room)
+			}
 			return a.handlePresence(ctx, &replyBuffer{ctx: ctx, r: out}, r)
 		default:
 			a.log.Debug("xmpp unknown element ignored", "element", start.Name.Local)
@@ -55,6 +58,9 @@ func (a *Adapter) handleMessage(ctx context.Context, w xmlstream.TokenWriter, r 
 	if err != nil {
 		a.log.Warn("xmpp malformed message dropped", "error", err)
 		return nil
+	}
+	if room, ok := a.fromRoom(m.From); ok {
+		return a.handleRoomMessage(ctx, m, room)
 	}
 	in := a.translateMessage(m, a.now())
 	switch in.action {
@@ -161,6 +167,17 @@ func (a *Adapter) answerIQ(iq iqStanza, from, to jid.JID) (xml.TokenReader, *sta
 		return discoItemsQuery(), nil
 	}
 	return nil, &stanza.Error{Type: stanza.Cancel, Condition: stanza.ServiceUnavailable}
+}
+
+// attrValue returns the value of the attribute name (in no namespace) of
+// start, or "".
+func attrValue(start *xml.StartElement, name string) string {
+	for _, a := range start.Attr {
+		if a.Name.Space == "" && a.Name.Local == name {
+			return a.Value
+		}
+	}
+	return ""
 }
 
 // writeStanza writes the stanza r to w, the session's writer inside a

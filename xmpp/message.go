@@ -41,6 +41,15 @@ type messageStanza struct {
 		ID string `xml:"id,attr"`
 	} `xml:"urn:xmpp:sid:0 origin-id"`
 	Request *struct{} `xml:"urn:xmpp:receipts request"`
+	// StanzaIDs are the XEP-0359 IDs that entities on the way gave the
+	// message (a room's archive, say).
+	StanzaIDs []struct {
+		ID string `xml:"id,attr"`
+		By string `xml:"by,attr"`
+	} `xml:"urn:xmpp:sid:0 stanza-id"`
+	// Delay marks a message delivered late (XEP-0203), such as a room's
+	// history.
+	Delay *struct{} `xml:"urn:xmpp:delay delay"`
 }
 
 // langText is a child element with text in one language, such as <body/>.

@@ -18,7 +18,10 @@ import (
 var xmppClientScript []byte
 
 // XMPPEvent is one thing an XMPPClient saw: Ev is "online", "message",
-// "error", "receipt", "presence" or "disconnected".
+// "groupchat" (a post in a room: Room, Nick, ID, Body, Delayed), "joined"
+// (the client's own presence in a room: Room, Nick), "configured" (a room
+// took the client's configuration: Room), "error", "receipt", "presence"
+// or "disconnected".
 type XMPPEvent struct {
 	Ev   string `json:"ev"`
 	From string `json:"from"`
@@ -32,6 +35,10 @@ type XMPPEvent struct {
 	Nick      string `json:"nick"`
 	Condition string `json:"condition"`
 	Text      string `json:"text"`
+	// Room is the bare JID of the room of a groupchat, joined or
+	// configured event; Nick is then the occupant's nick in it.
+	Room    string `json:"room"`
+	Delayed bool   `json:"delayed"` // a groupchat from the room's history
 }
 
 // XMPPClient is a real XMPP client, slixmpp from Debian's python3-slixmpp,
@@ -115,6 +122,27 @@ func (c *XMPPClient) SetPresence(t TB, show, status string) {
 func (c *XMPPClient) Subscribe(t TB, to string) {
 	t.Helper()
 	c.command(t, map[string]any{"cmd": "subscribe", "to": to})
+}
+
+// JoinRoom enters the multi-user chat room (a bare JID) as nick, without
+// history; a "joined" event follows once the room accepted it.
+func (c *XMPPClient) JoinRoom(t TB, room, nick string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "join", "room": room, "nick": nick})
+}
+
+// SendGroupchat posts body in room with the given stanza id.
+func (c *XMPPClient) SendGroupchat(t TB, room, id, body string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "groupchat", "room": room, "id": id, "body": body})
+}
+
+// ConfigureRoom sets, as the room's owner, who may see the occupants' real
+// JIDs: whois "anyone" (a non-anonymous room) or "moderators". A
+// "configured" event follows, or an "error" from the room.
+func (c *XMPPClient) ConfigureRoom(t TB, room, whois string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "configure", "room": room, "whois": whois})
 }
 
 func (c *XMPPClient) command(t TB, cmd map[string]any) {

@@ -5,6 +5,9 @@ Usage: python3 xmppclient.py JID PASSWORD HOST PORT
 Prints one JSON object per line on stdout:
   {"ev": "online"}
   {"ev": "message", "from": ..., "id": ..., "body": ..., "nick": ...}
+  {"ev": "groupchat", "from": ..., "room": ..., "nick": ..., "id": ..., "body": ..., "delayed": bool}
+  {"ev": "joined", "from": ..., "room": ..., "nick": ...}      (our own presence in a room, status 110)
+  {"ev": "configured", "room": ...} or {"ev": "error", "from": room, "condition": ...}
   {"ev": "error", "from": ..., "id": ..., "condition": ..., "text": ...}
   {"ev": "receipt", "from": ..., "id": ...}
   {"ev": "presence", "from": ..., "type": ..., "show": ..., "status": ...}
@@ -13,6 +16,9 @@ Reads commands from stdin:
   {"cmd": "send", "to": ..., "id": ..., "body": ..., "receipt": true}
   {"cmd": "presence", "show": "away", "status": "..."}   (show "" = available, "unavailable")
   {"cmd": "subscribe", "to": ...}
+  {"cmd": "join", "room": ..., "nick": ...}             (XEP-0045, no history)
+  {"cmd": "groupchat", "room": ..., "id": ..., "body": ...}
+  {"cmd": "configure", "room": ..., "whois": "anyone"}  (owner: real JIDs shown to all)
 Subscription requests to this client are approved automatically.
   {"cmd": "quit"}
 """
@@ -28,6 +34,11 @@ from slixmpp.xmlstream.matcher import StanzaPath
 RECEIPTS = "urn:xmpp:receipts"
 NICK = "http://jabber.org/protocol/nick"
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = MUC + "#user"
+MUC_OWNER = MUC + "#owner"
+DATA = "jabber:x:data"
+DELAY = "urn:xmpp:delay"
 
 
 def emit(**kw):
@@ -70,6 +81,12 @@ class Client(slixmpp.ClientXMPP):
                         text = child.text or ""
             emit(ev="error", **{"from": frm}, id=msg["id"], condition=cond, text=text)
             return
+        if msg["type"] == "groupchat":
+            if msg["body"]:
+                emit(ev="groupchat", **{"from": frm}, room=msg["from"].bare,
+                     nick=msg["from"].resource, id=msg["id"], body=msg["body"],
+                     delayed=xml.find("{%s}delay" % DELAY) is not None)
+            return
         received = xml.find("{%s}received" % RECEIPTS)
         if received is not None:
             emit(ev="receipt", **{"from": frm}, id=received.get("id", ""))
@@ -80,8 +97,35 @@ class Client(slixmpp.ClientXMPP):
                  nick=(nick.text if nick is not None else ""))
 
     def on_presence(self, pres):
+        x = pres.xml.find("{%s}x" % MUC_USER)
+        if x is not None and pres["type"] != "unavailable" and any(
+                st.get("code") == "110" for st in x.findall("{%s}status" % MUC_USER)):
+            emit(ev="joined", **{"from": str(pres["from"])}, room=pres["from"].bare,
+                 nick=pres["from"].resource)
         emit(ev="presence", **{"from": str(pres["from"])}, type=pres["type"],
              show=pres["show"], status=pres["status"])
+
+    async def configure(self, room, whois):
+        iq = self.make_iq_set(ito=room)
+        query = ET.Element("{%s}query" % MUC_OWNER)
+        form = ET.SubElement(query, "{%s}x" % DATA)
+        form.set("type", "submit")
+        for var, value in (("FORM_TYPE", MUC + "#roomconfig"), ("muc#roomconfig_whois", whois)):
+            field = ET.SubElement(form, "{%s}field" % DATA)
+            field.set("var", var)
+            ET.SubElement(field, "{%s}value" % DATA).text = value
+        iq.append(query)
+        try:
+            await iq.send(timeout=10)
+        except Exception as e:  # an IqError or a timeout: report it
+            cond = ""
+            try:
+                cond = e.iq["error"]["condition"]
+            except Exception:
+                cond = type(e).__name__
+            emit(ev="error", **{"from": room}, id=iq["id"], condition=cond, text=str(e))
+            return
+        emit(ev="configured", room=room)
 
     def on_stdin(self):
         # Read what is there and act on every complete line: several
@@ -107,6 +151,22 @@ class Client(slixmpp.ClientXMPP):
                 self.send_presence(ptype="unavailable", pstatus=cmd.get("status") or None)
             else:
                 self.send_presence(pshow=cmd.get("show") or None, pstatus=cmd.get("status") or None)
+            return
+        if cmd["cmd"] == "join":
+            pres = self.make_presence(pto="%s/%s" % (cmd["room"], cmd["nick"]))
+            x = ET.Element("{%s}x" % MUC)
+            hist = ET.SubElement(x, "{%s}history" % MUC)
+            hist.set("maxstanzas", "0")
+            pres.append(x)
+            pres.send()
+            return
+        if cmd["cmd"] == "groupchat":
+            msg = self.make_message(mto=cmd["room"], mbody=cmd["body"], mtype="groupchat")
+            msg["id"] = cmd["id"]
+            msg.send()
+            return
+        if cmd["cmd"] == "configure":
+            self.loop.create_task(self.configure(cmd["room"], cmd.get("whois", "anyone")))
             return
         if cmd["cmd"] == "subscribe":
             self.send_presence_subscription(pto=cmd["to"])

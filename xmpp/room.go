@@ -1,0 +1,661 @@
+package xmpp
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/event"
+)
+
+// Multi-user chats (XEP-0045): the rooms of the portals.
+//
+// Parley listens in each portal room through one occupant, the listener:
+// the component's own domain JID under listenerNick. Only what the listener
+// receives is dispatched; every ghost that joined the room gets its own
+// copy of each message, and those copies are ignored. A ghost joins a room
+// when it first posts there (see Adapter.joinRoom), and stays an occupant
+// until the connection ends: the adapter then forgets who joined where, and
+// joins again on the next post.
+
+// Namespaces of XEP-0045.
+const (
+	nsMUC     = "http://jabber.org/protocol/muc"
+	nsMUCUser = "http://jabber.org/protocol/muc#user"
+	nsDelay   = "urn:xmpp:delay" // XEP-0203: history replayed at join carries it
+)
+
+// Limits of room occupancy.
+const (
+	// listenerNick is the nick of the listener occupant.
+	listenerNick = "Parley"
+	// maxNick bounds a nick, in characters.
+	maxNick = 64
+	// nickAttempts bounds the nicks tried when the room says the one
+	// asked for is taken: the name, then the name with " 2", " 3"...
+	nickAttempts = 8
+	// joinTimeout bounds the wait for the room's answer to a join.
+	joinTimeout = 30 * time.Second
+	// statusSelf is the XEP-0045 status code of an occupant's own
+	// presence, which tells it that it joined.
+	statusSelf = 110
+)
+
+// mucUser is the <x xmlns='http://jabber.org/protocol/muc#user'/> of an
+// occupant's presence.
+type mucUser struct {
+	Items []struct {
+		JID  string `xml:"jid,attr"`
+		Nick string `xml:"nick,attr"`
+	} `xml:"http://jabber.org/protocol/muc#user item"`
+	Statuses []struct {
+		Code int `xml:"code,attr"`
+	} `xml:"http://jabber.org/protocol/muc#user status"`
+}
+
+// has reports whether the status code is among x's.
+func (x *mucUser) has(code int) bool {
+	if x == nil {
+		return false
+	}
+	for _, s := range x.Statuses {
+		if s.Code == code {
+			return true
+		}
+	}
+	return false
+}
+
+// realJID returns the occupant's real bare JID when the room reveals it.
+func (x *mucUser) realJID() (jid.JID, bool) {
+	if x == nil {
+		return jid.JID{}, false
+	}
+	for _, it := range x.Items {
+		if it.JID == "" {
+			continue
+		}
+		if j, err := jid.Parse(it.JID); err == nil && j.Localpart() != "" {
+			return j.Bare(), true
+		}
+	}
+	return jid.JID{}, false
+}
+
+// rooms is what the adapter knows of the rooms it is in, for the current
+// session only. Safe for concurrent use.
+type rooms struct {
+	mu sync.Mutex
+	// gen counts the sessions: a join answered after the session ended
+	// is not recorded.
+	gen   uint64
+	rooms map[string]*roomState // by the room's bare JID
+	// waits are the joins waiting for the room's answer.
+	waits map[joinKey]*joinWait
+}
+
+type roomState struct {
+	// ours maps the nicks Parley's occupants hold to their JIDs (a ghost's
+	// bare JID, or the component domain for the listener).
+	ours map[string]string
+	// nickOf maps an occupant JID of ours to its nick.
+	nickOf map[string]string
+	// real maps the nicks of other occupants to their real bare JIDs,
+	// when the room reveals them to the listener.
+	real map[string]string
+	// joining is held by the one join in progress in the room.
+	joining sync.Mutex
+}
+
+// joinKey names a join: the room's bare JID and the joining JID.
+type joinKey struct{ room, who string }
+
+// joinWait is a join waiting for the room's answer: done is closed with
+// nick set (the nick the room gave) or err.
+type joinWait struct {
+	done chan struct{}
+	nick string
+	err  error
+}
+
+func newRooms() *rooms {
+	return &rooms{rooms: make(map[string]*roomState), waits: make(map[joinKey]*joinWait)}
+}
+
+// room returns the state of room, creating it.
+func (r *rooms) room(room string) *roomState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.roomLocked(room)
+}
+
+func (r *rooms) roomLocked(room string) *roomState {
+	s := r.rooms[room]
+	if s == nil {
+		s = &roomState{ours: map[string]string{}, nickOf: map[string]string{}, real: map[string]string{}}
+		r.rooms[room] = s
+	}
+	return s
+}
+
+// known reports whether room is a room the adapter is in or joins.
+func (r *rooms) known(room string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.rooms[room]
+	return ok
+}
+
+// reset forgets who joined where and fails the joins in progress: the
+// session ended. The rooms stay known, so that their stanzas still arrive
+// on the room path.
+func (r *rooms) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gen++
+	for _, s := range r.rooms {
+		clear(s.ours)
+		clear(s.nickOf)
+		clear(s.real)
+	}
+	for k, w := range r.waits {
+		w.err = errSessionEnded
+		close(w.done)
+		delete(r.waits, k)
+	}
+}
+
+// nick returns the nick who holds in room, if who joined it.
+func (r *rooms) nick(room, who string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.rooms[room]
+	if s == nil {
+		return "", false
+	}
+	n, ok := s.nickOf[who]
+	return n, ok
+}
+
+// expect registers a join of who in room and returns its wait and the
+// session generation.
+func (r *rooms) expect(room, who string) (*joinWait, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.roomLocked(room)
+	w := &joinWait{done: make(chan struct{})}
+	if old := r.waits[joinKey{room, who}]; old != nil {
+		old.err = errors.New("superseded by another join")
+		close(old.done)
+	}
+	r.waits[joinKey{room, who}] = w
+	return w, r.gen
+}
+
+// cancel removes the wait w of who in room, if still there.
+func (r *rooms) cancel(room, who string, w *joinWait) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.waits[joinKey{room, who}] == w {
+		delete(r.waits, joinKey{room, who})
+	}
+}
+
+// answer ends the join of who in room, if one waits, with nick or err.
+func (r *rooms) answer(room, who, nick string, err error) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.waits[joinKey{room, who}]
+	if w == nil {
+		return false
+	}
+	w.nick, w.err = nick, err
+	close(w.done)
+	delete(r.waits, joinKey{room, who})
+	return true
+}
+
+// joined records that who holds nick in room, unless the session of gen
+// has ended.
+func (r *rooms) joined(gen uint64, room, who, nick string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if gen != r.gen {
+		return
+	}
+	s := r.roomLocked(room)
+	if old, ok := s.nickOf[who]; ok {
+		delete(s.ours, old)
+	}
+	s.ours[nick] = who
+	s.nickOf[who] = nick
+}
+
+// left forgets that who is in room.
+func (r *rooms) left(room, who string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.rooms[room]
+	if s == nil {
+		return
+	}
+	if n, ok := s.nickOf[who]; ok {
+		delete(s.ours, n)
+		delete(s.nickOf, who)
+	}
+}
+
+// ours reports whether nick in room is held by one of Parley's occupants.
+func (r *rooms) ours(room, nick string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.rooms[room]
+	if s == nil {
+		return false
+	}
+	_, ok := s.ours[nick]
+	return ok
+}
+
+// occupant records (or with real empty, forgets) the real bare JID of the
+// occupant nick of room.
+func (r *rooms) occupant(room, nick, real string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.rooms[room]
+	if s == nil {
+		return
+	}
+	if real == "" {
+		delete(s.real, nick)
+	} else {
+		s.real[nick] = real
+	}
+}
+
+// realJID returns the real bare JID of the occupant nick of room, when the
+// room revealed it.
+func (r *rooms) realJID(room, nick string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.rooms[room]
+	if s == nil {
+		return "", false
+	}
+	j, ok := s.real[nick]
+	return j, ok
+}
+
+// fromRoom returns the bare JID of the room that sent a stanza from rawFrom,
+// when it is a room the adapter knows.
+func (a *Adapter) fromRoom(rawFrom string) (jid.JID, bool) {
+	from, err := jid.Parse(rawFrom)
+	if err != nil || from.Localpart() == "" {
+		return jid.JID{}, false
+	}
+	room := from.Bare()
+	return room, a.rooms.known(room.String())
+}
+
+// cleanNick turns a display name into a nick: control and bidirectional
+// formatting characters removed, spaces collapsed and trimmed, at most
+// maxNick characters. It returns "" when nothing is left.
+func cleanNick(name string) string {
+	var b strings.Builder
+	space := false
+	for _, r := range name {
+		switch {
+		case r == utf8.RuneError, unicode.Is(unicode.Bidi_Control, r), unicode.IsControl(r) && !unicode.IsSpace(r),
+			unicode.Is(unicode.Cf, r):
+			continue
+		case unicode.IsSpace(r):
+			space = b.Len() > 0
+			continue
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		b.WriteRune(r)
+	}
+	return strings.TrimSpace(truncate(b.String(), maxNick))
+}
+
+// nickCandidate returns the nick to ask for at the attempt-th try (from 0):
+// base, then "base 2", "base 3"..., each at most maxNick characters.
+func nickCandidate(base string, attempt int) string {
+	if attempt == 0 {
+		return base
+	}
+	suffix := " " + strconv.Itoa(attempt+1)
+	return strings.TrimSpace(truncate(base, maxNick-len(suffix))) + suffix
+}
+
+// baseNick returns the nick a ghost asks for in room: its display name
+// cleaned, or its localpart when that gives no valid nick.
+func baseNick(room, ghost jid.JID, name string) string {
+	if n := cleanNick(name); n != "" {
+		if _, err := room.WithResource(n); err == nil {
+			return n
+		}
+	}
+	return ghost.Localpart()
+}
+
+// joinRoom makes who (a ghost's bare JID, or the component domain for the
+// listener) an occupant of room, and returns its nick there. It returns at
+// once when who joined already in this session. Otherwise it sends the
+// join presence, without history, and waits for the room's answer: a nick
+// taken is tried again with a suffix (see nickCandidate); a refusal is a
+// permanent error, unless the room says to wait.
+//
+// Joins to one room are serialised.
+func (a *Adapter) joinRoom(ctx context.Context, room, who jid.JID, name string) (string, error) {
+	roomID, whoID := room.String(), who.String()
+	if n, ok := a.rooms.nick(roomID, whoID); ok {
+		return n, nil
+	}
+	s := a.rooms.room(roomID)
+	s.joining.Lock()
+	defer s.joining.Unlock()
+	if n, ok := a.rooms.nick(roomID, whoID); ok {
+		return n, nil // joined while this one waited
+	}
+	base := baseNick(room, who, name)
+	var last stanza.Error
+	for attempt := range nickAttempts {
+		nick := nickCandidate(base, attempt)
+		occupant, err := room.WithResource(nick)
+		if err != nil {
+			return "", bridges.Permanent(fmt.Errorf("join %s as %q: %w", roomID, nick, err))
+		}
+		got, err := a.join(ctx, room, who, occupant)
+		var se stanza.Error
+		switch {
+		case err == nil:
+			return got, nil
+		case !errors.As(err, &se):
+			return "", fmt.Errorf("join %s as %q: %w", roomID, nick, err)
+		case se.Condition == stanza.Conflict:
+			last = se
+			continue
+		case se.Type == stanza.Wait:
+			return "", fmt.Errorf("join %s as %q: the room says to wait: %w", roomID, nick, err)
+		default:
+			return "", bridges.Permanent(fmt.Errorf("join %s as %q: the room refused %s: %s (%w)", roomID, nick, whoID, se.Condition, err))
+		}
+	}
+	return "", bridges.Permanent(fmt.Errorf("join %s: the nicks %q to %q are all taken: %w", roomID, base, nickCandidate(base, nickAttempts-1), last))
+}
+
+// join sends one join presence from who to occupant (room/nick) and waits
+// for the room's answer: the nick it gave, or the stanza.Error it
+// answered with.
+func (a *Adapter) join(ctx context.Context, room, who, occupant jid.JID) (string, error) {
+	roomID, whoID := room.String(), who.String()
+	w, gen := a.rooms.expect(roomID, whoID)
+	defer a.rooms.cancel(roomID, whoID, w)
+	x := element(xml.Name{Space: nsMUC, Local: "x"}, nil,
+		element(xml.Name{Space: nsMUC, Local: "history"}, []xml.Attr{attr("maxstanzas", "0")}))
+	p := stanza.Presence{ID: randomID(), From: who, To: occupant}.Wrap(x)
+	if _, err := a.write(ctx, p); err != nil {
+		return "", err
+	}
+	timeout := time.NewTimer(joinTimeout)
+	defer timeout.Stop()
+	select {
+	case <-w.done:
+	case <-timeout.C:
+		return "", fmt.Errorf("no answer from the room within %s", joinTimeout)
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	if w.err != nil {
+		return "", w.err
+	}
+	a.rooms.joined(gen, roomID, whoID, w.nick)
+	a.log.Debug("xmpp room joined", "room", roomID, "occupant", whoID, "nick", w.nick)
+	return w.nick, nil
+}
+
+// joinListeners joins the listener to every portal room the host names.
+// It runs once per session, from the connection goroutine's helper, and
+// returns once done or when ctx ends.
+func (a *Adapter) joinListeners(ctx context.Context) {
+	rh, ok := a.host.(bridges.RoomHost)
+	if !ok {
+		return
+	}
+	for _, r := range rh.Rooms(event.XMPP) {
+		room, err := parseBare(r.ID)
+		if err != nil || room.Localpart() == "" {
+			a.log.Warn("xmpp portal room is not a room JID", "room", r.ID, "error", err)
+			continue
+		}
+		a.rooms.room(room.String())
+		nick, err := a.joinRoom(ctx, room, a.domain, listenerNick)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			a.log.Warn("xmpp listener could not join room", "room", room.String(), "error", err)
+			continue
+		}
+		a.log.Info("xmpp listening in room", "room", room.String(), "nick", nick)
+	}
+}
+
+// roomPresence is what the adapter reads of a presence from a room.
+type roomPresence struct {
+	From  string        `xml:"from,attr"`
+	To    string        `xml:"to,attr"`
+	Type  string        `xml:"type,attr"`
+	X     *mucUser      `xml:"http://jabber.org/protocol/muc#user x"`
+	Error *stanza.Error `xml:"error"`
+}
+
+// handleRoomPresence applies a presence from the room room: the answer to
+// a join, an occupant coming or going (seen by the listener), or one of
+// Parley's occupants leaving (kicked, or the room destroyed). It never
+// answers.
+func (a *Adapter) handleRoomPresence(r xml.TokenReader, room jid.JID) error {
+	var p roomPresence
+	if err := xml.NewTokenDecoder(r).Decode(&p); err != nil {
+		a.log.Warn("xmpp malformed room presence dropped", "error", err)
+		return nil
+	}
+	from, err1 := jid.Parse(p.From)
+	to, err2 := jid.Parse(p.To)
+	if err1 != nil || err2 != nil || to.Domainpart() != a.domain.Domainpart() {
+		a.log.Debug("xmpp room presence ignored", "from", p.From, "to", p.To)
+		return nil
+	}
+	roomID, who, nick := room.String(), to.Bare().String(), from.Resourcepart()
+	switch stanza.PresenceType(p.Type) {
+	case stanza.ErrorPresence:
+		se := stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
+		if p.Error != nil {
+			se = *p.Error
+		}
+		if !a.rooms.answer(roomID, who, "", se) {
+			a.log.Debug("xmpp room error presence ignored", "room", roomID, "to", who, "condition", string(se.Condition))
+		}
+	case stanza.AvailablePresence:
+		if p.X.has(statusSelf) {
+			a.rooms.answer(roomID, who, nick, nil)
+			return nil
+		}
+		if who == a.domain.String() && nick != "" {
+			real := ""
+			if j, ok := p.X.realJID(); ok {
+				real = j.String()
+			}
+			a.rooms.occupant(roomID, nick, real)
+		}
+	case stanza.UnavailablePresence:
+		if p.X.has(statusSelf) {
+			// One of Parley's occupants is out (left, kicked, or the
+			// room closed): join again on the next post.
+			a.rooms.left(roomID, who)
+			a.log.Info("xmpp occupant left room", "room", roomID, "occupant", who, "nick", nick)
+			return nil
+		}
+		if who == a.domain.String() && nick != "" {
+			a.rooms.occupant(roomID, nick, "")
+		}
+	}
+	return nil
+}
+
+// translateRoomMessage decides what to do with the message m from the
+// room room and, when it is to be dispatched, translates it. Only the
+// listener's copy of a post by someone else than Parley, live (not
+// history) and with a body, is dispatched.
+func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.Time) inbound {
+	in := inbound{id: m.ID, typ: messageType(m.Type)}
+	from, err1 := jid.Parse(m.From)
+	to, err2 := jid.Parse(m.To)
+	roomID := room.String()
+	nick := from.Resourcepart()
+	switch {
+	case err1 != nil || err2 != nil || to.Domainpart() != a.domain.Domainpart():
+		in.reason = "not addressed to the component domain"
+	case in.typ == stanza.ErrorMessage:
+		in.reason = "error message"
+		if to.Localpart() != "" {
+			// A ghost's post was refused (not an occupant any more?):
+			// join again on the next post.
+			a.rooms.left(roomID, to.Bare().String())
+		}
+	case in.typ != stanza.GroupChatMessage:
+		in.reason = "not a groupchat (a private message, an invitation...)"
+	case to.Localpart() != "":
+		in.reason = "copy to a ghost"
+	case nick == "":
+		in.reason = "from the room itself"
+	case a.rooms.ours(roomID, nick) || a.ghostNick(roomID, nick):
+		in.reason = "reflection of Parley's own post"
+	case m.Delay != nil:
+		in.reason = "history"
+	case m.body() == "":
+		in.reason = "no body"
+	}
+	if in.reason != "" {
+		return in
+	}
+	in.from, in.to = from, to
+
+	id := ""
+	for _, s := range m.StanzaIDs {
+		// Only the room's own ID is the same in every copy, and only
+		// the room may be trusted to have set it (XEP-0359 §5).
+		if by, err := jid.Parse(s.By); err == nil && by.Equal(room) && s.ID != "" {
+			id = s.ID
+			break
+		}
+	}
+	if id == "" {
+		id = m.ID
+	}
+	if id == "" && m.OriginID != nil {
+		id = m.OriginID.ID
+	}
+	if id == "" {
+		// Every copy has its own ID then; only the listener's is
+		// dispatched.
+		id = randomID()
+	}
+	// The participant's stable address: their real bare JID when the room
+	// reveals it to the listener, else their occupant JID room/nick,
+	// which changes with the nick (XEP-0421 occupant IDs would do
+	// better).
+	sender := from.String()
+	if real, ok := a.rooms.realJID(roomID, nick); ok {
+		sender = real
+	}
+	in.action = dispatch
+	in.evt = &event.Message{
+		Header: event.Header{
+			ID:       roomID + "/" + id,
+			From:     event.Address{Network: event.XMPP, ID: sender},
+			To:       event.Address{Network: event.XMPP, ID: roomID},
+			FromName: nick,
+			Room:     true,
+			Time:     now,
+		},
+		Body: m.body(),
+	}
+	return in
+}
+
+// ghostNick reports whether the room revealed that nick is held by a JID
+// under the component domain: a ghost that joined in an earlier session.
+func (a *Adapter) ghostNick(room, nick string) bool {
+	real, ok := a.rooms.realJID(room, nick)
+	if !ok {
+		return false
+	}
+	j, err := jid.Parse(real)
+	return err == nil && j.Domainpart() == a.domain.Domainpart()
+}
+
+// handleRoomMessage dispatches or ignores the message m from the room
+// room. A post the core does not accept is logged, never answered: an
+// error would go to the whole room.
+func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room jid.JID) error {
+	in := a.translateRoomMessage(m, room, a.now())
+	if in.action != dispatch {
+		a.log.Debug("xmpp room message ignored", "reason", in.reason, "from", m.From, "to", m.To, "id", m.ID)
+		return nil
+	}
+	dctx, cancel := context.WithTimeout(ctx, dispatchTimeout)
+	err := a.host.Dispatch(dctx, in.evt)
+	cancel()
+	if err != nil {
+		a.log.Log(ctx, dispatchLevel(err), "xmpp room message not accepted", "event", in.evt.ID, "room", room.String(), "from", m.From, "error", err)
+		return nil
+	}
+	a.log.Debug("xmpp room message dispatched", "event", in.evt.ID, "room", room.String(), "from", m.From)
+	return nil
+}
+
+// outboundRoomMessage makes the ghost m.From an occupant of the room m.To
+// (see joinRoom) and translates m into a groupchat message from it. It
+// returns the stanza ID and the stanza.
+func (a *Adapter) outboundRoomMessage(ctx context.Context, m *event.Message) (string, xml.TokenReader, error) {
+	from, room, err := a.outboundAddresses(&m.Header)
+	if err != nil {
+		return "", nil, err
+	}
+	if room.Localpart() == "" || room.Resourcepart() != "" {
+		return "", nil, bridges.Permanent(fmt.Errorf("send to %q: not the bare JID of a room", m.To.ID))
+	}
+	if from.Localpart() == "" {
+		return "", nil, bridges.Permanent(fmt.Errorf("send from %q: not a ghost JID", m.From.ID))
+	}
+	if m.Body == "" {
+		return "", nil, bridges.Permanent(errors.New("message has no body"))
+	}
+	if _, err := a.joinRoom(ctx, room, from.Bare(), m.FromName); err != nil {
+		return "", nil, err
+	}
+	id := stableID(m.ID)
+	payload := xmlstream.MultiReader(
+		element(xml.Name{Local: "body"}, nil, xmlstream.Token(xml.CharData(m.Body))),
+		element(xml.Name{Space: nsSID, Local: "origin-id"}, []xml.Attr{attr("id", id)}),
+	)
+	msg := stanza.Message{ID: id, From: from.Bare(), To: room, Type: stanza.GroupChatMessage}
+	return id, msg.Wrap(payload), nil
+}

@@ -1,0 +1,353 @@
+package xmpp
+
+import (
+	"bytes"
+	"encoding/xml"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/event"
+)
+
+const (
+	testRoom   = "team@conference.localhost"
+	roomGhost  = "bob%localhost@matrix.localhost"
+	roomGhost2 = "robert%localhost@matrix.localhost"
+)
+
+// fakeRoomHost is a fakeHost that names portal rooms.
+type fakeRoomHost struct {
+	*fakeHost
+	rooms []event.Address
+}
+
+func (h *fakeRoomHost) Rooms(n event.Network) []event.Address {
+	if n != event.XMPP {
+		return nil
+	}
+	return h.rooms
+}
+
+var _ bridges.RoomHost = (*fakeRoomHost)(nil)
+
+func TestCleanNick(t *testing.T) {
+	long := strings.Repeat("é", 70)
+	tests := []struct{ name, in, want string }{
+		{"plain", "Bob", "Bob"},
+		{"trimmed", "  Bob Smith \t", "Bob Smith"},
+		{"spaces collapsed", "Bob \n\n  Smith", "Bob Smith"},
+		{"control characters", "Bo\x00b\x1b[31m", "Bob[31m"},
+		{"bidi overrides", "\u202eboB\u202c \u2067x\u2069", "boB x"},
+		{"zero-width", "B\u200bo\u200db", "Bob"},
+		{"invalid UTF-8", "Bo\xffb", "Bob"},
+		{"long", long, strings.Repeat("é", maxNick)},
+		{"nothing left", "\u202e \x00", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := cleanNick(tt.in); got != tt.want {
+				t.Errorf("cleanNick(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNickCandidate(t *testing.T) {
+	if got := nickCandidate("Bob", 0); got != "Bob" {
+		t.Errorf("attempt 0: %q", got)
+	}
+	if got := nickCandidate("Bob", 1); got != "Bob 2" {
+		t.Errorf("attempt 1: %q", got)
+	}
+	long := strings.Repeat("x", maxNick)
+	got := nickCandidate(long, 9)
+	if utf8.RuneCountInString(got) != maxNick || !strings.HasSuffix(got, " 10") {
+		t.Errorf("attempt 9 of a long nick: %q", got)
+	}
+}
+
+func TestBaseNick(t *testing.T) {
+	room, g := mustJID(t, testRoom), mustJID(t, roomGhost)
+	if got := baseNick(room, g, "Bob (Matrix)"); got != "Bob (Matrix)" {
+		t.Errorf("display name: %q", got)
+	}
+	if got := baseNick(room, g, "\u202e"); got != "bob%localhost" {
+		t.Errorf("no usable display name: %q", got)
+	}
+}
+
+// roomMsg returns a message from the room testRoom.
+func roomMsg(inner string, attrs ...string) string {
+	return msg(inner, append([]string{"type", "groupchat"}, attrs...)...)
+}
+
+func TestTranslateRoomMessage(t *testing.T) {
+	a := newTestAdapter(t)
+	room := mustJID(t, testRoom)
+	a.rooms.joined(0, testRoom, "matrix.localhost", "Parley")
+	a.rooms.joined(0, testRoom, roomGhost, "Bob")
+	a.rooms.occupant(testRoom, "alice", "alice@localhost")
+	a.rooms.occupant(testRoom, "Old Bob", roomGhost2)
+	listener := "matrix.localhost"
+
+	dispatched := []struct {
+		name, stanza   string
+		from, id, nick string
+	}{
+		{"revealed real JID", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/alice", "to", listener),
+			"alice@localhost", testRoom + "/m1", "alice"},
+		{"anonymous occupant", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/carol", "to", listener),
+			testRoom + "/carol", testRoom + "/m1", "carol"},
+		{"the room's stanza-id", roomMsg(`<body>hi</body><stanza-id xmlns="urn:xmpp:sid:0" by="mallory@localhost" id="forged"/><stanza-id xmlns="urn:xmpp:sid:0" by="Team@conference.localhost" id="s-1"/>`, "id", "m1", "from", testRoom+"/alice", "to", listener),
+			"alice@localhost", testRoom + "/s-1", "alice"},
+		{"origin-id without id", roomMsg(`<body>hi</body><origin-id xmlns="urn:xmpp:sid:0" id="o-1"/>`, "from", testRoom+"/alice", "to", listener),
+			"alice@localhost", testRoom + "/o-1", "alice"},
+	}
+	for _, tt := range dispatched {
+		t.Run(tt.name, func(t *testing.T) {
+			in := a.translateRoomMessage(parseMessage(t, tt.stanza), room, testNow)
+			if in.action != dispatch {
+				t.Fatalf("action %d (%s), want dispatch", in.action, in.reason)
+			}
+			want := event.Header{ID: tt.id, From: xmppAddr(tt.from), To: xmppAddr(testRoom), FromName: tt.nick, Room: true, Time: testNow}
+			if in.evt.Header != want || in.evt.Body != "hi" {
+				t.Errorf("got %+v, want %+v", in.evt.Header, want)
+			}
+		})
+	}
+
+	ignored := []struct{ name, stanza, reason string }{
+		{"copy to a ghost", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/alice", "to", roomGhost), "copy to a ghost"},
+		{"reflection", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/Bob", "to", listener), "reflection of Parley's own post"},
+		{"the listener's nick", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/Parley", "to", listener), "reflection of Parley's own post"},
+		{"a ghost of an earlier session", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/Old Bob", "to", listener), "reflection of Parley's own post"},
+		{"history", roomMsg(`<body>old</body><delay xmlns="urn:xmpp:delay" stamp="2025-01-01T00:00:00Z"/>`, "id", "m1", "from", testRoom+"/alice", "to", listener), "history"},
+		{"subject", roomMsg(`<subject>Plans</subject>`, "id", "m1", "from", testRoom+"/alice", "to", listener), "no body"},
+		{"from the room", roomMsg(`<body>The room is now non-anonymous</body>`, "id", "m1", "from", testRoom, "to", listener), "from the room itself"},
+		{"private message", msg(`<body>psst</body>`, "type", "chat", "id", "m1", "from", testRoom+"/alice", "to", roomGhost), "not a groupchat (a private message, an invitation...)"},
+		{"to another domain", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/alice", "to", "localhost"), "not addressed to the component domain"},
+		{"error", msg(`<error type="cancel"><not-acceptable xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error>`, "type", "error", "id", "m1", "from", testRoom, "to", roomGhost), "error message"},
+	}
+	for _, tt := range ignored {
+		t.Run(tt.name, func(t *testing.T) {
+			in := a.translateRoomMessage(parseMessage(t, tt.stanza), room, testNow)
+			if in.action != ignore || in.reason != tt.reason {
+				t.Fatalf("action %d (%s), want ignore (%s)", in.action, in.reason, tt.reason)
+			}
+		})
+	}
+	// The error told that the ghost is no occupant any more.
+	if _, ok := a.rooms.nick(testRoom, roomGhost); ok {
+		t.Error("the ghost is still an occupant after its post was refused")
+	}
+}
+
+// selfPresence is the room's answer to a join of to as nick.
+func selfPresence(nick, to string) string {
+	return `<presence from="` + testRoom + `/` + nick + `" to="` + to + `"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="none" role="participant"/><status code="110"/></x></presence>`
+}
+
+// wantJoin reads the next stanza and checks it is a join of from as nick.
+func wantJoin(t *testing.T, c *fakeConn, from, nick string) {
+	t.Helper()
+	p := c.recv(t)
+	if p.XMLName.Local != "presence" || p.attr("from") != from || p.attr("to") != testRoom+"/"+nick || p.attr("type") != "" ||
+		!strings.Contains(p.Inner, `xmlns="http://jabber.org/protocol/muc"`) || !strings.Contains(p.Inner, `maxstanzas="0"`) {
+		t.Fatalf("want a join of %s as %q, got %+v", from, nick, p)
+	}
+}
+
+// sendAsync runs Send in a goroutine; the result comes on the channel.
+func sendAsync(t *testing.T, a *Adapter, m *event.Message) <-chan error {
+	ch := make(chan error, 1)
+	go func() {
+		_, err := a.Send(t.Context(), m)
+		ch <- err
+	}()
+	return ch
+}
+
+func waitSend(t *testing.T, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(testTimeout):
+		t.Fatal("Send did not return")
+		return nil
+	}
+}
+
+func roomPost(id, from, name, body string) *event.Message {
+	return &event.Message{Header: event.Header{ID: id, From: xmppAddr(from), To: xmppAddr(testRoom), FromName: name, Room: true}, Body: body}
+}
+
+func TestAdapterRoom(t *testing.T) {
+	srv := newFakeServer(t, "s3cret")
+	h := &fakeRoomHost{fakeHost: newFakeHost(), rooms: []event.Address{xmppAddr(testRoom)}}
+	a := startAdapterWith(t, srv.addr(), "s3cret", h)
+	c := srv.next(t)
+
+	// The listener joins the portal room; the room tells who is there
+	// (alice, whose real JID it reveals), then the listener's own presence.
+	wantJoin(t, c, "matrix.localhost", listenerNick)
+	c.write(`<presence from="` + testRoom + `/alice" to="matrix.localhost"><x xmlns="http://jabber.org/protocol/muc#user"><item jid="alice@localhost/phone" affiliation="owner" role="moderator"/></x></presence>`)
+	c.write(selfPresence(listenerNick, "matrix.localhost"))
+	// A subject, then alice's post, to the listener and to a ghost of an
+	// earlier session: dispatched once.
+	c.write(roomMsg(`<subject>Plans</subject>`, "from", testRoom+"/alice", "to", "matrix.localhost"))
+	c.write(roomMsg(`<body>hello room</body>`, "id", "a1", "from", testRoom+"/alice", "to", roomGhost2))
+	c.write(roomMsg(`<body>hello room</body>`, "id", "a1", "from", testRoom+"/alice", "to", "matrix.localhost"))
+	m := nextMessage(t, h.fakeHost)
+	want := event.Header{ID: testRoom + "/a1", From: xmppAddr("alice@localhost"), To: xmppAddr(testRoom), FromName: "alice", Room: true, Time: m.Time}
+	if m.Header != want || m.Body != "hello room" {
+		t.Fatalf("dispatched %+v, want %+v", m.Header, want)
+	}
+
+	// A ghost posts: it joins first; its display name is taken, so it
+	// joins as "Bob 2", then posts.
+	done := sendAsync(t, a, roomPost("$e1", roomGhost, "Bob", "hi all"))
+	wantJoin(t, c, roomGhost, "Bob")
+	c.write(`<presence type="error" from="` + testRoom + `/Bob" to="` + roomGhost + `"><error type="cancel"><conflict xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error></presence>`)
+	wantJoin(t, c, roomGhost, "Bob 2")
+	c.write(selfPresence("Bob 2", roomGhost))
+	p := c.recv(t)
+	if p.XMLName.Local != "message" || p.attr("type") != "groupchat" || p.attr("from") != roomGhost || p.attr("to") != testRoom ||
+		p.attr("id") != stableID("$e1") || !strings.Contains(p.Inner, "hi all") {
+		t.Fatalf("want the ghost's post, got %+v", p)
+	}
+	if err := waitSend(t, done); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	// Its reflection is not dispatched; a second post needs no join.
+	c.write(roomMsg(`<body>hi all</body>`, "id", p.attr("id"), "from", testRoom+"/Bob 2", "to", "matrix.localhost"))
+	done = sendAsync(t, a, roomPost("$e2", roomGhost, "Bob", "again"))
+	if p := c.recv(t); p.XMLName.Local != "message" || !strings.Contains(p.Inner, "again") {
+		t.Fatalf("want the second post at once, got %+v", p)
+	}
+	if err := waitSend(t, done); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	// (The next post of alice shows that nothing was dispatched between.)
+	c.write(roomMsg(`<body>welcome</body>`, "id", "a2", "from", testRoom+"/alice", "to", "matrix.localhost"))
+	if m := nextMessage(t, h.fakeHost); m.ID != testRoom+"/a2" {
+		t.Fatalf("dispatched %+v, want alice's a2 only", m)
+	}
+
+	// A room that refuses the ghost: a permanent error that says so.
+	done = sendAsync(t, a, roomPost("$e3", roomGhost2, "Robert", "let me in"))
+	wantJoin(t, c, roomGhost2, "Robert")
+	c.write(`<presence type="error" from="` + testRoom + `/Robert" to="` + roomGhost2 + `"><error type="auth"><forbidden xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error></presence>`)
+	err := waitSend(t, done)
+	if !bridges.IsPermanent(err) || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "forbidden") {
+		t.Fatalf("Send = %v, want a permanent refusal", err)
+	}
+
+	// After a reconnection, the listener joins again, and so does the
+	// ghost before its next post.
+	_ = c.conn.Close()
+	c = srv.next(t)
+	wantJoin(t, c, "matrix.localhost", listenerNick)
+	c.write(selfPresence(listenerNick, "matrix.localhost"))
+	done = sendAsync(t, a, roomPost("$e4", roomGhost, "Bob", "back"))
+	wantJoin(t, c, roomGhost, "Bob")
+	c.write(selfPresence("Bob", roomGhost))
+	if p := c.recv(t); p.XMLName.Local != "message" || !strings.Contains(p.Inner, "back") {
+		t.Fatalf("want the post after the join, got %+v", p)
+	}
+	if err := waitSend(t, done); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+}
+
+// nextMessage returns the next event dispatched, which must be a message.
+func nextMessage(t *testing.T, h *fakeHost) *event.Message {
+	t.Helper()
+	select {
+	case evt := <-h.dispatched:
+		m, ok := evt.(*event.Message)
+		if !ok {
+			t.Fatalf("dispatched %T", evt)
+		}
+		return m
+	case <-time.After(testTimeout):
+		t.Fatal("nothing dispatched")
+		return nil
+	}
+}
+
+func TestSendRoomErrors(t *testing.T) {
+	a := newTestAdapter(t)
+	post := roomPost("1", roomGhost, "Bob", "x")
+	if _, err := a.Send(t.Context(), post); !errors.Is(err, errNotConnected) || bridges.IsPermanent(err) {
+		t.Fatalf("Send = %v, want a non-permanent errNotConnected", err)
+	}
+	tests := []struct {
+		name string
+		m    *event.Message
+	}{
+		{"to a full JID", roomPost("1", roomGhost, "Bob", "x")},
+		{"to a domain", roomPost("1", roomGhost, "Bob", "x")},
+		{"from the domain", roomPost("1", "matrix.localhost", "Bob", "x")},
+		{"from outside", roomPost("1", "bob@localhost", "Bob", "x")},
+		{"no body", roomPost("1", roomGhost, "Bob", "")},
+	}
+	tests[0].m.To = xmppAddr(testRoom + "/Bob")
+	tests[1].m.To = xmppAddr("conference.localhost")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := a.Send(t.Context(), tt.m)
+			if !bridges.IsPermanent(err) {
+				t.Fatalf("Send = %v, want a permanent error", err)
+			}
+		})
+	}
+}
+
+// FuzzRoomStanzas feeds arbitrary XML to the room paths, as a message and
+// as a presence from a known room: nothing may panic, and what is
+// dispatched must be a well-formed room post.
+func FuzzRoomStanzas(f *testing.F) {
+	seeds := []string{
+		roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/alice", "to", "matrix.localhost"),
+		roomMsg(`<body>hi</body><stanza-id xmlns="urn:xmpp:sid:0" by="`+testRoom+`" id="s1"/>`, "from", testRoom+"/alice", "to", "matrix.localhost"),
+		roomMsg(`<body>old</body><delay xmlns="urn:xmpp:delay"/>`, "from", testRoom+"/alice", "to", "matrix.localhost"),
+		roomMsg(`<subject>x</subject>`, "from", testRoom+"/Parley", "to", "matrix.localhost"),
+		selfPresence("Bob", roomGhost),
+		`<presence from="` + testRoom + `/alice" to="matrix.localhost"><x xmlns="http://jabber.org/protocol/muc#user"><item jid="alice@localhost/phone"/></x></presence>`,
+		`<presence type="unavailable" from="` + testRoom + `/alice" to="matrix.localhost"><x xmlns="http://jabber.org/protocol/muc#user"><status code="110"/></x></presence>`,
+		`<presence type="error" from="` + testRoom + `/Bob" to="` + roomGhost + `"><error type="cancel"><conflict xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error></presence>`,
+		`<presence><x xmlns="http://jabber.org/protocol/muc#user"><status code="x"/></x>`,
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	a := newTestAdapter(f)
+	room := mustJID(f, testRoom)
+	a.rooms.room(testRoom)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_ = a.handleRoomPresence(xml.NewDecoder(bytes.NewReader(data)), room)
+		m, err := decodeMessage(xml.NewDecoder(bytes.NewReader(data)))
+		if err != nil {
+			return
+		}
+		in := a.translateRoomMessage(m, room, testNow)
+		if in.action == refuse {
+			t.Fatal("a room message is never refused")
+		}
+		if in.action != dispatch {
+			return
+		}
+		e := in.evt
+		if !e.Room || e.Body == "" || e.To != xmppAddr(testRoom) || e.FromName == "" || !strings.HasPrefix(e.ID, testRoom+"/") || len(e.ID) == len(testRoom)+1 {
+			t.Fatalf("bad event %+v", e)
+		}
+		if j, err := parseBare(e.From.ID); err == nil && j.Domainpart() == "matrix.localhost" {
+			t.Fatalf("dispatched a post of Parley's own: %+v", e)
+		}
+	})
+}
