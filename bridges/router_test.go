@@ -348,6 +348,14 @@ func TestRoomMessagesCrossThePortal(t *testing.T) {
 			t.Fatalf("post %d from %s (%q), want %s", i, msg.From.ID, msg.FromName, want)
 		}
 	}
+	// A room that hides real JIDs names a participant by room and nickname;
+	// the ghost stands for that nickname in that room.
+	if err := post("anon", "team@muc.example.org/Carol", muc); err != nil {
+		t.Fatalf("a participant known by nickname: %v", err)
+	}
+	if got := h.matrix.WaitSent(waitCtx(t), n+1); len(got) != n+1 || got[n].Head().From.ID != "_xmpp_team=2f=43arol_muc.example.org@hs.example" {
+		t.Errorf("the nickname's post went out as %+v", got[len(got)-1].Head())
+	}
 	if err := post("echo", "bob%hs.example@matrix.example.org", muc); !errors.Is(err, bridges.ErrRefused) {
 		t.Errorf("a ghost's post: %v, want ErrRefused", err)
 	}

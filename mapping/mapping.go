@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/parleygw/parley/event"
 )
@@ -240,7 +241,7 @@ func (m *Map) Appearance(a event.Address, on event.Network) (event.Address, erro
 		if codec == nil {
 			break
 		}
-		user, domain, err := codec.Split(a.ID)
+		user, domain, err := splitParticipant(codec, a.ID)
 		if err != nil {
 			return event.Address{}, fmt.Errorf("ghost of %s on %s: %w", a, on, err)
 		}
@@ -253,6 +254,27 @@ func (m *Map) Appearance(a event.Address, on event.Network) (event.Address, erro
 		return event.Address{Network: on, ID: id}, nil
 	}
 	return event.Address{}, fmt.Errorf("%s users cannot appear on %s (no ghost template): %w", a.Network, on, ErrNoRoute)
+}
+
+// splitParticipant splits id with codec, and also a participant of a room
+// known only by room and nickname, "room/nick" (an XMPP room that does not
+// show real JIDs): its user is the room's user, a slash and the nickname,
+// which the ghost template escapes. Such a ghost stands for the nickname in
+// that room; it cannot be written to directly.
+func splitParticipant(codec Codec, id string) (user, domain string, err error) {
+	user, domain, err = codec.Split(id)
+	if err == nil {
+		return user, domain, nil
+	}
+	room, nick, ok := strings.Cut(id, "/")
+	if !ok || nick == "" {
+		return "", "", err
+	}
+	ru, rd, rerr := codec.Split(room)
+	if rerr != nil || ru == "" {
+		return "", "", err
+	}
+	return ru + "/" + nick, rd, nil
 }
 
 // alias returns the identity whose alias a is, or nil. An address of the
