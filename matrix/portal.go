@@ -52,6 +52,7 @@ type portalState struct {
 	via     map[id.RoomID][]string
 	botIn   map[id.RoomID]bool
 	refused map[id.RoomID]bool // the bot was refused, and it was said
+	unknown map[string]bool    // aliases that resolve to no room, and it was said
 	ghosts  map[id.RoomID]map[id.UserID]bool
 	names   map[id.RoomID]map[id.UserID]string // members' display names, "" when they have none
 }
@@ -62,6 +63,7 @@ func newPortalState() *portalState {
 		via:     map[id.RoomID][]string{},
 		botIn:   map[id.RoomID]bool{},
 		refused: map[id.RoomID]bool{},
+		unknown: map[string]bool{},
 		ghosts:  map[id.RoomID]map[id.UserID]bool{},
 		names:   map[id.RoomID]map[id.UserID]string{},
 	}
@@ -211,11 +213,18 @@ func (a *Adapter) joinBot(ctx context.Context, name string) (id.RoomID, error) {
 		if isTransient(err) || isTokenError(err) {
 			return "", a.classify(err)
 		}
-		a.log.Warn("portal room alias unknown: create the room and its alias, or fix mapping.portals; the gateway tries again later",
-			"room", name, "err", err)
+		a.portals.mu.Lock()
+		said := a.portals.unknown[name]
+		a.portals.unknown[name] = true
+		a.portals.mu.Unlock()
+		if !said {
+			a.log.Warn("portal room alias unknown: create the room and its alias, or fix mapping.portals; the gateway tries again later",
+				"room", name, "err", err)
+		}
 		return "", fmt.Errorf("%w: %w", errPortalClosed, err)
 	}
 	a.portals.mu.Lock()
+	delete(a.portals.unknown, name)
 	in := a.portals.botIn[room]
 	a.portals.mu.Unlock()
 	if in {
