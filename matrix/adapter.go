@@ -5,8 +5,11 @@
 // (transaction.go); DMs between a Matrix user and a ghost are dispatched to
 // the routing core as event.Message. Events from the core are sent into
 // Matrix as the ghost, in a DM room the adapter creates or learned
-// (room.go). Presence goes both ways: a ghost's presence is set from the
-// core's, and users' presence pushed by the homeserver is dispatched
+// (room.go). Portal rooms (group chats that the YAML joins with a room of
+// another network) are joined by the bot; users' posts there are dispatched
+// with Header.Room set, and posts from the other side are sent as the
+// poster's ghost (portal.go). Presence goes both ways: a ghost's presence is
+// set from the core's, and users' presence pushed by the homeserver is dispatched
 // (presence.go, which also says what Synapse and Dendrite deliver).
 // mautrix-go provides the client-server calls and the Matrix
 // types; the appservice HTTP API is served here, so that the hs_token check,

@@ -535,6 +535,7 @@ func (a *Adapter) handlePortalMember(ctx context.Context, evt *mevent.Event, nam
 			a.portals.botIn[room] = false
 			a.portals.mu.Unlock()
 			a.log.Warn("the bot is no longer in the portal room; it joins again when it may", "room", name, "by", evt.Sender.String())
+			a.checkAgain() // the connect loop joins the portal rooms again
 		case a.owns(target):
 			a.setGhostIn(room, target, false)
 		default:

@@ -25,6 +25,12 @@ func TestIntegrationSynapsePortal(t *testing.T) {
 	})
 }
 
+func TestIntegrationDendritePortal(t *testing.T) {
+	testPortalIntegration(t, func(t *testing.T, reg string) *peertest.Homeserver {
+		return peertest.StartDendrite(t, peertest.HomeserverOptions{Registration: reg})
+	})
+}
+
 func testPortalIntegration(t *testing.T, start func(t *testing.T, registration string) *peertest.Homeserver) {
 	cfg, hs := startIntegrationHomeserver(t, start)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -524,3 +524,36 @@ func TestNoPortalsWithoutRoomHost(t *testing.T) {
 		t.Errorf("dispatched %v", evts)
 	}
 }
+
+func TestPortalKnownAfterRestart(t *testing.T) {
+	// An earlier run resolved the alias; now the homeserver cannot answer
+	// the directory, yet pushes an event of the room: it is recognised.
+	hs := newFakeHS(t, "as-secret")
+	hs.setOverride(func(r hsRequest) (int, string, bool) {
+		if strings.Contains(r.Path, "/directory/room/") || strings.Contains(r.Path, "/join/") {
+			return http.StatusBadGateway, `{"errcode":"M_UNKNOWN","error":"try later"}`, true
+		}
+		return 0, "", false
+	})
+	host := newFakeRoomHost(teamAlias)
+	host.links.Set("portal:"+teamAlias, teamRoom)
+	a := newTestAdapter(t, hs, host)
+	if status, _ := putTxn(t, a, "t1", txnBody(textEvent("$e1", testUser, teamRoom, "early"))); status != http.StatusOK {
+		t.Fatal("transaction refused")
+	}
+	m := waitDispatched(t, host.fakeHost, "$e1")
+	if m.To != (event.Address{Network: event.Matrix, ID: teamAlias}) || !m.Room {
+		t.Errorf("dispatched %+v", m)
+	}
+}
+
+func TestPortalBotKickedJoinsAgain(t *testing.T) {
+	a, hs, _, _ := portalAdapter(t, nil, teamAlias)
+	hs.mu.Lock()
+	hs.members[teamRoom] = []string{testUser}
+	hs.mu.Unlock()
+	if status, _ := putTxn(t, a, "k1", txnBody(memberEvent("$k", testUser, teamRoom, testBot, "leave", false))); status != http.StatusOK {
+		t.Fatal("transaction refused")
+	}
+	waitFor(t, "the bot joins again", func() bool { return hs.isMember(teamRoom, testBot) })
+}
