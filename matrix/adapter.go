@@ -5,8 +5,11 @@
 // (transaction.go); DMs between a Matrix user and a ghost are dispatched to
 // the routing core as event.Message. Events from the core are sent into
 // Matrix as the ghost, in a DM room the adapter creates or learned
-// (room.go). Presence goes both ways: a ghost's presence is set from the
-// core's, and users' presence pushed by the homeserver is dispatched
+// (room.go). Portal rooms (group chats that the YAML joins with a room of
+// another network) are joined by the bot; users' posts there are dispatched
+// with Header.Room set, and posts from the other side are sent as the
+// poster's ghost (portal.go). Presence goes both ways: a ghost's presence is
+// set from the core's, and users' presence pushed by the homeserver is dispatched
 // (presence.go, which also says what Synapse and Dendrite deliver).
 // mautrix-go provides the client-server calls and the Matrix
 // types; the appservice HTTP API is served here, so that the hs_token check,
@@ -67,12 +70,15 @@ type Adapter struct {
 	clients    map[id.UserID]*mautrix.Client
 	registered map[id.UserID]bool
 	presence   map[id.UserID]presenceOf // what each ghost's presence was set to
-	// settled holds the DMs (dmKey) where an entry resumed from an earlier
-	// run was looked for and not found (sentBefore): that run sent nothing
-	// after it there, so the entries resumed behind it need no look.
+	// settled holds the DMs (dmKey) and portal rooms (portalKey) where an
+	// entry resumed from an earlier run was looked for and not found
+	// (sentBefore): that run sent nothing after it there, so the entries
+	// resumed behind it need no look.
 	settled    map[string]bool
 	refreshing time.Duration // how often ghosts' presence is set again
 	poll       *presencePoll // users' presence: polling and de-duplication
+	portals    *portalState  // portal rooms (portal.go)
+	portalWait time.Duration // how often the bot tries again to join portal rooms
 
 	kick  chan struct{} // asks the connect loop to check the homeserver again
 	txnMu sync.Mutex    // one transaction at a time, in the order they come
@@ -131,6 +137,8 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		settled:    make(map[string]bool),
 		refreshing: presenceRefresh,
 		poll:       newPresencePoll(cfg),
+		portals:    newPortalState(),
+		portalWait: portalRetry,
 		kick:       make(chan struct{}, 1),
 	}
 	for _, o := range opts {
@@ -162,6 +170,7 @@ func (a *Adapter) Start(ctx context.Context, host bridges.Host) error {
 	a.host = host
 	a.links = host.Links(event.Matrix)
 	a.addr = ln.Addr()
+	a.loadPortals(ctx, a.links)
 	a.srv = &http.Server{
 		Handler:           a.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -222,7 +231,10 @@ func (a *Adapter) Stop(ctx context.Context) error {
 
 // Send delivers evt, whose addresses are Matrix user IDs: From a ghost, To a
 // real user. A Message is sent as the ghost into their DM room (created on
-// first use); a Failure becomes an m.notice there. It returns the Matrix
+// first use); a Failure becomes an m.notice there. A Message with
+// Header.Room set is a post for a portal room (To, as the YAML names it),
+// sent as the ghost, which joins the room first (portal.go); a Failure
+// from a portal room becomes the bot's m.notice in it. It returns the Matrix
 // event ID. A Presence sets the ghost's own presence (presence.go); a
 // Subscription does nothing, as Matrix has no subscription handshake.
 // Errors that retrying cannot fix are marked bridges.Permanent.
@@ -257,6 +269,9 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 }
 
 func (a *Adapter) sendMessage(ctx context.Context, msg *event.Message) (string, error) {
+	if msg.Room {
+		return a.sendToPortal(ctx, msg)
+	}
 	ghost, user, err := a.pair(msg.Header)
 	if err != nil {
 		return "", err
@@ -273,6 +288,9 @@ func (a *Adapter) sendMessage(ctx context.Context, msg *event.Message) (string, 
 }
 
 func (a *Adapter) sendFailure(ctx context.Context, f *event.Failure) (string, error) {
+	if f.From.Network == event.Matrix && a.isPortal(f.From.ID) {
+		return a.portalFailure(ctx, f, f.From.ID)
+	}
 	ghost, user, err := a.pair(f.Header)
 	if err != nil {
 		return "", err
@@ -466,9 +484,10 @@ func (a *Adapter) ensureDisplayName(ctx context.Context, ghost id.UserID, name s
 
 // connect checks that the homeserver accepts the as_token (registering the
 // bot, then whoami as the bot) and reports the result as state, retrying
-// with backoff until it succeeds; then it waits for a kick (a Send that
-// found the homeserver unreachable) to check again. It returns when ctx is
-// done, closing done.
+// with backoff until it succeeds; then the bot joins the portal rooms
+// (joinPortals), again every portalWait while some are left out, and the
+// loop waits for a kick (a Send that found the homeserver unreachable) to
+// check again. It returns when ctx is done, closing done.
 func (a *Adapter) connect(ctx context.Context, host bridges.Host, done chan struct{}) {
 	defer close(done)
 	attempt := 0
@@ -481,12 +500,10 @@ func (a *Adapter) connect(ctx context.Context, host bridges.Host, done chan stru
 			host.SetState(event.Matrix, bridges.Connected, nil)
 			a.log.Info("homeserver connected", "bot", a.bot.String())
 			attempt = 0
-			select {
-			case <-ctx.Done():
+			if !a.joinLoop(ctx) {
 				return
-			case <-a.kick:
-				continue
 			}
+			continue
 		}
 		delay := a.backoff.Delay(attempt)
 		attempt++
@@ -504,6 +521,28 @@ func (a *Adapter) connect(ctx context.Context, host bridges.Host, done chan stru
 			t.Stop()
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// joinLoop has the bot join the portal rooms, again every portalWait while
+// some are left out, until a kick (it returns true) or the end of ctx
+// (false).
+func (a *Adapter) joinLoop(ctx context.Context) bool {
+	t := time.NewTimer(a.portalWait)
+	defer t.Stop()
+	for {
+		var retry <-chan time.Time
+		if a.joinPortals(ctx) {
+			t.Reset(a.portalWait)
+			retry = t.C
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-a.kick:
+			return true
+		case <-retry:
 		}
 	}
 }

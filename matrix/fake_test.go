@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -128,9 +129,13 @@ type fakeHS struct {
 	reqs     []hsRequest
 	n        int
 	override func(r hsRequest) (status int, body string, ok bool)
-	members  map[string][]string    // room → joined members, for joined_members
-	sent     map[string]string      // txn ID → event ID: de-duplication like a homeserver
-	timeline map[string][]fakeEvent // room → events sent, oldest first, for messages
+	members  map[string][]string          // room → joined members, for joined_members
+	aliases  map[string]string            // room alias → room ID, for directory/room
+	closed   map[string]bool              // invite-only rooms: join refused unless invited
+	invited  map[string][]string          // room → invited users
+	profiles map[string]map[string]string // room → member → display name, for state/m.room.member
+	sent     map[string]string            // txn ID → event ID: de-duplication like a homeserver
+	timeline map[string][]fakeEvent       // room → events sent, oldest first, for messages
 }
 
 // fakeEvent is an event the fake homeserver stored.
@@ -140,7 +145,8 @@ type fakeEvent struct {
 }
 
 func newFakeHS(t *testing.T, asToken string) *fakeHS {
-	hs := &fakeHS{t: t, asToken: asToken, members: map[string][]string{}, sent: map[string]string{}, timeline: map[string][]fakeEvent{}}
+	hs := &fakeHS{t: t, asToken: asToken, members: map[string][]string{}, sent: map[string]string{}, timeline: map[string][]fakeEvent{},
+		aliases: map[string]string{}, closed: map[string]bool{}, invited: map[string][]string{}, profiles: map[string]map[string]string{}}
 	hs.Server = httptest.NewServer(http.HandlerFunc(hs.serve))
 	t.Cleanup(hs.Close)
 	return hs
@@ -232,6 +238,47 @@ func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 	case req.Method == http.MethodPost && len(parts) == 3 && parts[0] == "rooms" && parts[2] == "join":
 		hs.members[parts[1]] = append(hs.members[parts[1]], req.Query["user_id"])
 		reply(http.StatusOK, fmt.Sprintf(`{"room_id":%q}`, parts[1]))
+	case req.Method == http.MethodGet && len(parts) == 3 && parts[0] == "directory" && parts[1] == "room":
+		room, ok := hs.aliases[parts[2]]
+		if !ok {
+			reply(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"room alias not found"}`)
+			return
+		}
+		reply(http.StatusOK, fmt.Sprintf(`{"room_id":%q,"servers":["localhost"]}`, room))
+	case req.Method == http.MethodPost && len(parts) == 2 && parts[0] == "join":
+		room := parts[1]
+		if r, ok := hs.aliases[room]; ok {
+			room = r
+		}
+		user := req.Query["user_id"]
+		if hs.closed[room] && !slices.Contains(hs.invited[room], user) && !slices.Contains(hs.members[room], user) {
+			reply(http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"you are not invited to this room"}`)
+			return
+		}
+		if !slices.Contains(hs.members[room], user) {
+			hs.members[room] = append(hs.members[room], user)
+		}
+		reply(http.StatusOK, fmt.Sprintf(`{"room_id":%q}`, room))
+	case req.Method == http.MethodPost && len(parts) == 3 && parts[0] == "rooms" && parts[2] == "invite":
+		room, user := parts[1], fmt.Sprint(req.Body["user_id"])
+		if !slices.Contains(hs.members[room], req.Query["user_id"]) {
+			reply(http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"you are not in the room"}`)
+			return
+		}
+		if slices.Contains(hs.members[room], user) {
+			reply(http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"already in the room"}`)
+			return
+		}
+		hs.invited[room] = append(hs.invited[room], user)
+		reply(http.StatusOK, `{}`)
+	case req.Method == http.MethodGet && len(parts) == 5 && parts[0] == "rooms" && parts[2] == "state" && parts[3] == "m.room.member":
+		name, ok := hs.profiles[parts[1]][parts[4]]
+		if !ok {
+			reply(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"no member event"}`)
+			return
+		}
+		b, _ := json.Marshal(map[string]any{"membership": "join", "displayname": name})
+		reply(http.StatusOK, string(b))
 	case req.Method == http.MethodGet && len(parts) == 3 && parts[2] == "joined_members":
 		joined := map[string]any{}
 		for _, m := range hs.members[parts[1]] {
@@ -351,14 +398,19 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 // newTestAdapter returns an adapter for hs (nil: none), started on a free
-// loopback port with host, and stopped at the end of the test.
-func newTestAdapter(t *testing.T, hs *fakeHS, host *fakeHost) *Adapter {
+// loopback port with host, and stopped at the end of the test. It logs to
+// t, and to log when that is given.
+func newTestAdapter(t *testing.T, hs *fakeHS, host bridges.Host, log ...*slog.Logger) *Adapter {
 	t.Helper()
 	hsURL := "http://127.0.0.1:1"
 	if hs != nil {
 		hsURL = hs.URL
 	}
-	a, err := New(testConfig(hsURL), WithLogger(testLogger(t)))
+	logger := testLogger(t)
+	if len(log) > 0 {
+		logger = log[0]
+	}
+	a, err := New(testConfig(hsURL), WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,4 +427,11 @@ func newTestAdapter(t *testing.T, hs *fakeHS, host *fakeHost) *Adapter {
 		}
 	})
 	return a
+}
+
+// isMember reports whether user is joined to room.
+func (hs *fakeHS) isMember(room, user string) bool {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return slices.Contains(hs.members[room], user)
 }

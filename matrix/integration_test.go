@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -137,6 +138,18 @@ func testIntegration(t *testing.T, start func(t *testing.T, registration string)
 // stop when the test ends.
 func startIntegration(t *testing.T, start func(t *testing.T, registration string) *peertest.Homeserver) (*Adapter, *fakeHost, *peertest.Homeserver, Config) {
 	t.Helper()
+	cfg, hs := startIntegrationHomeserver(t, start)
+	host := newFakeHost()
+	a := startIntegrationAdapter(t, cfg, host, testLogger(t))
+	host.waitState(t, bridges.Connected)
+	return a, host, hs, cfg
+}
+
+// startIntegrationHomeserver starts a homeserver with start (skipping the
+// test with -short), with the registration of the adapter configuration it
+// returns.
+func startIntegrationHomeserver(t *testing.T, start func(t *testing.T, registration string) *peertest.Homeserver) (Config, *peertest.Homeserver) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test: skipped with -short")
 	}
@@ -158,9 +171,14 @@ func startIntegration(t *testing.T, start func(t *testing.T, registration string
 	}
 	hs := start(t, regPath)
 	cfg.HomeserverURL = hs.URL
+	return cfg, hs
+}
 
-	host := newFakeHost()
-	a, err := New(cfg, WithLogger(testLogger(t)))
+// startIntegrationAdapter starts an adapter with cfg and host, logging to
+// log; it stops when the test ends.
+func startIntegrationAdapter(t *testing.T, cfg Config, host bridges.Host, log *slog.Logger) *Adapter {
+	t.Helper()
+	a, err := New(cfg, WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,8 +191,7 @@ func startIntegration(t *testing.T, start func(t *testing.T, registration string
 		defer scancel()
 		_ = a.Stop(sctx)
 	})
-	host.waitState(t, bridges.Connected)
-	return a, host, hs, cfg
+	return a
 }
 
 // waitDispatched waits until host got a message with the given source ID.

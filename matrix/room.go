@@ -164,7 +164,7 @@ func (a *Adapter) sendInDM(ctx context.Context, ghost, user id.UserID, content *
 	if err != nil {
 		return "", err
 	}
-	if !created && txn != "" && a.mustLook(ctx, ghost, user) {
+	if !created && txn != "" && a.mustLook(ctx, dmKey(ghost, user)) {
 		found, err := a.sentBefore(ctx, ghost, room, txn)
 		switch {
 		case err != nil && (isTransient(err) || isTokenError(err)):
@@ -177,7 +177,7 @@ func (a *Adapter) sendInDM(ctx context.Context, ghost, user id.UserID, content *
 			a.log.Info("found the event an earlier attempt sent", "room", room.String(), "txn", txn, "event", found.String())
 			return found, nil
 		case bridges.AttemptOf(ctx).Resumed:
-			a.settle(ghost, user)
+			a.settle(dmKey(ghost, user))
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, requestTimeout)
@@ -238,10 +238,11 @@ func (a *Adapter) sentBefore(ctx context.Context, ghost id.UserID, room id.RoomI
 }
 
 // mustLook reports whether the Send of ctx must look for an earlier send of
-// its event in the DM of ghost and user (see sendInDM): on a retry always;
-// for an entry resumed from an earlier run unless one resumed before it in
-// this DM was not found there (settle).
-func (a *Adapter) mustLook(ctx context.Context, ghost, user id.UserID) bool {
+// its event in the conversation key (a DM, dmKey, or a portal room,
+// portalKey; see sendInDM): on a retry always; for an entry resumed from an
+// earlier run unless one resumed before it in this conversation was not
+// found there (settle).
+func (a *Adapter) mustLook(ctx context.Context, key string) bool {
 	at := bridges.AttemptOf(ctx)
 	if at.Retry > 0 {
 		return true
@@ -251,15 +252,15 @@ func (a *Adapter) mustLook(ctx context.Context, ghost, user id.UserID) bool {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return !a.settled[dmKey(ghost, user)]
+	return !a.settled[key]
 }
 
-// settle records that an entry resumed in the DM of ghost and user had not
-// been sent by the earlier run: that run delivered the DM's events in order,
-// so it sent none of the entries resumed behind it either.
-func (a *Adapter) settle(ghost, user id.UserID) {
+// settle records that an entry resumed in the conversation key had not been
+// sent by the earlier run: that run delivered the conversation's events in
+// order, so it sent none of the entries resumed behind it either.
+func (a *Adapter) settle(key string) {
 	a.mu.Lock()
-	a.settled[dmKey(ghost, user)] = true
+	a.settled[key] = true
 	a.mu.Unlock()
 }
 

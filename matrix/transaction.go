@@ -292,17 +292,27 @@ func (a *Adapter) handleEvent(ctx context.Context, evt *mevent.Event) error {
 	return nil
 }
 
-// handleMember acts on membership changes: a ghost invited by a real user
-// joins (and learns the DM link when the invite is is_direct or the room is
-// just the two of them); a ghost's own is_direct invite of a real user links
-// the DM it created, if that is not done yet (learnOwnDM); when either
-// member of a DM leaves, the DM link is dropped and the ghost leaves too.
+// handleMember acts on membership changes. In a portal room, or on an
+// invite of the bot to one, handlePortalMember does. Elsewhere: a ghost
+// invited by a real user joins (and learns the DM link when the invite is
+// is_direct or the room is just the two of them); a ghost's own is_direct
+// invite of a real user links the DM it created, if that is not done yet
+// (learnOwnDM); when either member of a DM leaves, the DM link is dropped
+// and the ghost leaves too.
 func (a *Adapter) handleMember(ctx context.Context, evt *mevent.Event) error {
 	target := id.UserID(*evt.StateKey)
 	var content mevent.MemberEventContent
 	if err := json.Unmarshal(evt.Content.VeryRaw, &content); err != nil {
 		a.log.Warn("skipped malformed member event", "event", evt.ID.String(), "err", err)
 		return nil
+	}
+	if name, ok := a.portalOf(evt.RoomID); ok {
+		return a.handlePortalMember(ctx, evt, name, target, &content)
+	}
+	if content.Membership == mevent.MembershipInvite && target == a.bot && !a.owns(evt.Sender) {
+		if name, ok := a.portalOfInvite(ctx, evt.RoomID); ok {
+			return a.handlePortalMember(ctx, evt, name, target, &content)
+		}
 	}
 	switch content.Membership {
 	case mevent.MembershipInvite:
@@ -374,13 +384,17 @@ func (a *Adapter) acceptInvite(ctx context.Context, evt *mevent.Event, ghost id.
 	return a.learnDM(ctx, ghost, evt.Sender, evt.RoomID)
 }
 
-// handleMessage dispatches a message a real user wrote in a DM room. The
-// sender is told with a notice in the room when Parley cannot deliver it
-// (the recipient maps to nobody, the sender may not use the gateway, the
-// message is of a kind Parley does not bridge).
+// handleMessage dispatches a message a real user wrote in a DM room, or in
+// a portal room (handlePortalMessage). The sender is told with a notice in
+// the room when Parley cannot deliver it (the recipient maps to nobody, the
+// sender may not use the gateway, the message is of a kind Parley does not
+// bridge).
 func (a *Adapter) handleMessage(ctx context.Context, evt *mevent.Event) error {
 	if a.owns(evt.Sender) {
 		return nil // our own ghosts and bot: never bridge back
+	}
+	if name, ok := a.portalOf(evt.RoomID); ok {
+		return a.handlePortalMessage(ctx, evt, name)
 	}
 	ghost, _, ok, err := a.roomPair(ctx, evt.RoomID)
 	if err != nil {

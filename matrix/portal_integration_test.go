@@ -1,0 +1,211 @@
+package matrix
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	mevent "maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/parleygw/parley/bridges"
+	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/peertest"
+)
+
+// Portal rooms against a real homeserver: a user's public room that the
+// bot joins at start, and an invite-only room that it joins once invited.
+
+func TestIntegrationSynapsePortal(t *testing.T) {
+	testPortalIntegration(t, func(t *testing.T, reg string) *peertest.Homeserver {
+		return peertest.StartSynapse(t, peertest.HomeserverOptions{Registration: reg})
+	})
+}
+
+func TestIntegrationDendritePortal(t *testing.T) {
+	testPortalIntegration(t, func(t *testing.T, reg string) *peertest.Homeserver {
+		return peertest.StartDendrite(t, peertest.HomeserverOptions{Registration: reg})
+	})
+}
+
+func testPortalIntegration(t *testing.T, start func(t *testing.T, registration string) *peertest.Homeserver) {
+	cfg, hs := startIntegrationHomeserver(t, start)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	alice := peertest.ConnectMatrix(t, hs, "alice", "alice-password")
+	if err := alice.SetDisplayName(ctx, "Alice Liddell"); err != nil {
+		t.Fatal(err)
+	}
+	team, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "team", Name: "Team"})
+	if err != nil {
+		t.Fatalf("create the public room: %v", err)
+	}
+	closed, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomAliasName: "closed", Name: "Closed"})
+	if err != nil {
+		t.Fatalf("create the invite-only room: %v", err)
+	}
+	const (
+		teamAlias   = "#team:localhost"
+		closedAlias = "#closed:localhost"
+		bob         = "@_xmpp_bob=40example.org:localhost"
+		carol       = "@_xmpp_carol=40example.org:localhost"
+	)
+	bot := botID(cfg.withDefaults())
+
+	host := newFakeRoomHost(teamAlias, closedAlias)
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(tWriter{t}, logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a := startIntegrationAdapter(t, cfg, host, log)
+	host.waitState(t, bridges.Connected)
+
+	joined := func(room id.RoomID, user id.UserID) bool {
+		members, err := alice.JoinedMembers(ctx, room)
+		if err != nil {
+			return false
+		}
+		_, ok := members.Joined[user]
+		return ok
+	}
+	roomMessages := func() []*event.Message {
+		var out []*event.Message
+		for _, e := range host.events() {
+			if m, ok := e.(*event.Message); ok && m.Room {
+				out = append(out, m)
+			}
+		}
+		return out
+	}
+
+	t.Run("bot joins the public room at start", func(t *testing.T) {
+		waitFor(t, "the bot in the public room", func() bool { return joined(team.RoomID, bot) })
+	})
+
+	t.Run("a user's post is dispatched", func(t *testing.T) {
+		posted, err := alice.SendText(ctx, team.RoomID, "team-1", "hello team")
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := waitDispatched(t, host.fakeHost, posted.String())
+		want := event.Header{
+			ID:       posted.String(),
+			From:     event.Address{Network: event.Matrix, ID: alice.UserID.String()},
+			To:       event.Address{Network: event.Matrix, ID: teamAlias},
+			FromName: "Alice Liddell",
+			Room:     true,
+			Time:     msg.Time,
+		}
+		if msg.Header != want || msg.Body != "hello team" {
+			t.Errorf("dispatched %+v, want header %+v", msg, want)
+		}
+	})
+
+	t.Run("ghosts post with their names", func(t *testing.T) {
+		for _, p := range []struct{ ghost, name, id, body string }{
+			{bob, "Bob Builder", "xmpp-room-1", "hello from bob"},
+			{carol, "Carol Singer", "xmpp-room-2", "hello from carol"},
+		} {
+			evtID, err := a.Send(ctx, &event.Message{Header: event.Header{
+				ID:       p.id,
+				From:     event.Address{Network: event.Matrix, ID: p.ghost},
+				To:       event.Address{Network: event.Matrix, ID: teamAlias},
+				FromName: p.name,
+				Room:     true,
+			}, Body: p.body})
+			if err != nil {
+				t.Fatalf("send as %s: %v", p.ghost, err)
+			}
+			got, ok := alice.NextMessage(ctx, func(m peertest.MatrixMessage) bool { return m.Room == team.RoomID && m.Sender == id.UserID(p.ghost) })
+			if !ok {
+				t.Fatalf("alice did not see the post of %s", p.ghost)
+			}
+			if got.Body != p.body || got.EventID.String() != evtID {
+				t.Errorf("alice saw %+v, want %q as %s", got, p.body, evtID)
+			}
+			var member mevent.MemberEventContent
+			if err := alice.StateEvent(ctx, team.RoomID, mevent.StateMember, p.ghost, &member); err != nil {
+				t.Fatalf("member event of %s: %v", p.ghost, err)
+			}
+			if member.Membership != mevent.MembershipJoin || member.Displayname != p.name {
+				t.Errorf("%s in the room: %+v, want joined as %q", p.ghost, member, p.name)
+			}
+			// Sent again (a retry): the same event, not a second post.
+			again, err := a.Send(bridges.WithAttempt(ctx, bridges.Attempt{Retry: 1}), &event.Message{Header: event.Header{
+				ID:   p.id,
+				From: event.Address{Network: event.Matrix, ID: p.ghost},
+				To:   event.Address{Network: event.Matrix, ID: teamAlias},
+				Room: true,
+			}, Body: p.body})
+			if err != nil || again != evtID {
+				t.Errorf("resend = %q, %v; want %q", again, err, evtID)
+			}
+		}
+
+		// The ghosts' posts came back to the adapter in transactions before
+		// alice's next one: none of them was dispatched.
+		last, err := alice.SendText(ctx, team.RoomID, "team-2", "bye")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitDispatched(t, host.fakeHost, last.String())
+		msgs := roomMessages()
+		if len(msgs) != 2 {
+			t.Errorf("dispatched %d room messages, want alice's 2: %+v", len(msgs), msgs)
+		}
+		for _, m := range host.events() {
+			if owner := id.UserID(m.Head().From.ID); a.owns(owner) {
+				t.Errorf("dispatched an event of the appservice's own %s: %+v", owner, m)
+			}
+		}
+	})
+
+	t.Run("invite-only room", func(t *testing.T) {
+		waitFor(t, "a warning about the invite-only room", func() bool {
+			return len(logs.lines("level=WARN", "room="+closedAlias, "invite the bot")) > 0
+		})
+		if joined(closed.RoomID, bot) {
+			t.Fatal("the bot is in the invite-only room uninvited")
+		}
+		// A post for it fails for now, to be tried again.
+		post := &event.Message{Header: event.Header{
+			ID:       "xmpp-closed-1",
+			From:     event.Address{Network: event.Matrix, ID: bob},
+			To:       event.Address{Network: event.Matrix, ID: closedAlias},
+			FromName: "Bob Builder",
+			Room:     true,
+		}, Body: "let me in"}
+		if _, err := a.Send(ctx, post); err == nil || bridges.IsPermanent(err) {
+			t.Errorf("send to the invite-only room: %v, want a retryable error", err)
+		}
+
+		if _, err := alice.InviteUser(ctx, closed.RoomID, &mautrix.ReqInviteUser{UserID: bot}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the bot in the invite-only room", func() bool { return joined(closed.RoomID, bot) })
+		if !host.wasReachable(event.Address{Network: event.Matrix, ID: closedAlias}) {
+			t.Error("the room was not said reachable once joined")
+		}
+
+		// Now the ghost gets in (invited by the bot) and posts.
+		evtID, err := a.Send(ctx, post)
+		if err != nil {
+			t.Fatalf("send once the bot is in: %v", err)
+		}
+		got, ok := alice.NextMessage(ctx, func(m peertest.MatrixMessage) bool { return m.Room == closed.RoomID })
+		if !ok || got.Sender != bob || got.Body != "let me in" || got.EventID.String() != evtID {
+			t.Errorf("alice saw %+v (%v), want bob's post %s", got, ok, evtID)
+		}
+
+		posted, err := alice.SendText(ctx, closed.RoomID, "closed-1", "welcome")
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := waitDispatched(t, host.fakeHost, posted.String())
+		if msg.To != (event.Address{Network: event.Matrix, ID: closedAlias}) || !msg.Room || msg.FromName != "Alice Liddell" {
+			t.Errorf("dispatched %+v", msg)
+		}
+	})
+}
