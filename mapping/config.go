@@ -51,9 +51,21 @@ func (p Portal) rooms() []event.Address {
 func validRoom(a event.Address) error {
 	switch a.Network {
 	case event.Matrix:
-		local, server, ok := strings.Cut(a.ID, ":")
-		if !ok || len(local) < 2 || (local[0] != '!' && local[0] != '#') || server == "" || strings.ContainsAny(a.ID, " \t\r\n") {
-			return fmt.Errorf("%q is not a Matrix room ID (!id:server) or alias (#name:server)", a.ID)
+		// Room IDs of room version 12 have no server part (!id); older
+		// ones and aliases do (!id:server, #name:server).
+		local, server, hasServer := strings.Cut(a.ID, ":")
+		ok := len(local) >= 2 && !strings.ContainsAny(a.ID, " \t\r\n")
+		switch {
+		case !ok:
+		case local[0] == '!':
+			ok = !hasServer || server != ""
+		case local[0] == '#':
+			ok = hasServer && server != ""
+		default:
+			ok = false
+		}
+		if !ok {
+			return fmt.Errorf("%q is not a Matrix room ID (!id or !id:server) or alias (#name:server)", a.ID)
 		}
 	case event.XMPP:
 		local, domain, ok := strings.Cut(a.ID, "@")

@@ -105,6 +105,9 @@ func TestConfigErrors(t *testing.T) {
 		{"portal without a MUC", func(c *mapping.Config) {
 			c.Portals = []mapping.Portal{{Matrix: "!r:hs.example"}}
 		}, "portals[0].xmpp: a portal needs a room on each network"},
+		{"portal alias without a server", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "#team", XMPP: "room@muc.example.org"}}
+		}, "portals[0].matrix"},
 		{"portal room not a room", func(c *mapping.Config) {
 			c.Portals = []mapping.Portal{{Matrix: "@bob:hs.example", XMPP: "room@muc.example.org"}}
 		}, "portals[0].matrix"},
@@ -189,7 +192,8 @@ func TestMayWatch(t *testing.T) {
 
 func TestPortals(t *testing.T) {
 	c := testConfig()
-	c.Portals = []mapping.Portal{{Matrix: "#team:hs.example", XMPP: "team@muc.example.org"}, {Matrix: "!x:hs.example", XMPP: "x@muc.example.org"}}
+	c.Portals = []mapping.Portal{{Matrix: "#team:hs.example", XMPP: "team@muc.example.org"}, {Matrix: "!x:hs.example", XMPP: "x@muc.example.org"},
+		{Matrix: "!v12RoomWithoutServer", XMPP: "v12@muc.example.org"}}
 	m, err := mapping.New(c, codecs)
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +206,7 @@ func TestPortals(t *testing.T) {
 		t.Error("a room in no portal has one")
 	}
 	rooms := m.Rooms(event.Matrix)
-	if len(rooms) != 2 || rooms[0].ID != "!x:hs.example" || rooms[1].ID != "#team:hs.example" {
+	if len(rooms) != 3 || rooms[0].ID != "!v12RoomWithoutServer" || rooms[1].ID != "!x:hs.example" || rooms[2].ID != "#team:hs.example" {
 		t.Errorf("Rooms(matrix) = %v", rooms)
 	}
 }
