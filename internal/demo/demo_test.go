@@ -58,6 +58,16 @@ func TestDemoCrossesEveryDirection(t *testing.T) {
 			t.Errorf("the transcript shows no %s message (%q)", tc.direction, tc.line)
 		}
 	}
+	// The group chat: each side reads the other's post from a participant
+	// of its own (alice's ghost in the room, bob's alias in the MUC).
+	for _, re := range []*regexp.Regexp{
+		regexp.MustCompile(`\n  \[matrix\] @_xmpp_\S+:localhost \(Alice\) in #lobby:localhost: Hello everyone in the lobby, Alice here on XMPP\.`),
+		regexp.MustCompile(`\n  \[xmpp\]   lobby@conference\.localhost/Bob Matrix → lobby@conference\.localhost: Hi Alice! Bob from Matrix, in the same room\.`),
+	} {
+		if !re.MatchString(string(out)) {
+			t.Errorf("the transcript of the group chat lacks a line matching %s", re)
+		}
+	}
 	transcript := string(out)
 	_, calls, _ := strings.Cut(transcript, "transcript, continued: the phone calls bob")
 	toMatrix, fromMatrix, _ := strings.Cut(calls, "transcript, continued: bob calls the phone back")

@@ -285,12 +285,14 @@ mapping:
     - name: bob
       display_name: Bob Matrix
       accounts: ["matrix:%s"]
+  portals:
+    - {matrix: %q, xmpp: %q}
 `, filepath.Join(d.dir, "parley.db"), adminPort,
 		d.prosody.ComponentAddr, componentDomain, d.prosody.ComponentSecret, xmppDomain,
 		hsURL, serverName, d.asPort, asToken, hsToken,
 		sipDomain, d.sipAddr, d.sipAddr, phoneUser, phonePassword, softphoneUser, softphonePassword, mediaPorts,
 		serverName, serverName, componentDomain, componentDomain, sipDomain, sipDomain,
-		componentDomain, sipDomain, bobMXID)
+		componentDomain, sipDomain, bobMXID, roomAlias, roomMUC)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		d.r.Fatalf("write %s: %v", d.config, err)
 	}
@@ -452,6 +454,7 @@ func (d *demo) converse() {
 	}
 	d.timings = append(d.timings, timing{"conversation", time.Since(t0)})
 
+	d.room(clients, alice, xmppEvents, bob)
 	dm := d.phoneCall(clients, alice, xmppEvents, bob)
 	d.calls(clients, dm)
 	fmt.Println("\nthe conversation went through; alice's and bob's clients log out")
