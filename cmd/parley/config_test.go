@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -40,20 +41,20 @@ func TestConfigErrorsNameFileLineAndKey(t *testing.T) {
 		want     string
 	}{
 		{"misspelt key", "  secret: env:PARLEY_XMPP_SECRET", "  secert: env:PARLEY_XMPP_SECRET",
-			`parley.yaml:29: unknown key "secert" in xmpp (did you mean "secret"?)`},
+			`parley.yaml:LINE: unknown key "secert" in xmpp (did you mean "secret"?)`},
 		{"unknown top-level key", "shutdown_timeout: 10s", "shutdown_timeout: 10s\nbogus: 1",
 			`parley.yaml:22: unknown key "bogus"`},
-		{"invalid value", "  server_name: example.org", "  server_name: \"\"", "parley.yaml:38: matrix.server_name"},
+		{"invalid value", "  server_name: example.org", "  server_name: \"\"", "parley.yaml:LINE: matrix.server_name"},
 		{"missing secret", "env:PARLEY_HS_TOKEN", "env:PARLEY_NO_SUCH_VARIABLE",
-			"parley.yaml:44: matrix.hs_token: environment variable PARLEY_NO_SUCH_VARIABLE is not set"},
+			"parley.yaml:LINE: matrix.hs_token: environment variable PARLEY_NO_SUCH_VARIABLE is not set"},
 		{"bad presence poll interval", "  presence_poll_interval: auto", "  presence_poll_interval: often",
-			`parley.yaml:48: matrix.presence_poll_interval: "often" is not auto, off or a duration`},
-		{"bad identity", "    - name: alice", "    - name: Alice", "parley.yaml:95: mapping.identities[0].name"},
+			`parley.yaml:LINE: matrix.presence_poll_interval: "often" is not auto, off or a duration`},
+		{"bad identity", "    - name: alice", "    - name: Alice", "parley.yaml:LINE: mapping.identities[0].name"},
 		{"bad ghost template", `xmpp: "@_xmpp_{user}_{domain}:example.org"`, `xmpp: "@_xmpp_{user}.{domain}:example.org"`,
-			"parley.yaml:70: mapping.ghosts.matrix.xmpp"},
+			"parley.yaml:LINE: mapping.ghosts.matrix.xmpp"},
 		{"not yaml", "log:\n", "log: [\n", "parley.yaml: "},
-		{"bad media ports", "    ports: 20000-20999", "    ports: 80-90", `parley.yaml:109: calls.media.ports: "80-90" is not a range`},
-		{"misspelt calls key", "  ring_timeout: 60s", "  ring_timout: 60s", `parley.yaml:114: unknown key "ring_timout" in calls (did you mean "ring_timeout"?)`},
+		{"bad media ports", "    ports: 20000-20999", "    ports: 80-90", `parley.yaml:LINE: calls.media.ports: "80-90" is not a range`},
+		{"misspelt calls key", "  ring_timeout: 60s", "  ring_timout: 60s", `parley.yaml:LINE: unknown key "ring_timout" in calls (did you mean "ring_timeout"?)`},
 		{"media address everywhere without a public one", "    address: 127.0.0.1", "    address: 0.0.0.0",
 			"calls.media.address: 0.0.0.0 binds every interface; set calls.media.public_address"},
 	}
@@ -67,9 +68,12 @@ func TestConfigErrorsNameFileLineAndKey(t *testing.T) {
 			if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
 				t.Fatal(err)
 			}
+			// LINE is the line of the example that the case changes.
+			line := 1 + bytes.Count(example[:bytes.Index(example, []byte(tc.old))], []byte("\n"))
+			want := strings.Replace(tc.want, "LINE", strconv.Itoa(line), 1)
 			_, _, err := setup(path)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error = %v\nwant it to contain %q", err, tc.want)
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("error = %v\nwant it to contain %q", err, want)
 			}
 		})
 	}
