@@ -69,7 +69,8 @@ func TestConfigErrorsNameFileLineAndKey(t *testing.T) {
 				t.Fatal(err)
 			}
 			// LINE is the line of the example that the case changes.
-			line := 1 + bytes.Count(example[:bytes.Index(example, []byte(tc.old))], []byte("\n"))
+			before, _, _ := bytes.Cut(example, []byte(tc.old))
+			line := 1 + bytes.Count(before, []byte("\n"))
 			want := strings.Replace(tc.want, "LINE", strconv.Itoa(line), 1)
 			_, _, err := setup(path)
 			if err == nil || !strings.Contains(err.Error(), want) {
