@@ -207,6 +207,13 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 	}
 	switch e := evt.(type) {
 	case *event.Message:
+	case *event.Member:
+		if !h.Room {
+			return fmt.Errorf("dispatch from %s: a membership change is for a room", h.From)
+		}
+		if !e.Change.Valid() {
+			return fmt.Errorf("dispatch from %s: membership change %d", h.From, e.Change)
+		}
 	case *event.Presence:
 		return r.dispatchPresence(ctx, e, r.mapping.Load())
 	case *event.Subscription:
@@ -242,9 +249,9 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 	return r.accept(ctx, origin, evt)
 }
 
-// dispatchRoom accepts a message posted in a room: it goes to the portal's
-// room on the other network, from the participant's appearance there. A
-// message from an address Parley serves is a ghost's own post coming back
+// dispatchRoom accepts a post or a membership change in a room: it goes to
+// the portal's room on the other network, from the participant's appearance
+// there. An event from an address Parley serves is a ghost's own coming back
 // (the adapter should not have dispatched it) and is refused.
 func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.Map) error {
 	h := evt.Head()
@@ -269,6 +276,15 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 		h.FromName = name
 	} else if h.FromName == "" {
 		h.FromName = origin.From.ID
+	}
+	if mb, ok := evt.(*event.Member); ok && mb.Change != event.MemberLeft {
+		// A YAML identity shows its own name everywhere; anyone else the
+		// name they chose in the room.
+		if name := m.DisplayName(origin.From); name != "" {
+			mb.Name = name
+		} else if mb.Name == "" {
+			mb.Name = h.FromName
+		}
 	}
 	if h.Time.IsZero() {
 		h.Time = r.now()

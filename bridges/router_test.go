@@ -363,3 +363,63 @@ func TestRoomMessagesCrossThePortal(t *testing.T) {
 		t.Errorf("a post in a room in no portal: %v, want ErrNoRoute", err)
 	}
 }
+
+// Joins, leaves and renames in a portal room cross it like posts, in the
+// room's order, from the participant's ghost; a YAML identity keeps its own
+// name; a membership change outside a room is refused.
+func TestRoomMembershipCrossesThePortal(t *testing.T) {
+	m, err := mapping.New(mapping.Config{
+		Ghosts: map[event.Network]map[event.Network]string{
+			event.Matrix: {event.XMPP: "_xmpp_{user}_{domain}@hs.example"},
+			event.XMPP:   {event.Matrix: "{user}%{domain}@matrix.example.org"},
+		},
+		Identities: []mapping.Identity{{Name: "dana", DisplayName: "Dana D.", Accounts: []string{"xmpp:dana@example.org"}}},
+		Aliases:    map[event.Network]string{event.Matrix: "dana_{name}@hs.example"},
+		Portals:    []mapping.Portal{{Matrix: "!team:hs.example", XMPP: "team@muc.example.org"}},
+	}, map[event.Network]mapping.Codec{event.XMPP: bridgestest.Codec{}, event.Matrix: bridgestest.Codec{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startWith(t, store.NewMemory(), m)
+	muc := event.Address{Network: event.XMPP, ID: "team@muc.example.org"}
+	change := func(id, from string, c event.MemberChange, name string) error {
+		return h.router.Dispatch(context.Background(), &event.Member{
+			Header: event.Header{ID: id, From: event.Address{Network: event.XMPP, ID: from}, To: muc, Room: true},
+			Change: c, Name: name,
+		})
+	}
+	for _, err := range []error{
+		change("1", "alice@example.org", event.MemberJoined, "Alice"),
+		change("2", "alice@example.org", event.MemberRenamed, "Alice W."),
+		change("3", "dana@example.org", event.MemberJoined, "dd"),
+		change("4", "alice@example.org", event.MemberLeft, ""),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := h.matrix.WaitSent(waitCtx(t), 4)
+	want := []struct {
+		from   string
+		change event.MemberChange
+		name   string
+	}{
+		{"_xmpp_alice_example.org@hs.example", event.MemberJoined, "Alice"},
+		{"_xmpp_alice_example.org@hs.example", event.MemberRenamed, "Alice W."},
+		{"dana_dana@hs.example", event.MemberJoined, "Dana D."},
+		{"_xmpp_alice_example.org@hs.example", event.MemberLeft, ""},
+	}
+	for i, e := range sent {
+		mb, ok := e.(*event.Member)
+		if !ok || !mb.Room || mb.To.ID != "!team:hs.example" || mb.From.ID != want[i].from || mb.Change != want[i].change || mb.Name != want[i].name {
+			t.Errorf("change %d went out as %#v, want %+v", i, e, want[i])
+		}
+	}
+	err = h.router.Dispatch(context.Background(), &event.Member{
+		Header: event.Header{ID: "5", From: event.Address{Network: event.XMPP, ID: "alice@example.org"}, To: muc},
+		Change: event.MemberJoined,
+	})
+	if err == nil {
+		t.Error("a membership change outside a room was accepted")
+	}
+}

@@ -33,6 +33,8 @@ func decodeEvent(kind string, payload []byte) (event.Event, error) {
 		evt = new(event.Presence)
 	case event.KindSubscription:
 		evt = new(event.Subscription)
+	case event.KindMember:
+		evt = new(event.Member)
 	default:
 		return nil, fmt.Errorf("decode event: kind %q has no decoder", kind)
 	}

@@ -147,3 +147,34 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 		t.Fatal("Open accepted a schema newer than it knows")
 	}
 }
+
+// A room post and a membership change keep every field through the outbox,
+// the room flag and the change (stored by name) included.
+func TestOutboxKeepsRoomEvents(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func() store.Store) {
+		ctx := context.Background()
+		s := open()
+		room := event.Header{ID: "m1", From: event.Address{Network: event.XMPP, ID: "team@muc.example.org/Alice"},
+			To: event.Address{Network: event.XMPP, ID: "team@muc.example.org"}, Room: true, FromName: "Alice"}
+		events := []event.Event{
+			&event.Message{Header: room, Body: "hi"},
+			&event.Member{Header: room, Change: event.MemberRenamed, Name: "Alice W.", Reason: "new nick"},
+		}
+		for i, evt := range events {
+			evt.Head().ID = evt.Kind().String()
+			if _, err := s.Enqueue(ctx, &store.Entry{Origin: *evt.Head(), Event: evt, Accepted: time.Now().Add(time.Duration(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.Pending(ctx)
+		if err != nil || len(got) != 2 {
+			t.Fatalf("pending %d, %v", len(got), err)
+		}
+		if m, ok := got[0].Event.(*event.Message); !ok || !m.Room || m.Body != "hi" || m.FromName != "Alice" {
+			t.Errorf("post came back as %#v", got[0].Event)
+		}
+		if mb, ok := got[1].Event.(*event.Member); !ok || !mb.Room || mb.Change != event.MemberRenamed || mb.Name != "Alice W." || mb.Reason != "new nick" {
+			t.Errorf("membership change came back as %#v", got[1].Event)
+		}
+	})
+}
