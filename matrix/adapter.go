@@ -235,7 +235,8 @@ func (a *Adapter) Stop(ctx context.Context) error {
 // Header.Room set is a post for a portal room (To, as the YAML names it),
 // sent as the ghost, which joins the room first (portal.go); a Failure
 // from a portal room becomes the bot's m.notice in it. It returns the Matrix
-// event ID. A Presence sets the ghost's own presence (presence.go); a
+// event ID. A Member joins a ghost to a portal room, names it there or has
+// it leave (member.go). A Presence sets the ghost's own presence (presence.go); a
 // Subscription does nothing, as Matrix has no subscription handshake.
 // Errors that retrying cannot fix are marked bridges.Permanent.
 func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
@@ -263,6 +264,12 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		return a.sendPresence(ctx, p)
 	case event.KindSubscription:
 		return "", nil
+	case event.KindMember:
+		m, ok := evt.(*event.Member)
+		if !ok {
+			return "", bridges.Permanent(fmt.Errorf("send to matrix: kind %s with type %T", evt.Kind(), evt))
+		}
+		return a.sendMember(ctx, m)
 	default:
 		return "", bridges.Permanent(fmt.Errorf("send to matrix: unsupported event kind %s", evt.Kind()))
 	}

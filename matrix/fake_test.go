@@ -136,6 +136,8 @@ type fakeHS struct {
 	profiles map[string]map[string]string // room → member → display name, for state/m.room.member
 	sent     map[string]string            // txn ID → event ID: de-duplication like a homeserver
 	timeline map[string][]fakeEvent       // room → events sent, oldest first, for messages
+	global   map[string]string            // user → global display name, given to their joins
+	left     map[string]map[string]bool   // room → users who left it
 }
 
 // fakeEvent is an event the fake homeserver stored.
@@ -146,7 +148,8 @@ type fakeEvent struct {
 
 func newFakeHS(t *testing.T, asToken string) *fakeHS {
 	hs := &fakeHS{t: t, asToken: asToken, members: map[string][]string{}, sent: map[string]string{}, timeline: map[string][]fakeEvent{},
-		aliases: map[string]string{}, closed: map[string]bool{}, invited: map[string][]string{}, profiles: map[string]map[string]string{}}
+		aliases: map[string]string{}, closed: map[string]bool{}, invited: map[string][]string{}, profiles: map[string]map[string]string{},
+		global: map[string]string{}, left: map[string]map[string]bool{}}
 	hs.Server = httptest.NewServer(http.HandlerFunc(hs.serve))
 	t.Cleanup(hs.Close)
 	return hs
@@ -234,6 +237,9 @@ func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		reply(http.StatusOK, `{}`)
 	case req.Method == http.MethodPut && len(parts) == 3 && parts[0] == "profile":
+		if name, ok := req.Body["displayname"].(string); ok {
+			hs.global[parts[1]] = name
+		}
 		reply(http.StatusOK, `{}`)
 	case req.Method == http.MethodPost && len(parts) == 3 && parts[0] == "rooms" && parts[2] == "join":
 		hs.members[parts[1]] = append(hs.members[parts[1]], req.Query["user_id"])
@@ -257,6 +263,10 @@ func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		if !slices.Contains(hs.members[room], user) {
 			hs.members[room] = append(hs.members[room], user)
+			delete(hs.left[room], user)
+			if name, ok := hs.global[user]; ok {
+				hs.setProfile(room, user, name)
+			}
 		}
 		reply(http.StatusOK, fmt.Sprintf(`{"room_id":%q}`, room))
 	case req.Method == http.MethodPost && len(parts) == 3 && parts[0] == "rooms" && parts[2] == "invite":
@@ -272,13 +282,30 @@ func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 		hs.invited[room] = append(hs.invited[room], user)
 		reply(http.StatusOK, `{}`)
 	case req.Method == http.MethodGet && len(parts) == 5 && parts[0] == "rooms" && parts[2] == "state" && parts[3] == "m.room.member":
-		name, ok := hs.profiles[parts[1]][parts[4]]
-		if !ok {
+		room, user := parts[1], parts[4]
+		content := map[string]any{"membership": "join"}
+		if name, ok := hs.profiles[room][user]; ok {
+			content["displayname"] = name
+		} else if hs.left[room][user] {
+			content["membership"] = "leave"
+		} else if !slices.Contains(hs.members[room], user) {
 			reply(http.StatusNotFound, `{"errcode":"M_NOT_FOUND","error":"no member event"}`)
 			return
 		}
-		b, _ := json.Marshal(map[string]any{"membership": "join", "displayname": name})
+		b, _ := json.Marshal(content)
 		reply(http.StatusOK, string(b))
+	case req.Method == http.MethodPut && len(parts) == 5 && parts[0] == "rooms" && parts[2] == "state" && parts[3] == "m.room.member":
+		room, user := parts[1], parts[4]
+		if user != req.Query["user_id"] || !slices.Contains(hs.members[room], user) || req.Body["membership"] != "join" {
+			reply(http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"not a member"}`)
+			return
+		}
+		name, _ := req.Body["displayname"].(string)
+		hs.setProfile(room, user, name)
+		hs.n++
+		evt := fmt.Sprintf("$event%d", hs.n)
+		hs.timeline[room] = append(hs.timeline[room], fakeEvent{ID: evt, Sender: user, Type: "m.room.member", Content: req.Body})
+		reply(http.StatusOK, fmt.Sprintf(`{"event_id":%q}`, evt))
 	case req.Method == http.MethodGet && len(parts) == 3 && parts[2] == "joined_members":
 		joined := map[string]any{}
 		for _, m := range hs.members[parts[1]] {
@@ -287,6 +314,15 @@ func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 		b, _ := json.Marshal(map[string]any{"joined": joined})
 		reply(http.StatusOK, string(b))
 	case req.Method == http.MethodPost && len(parts) == 3 && parts[2] == "leave":
+		room, user := parts[1], req.Query["user_id"]
+		if i := slices.Index(hs.members[room], user); i >= 0 {
+			hs.members[room] = slices.Delete(hs.members[room], i, i+1)
+			delete(hs.profiles[room], user)
+			if hs.left[room] == nil {
+				hs.left[room] = map[string]bool{}
+			}
+			hs.left[room][user] = true
+		}
 		reply(http.StatusOK, `{}`)
 	default:
 		reply(http.StatusNotFound, `{"errcode":"M_UNRECOGNIZED","error":"unrecognized"}`)
@@ -434,4 +470,12 @@ func (hs *fakeHS) isMember(room, user string) bool {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	return slices.Contains(hs.members[room], user)
+}
+
+// setProfile sets the display name of user in room; the caller holds hs.mu.
+func (hs *fakeHS) setProfile(room, user, name string) {
+	if hs.profiles[room] == nil {
+		hs.profiles[room] = map[string]string{}
+	}
+	hs.profiles[room][user] = name
 }

@@ -482,8 +482,9 @@ func (a *Adapter) setMemberName(room id.RoomID, user id.UserID, name string) {
 // handlePortalMember follows the membership of the portal room name: the
 // bot invited joins (and the posts waiting for the room are tried again);
 // the bot or a ghost that leaves or is removed is forgotten as a member, so
-// that the next post joins again; a user's join (or profile change) gives
-// their display name. A ghost invited by a user joins, without the DM
+// that the next post joins again; a user's join, profile change or leave
+// is dispatched as an event.Member (dispatchMember, member.go) and keeps
+// their display name known. A ghost invited by a user joins, without the DM
 // guess of acceptInvite.
 func (a *Adapter) handlePortalMember(ctx context.Context, evt *mevent.Event, name string, target id.UserID, content *mevent.MemberEventContent) error {
 	room := evt.RoomID
@@ -525,7 +526,11 @@ func (a *Adapter) handlePortalMember(ctx context.Context, evt *mevent.Event, nam
 			a.portals.mu.Unlock()
 		case a.owns(target):
 			a.setGhostIn(room, target, true)
+			a.setMemberName(room, target, content.Displayname)
 		default:
+			if err := a.dispatchMember(ctx, evt, name, target, content); err != nil {
+				return err
+			}
 			a.setMemberName(room, target, content.Displayname)
 		}
 	case mevent.MembershipLeave, mevent.MembershipBan:
@@ -538,10 +543,12 @@ func (a *Adapter) handlePortalMember(ctx context.Context, evt *mevent.Event, nam
 			a.checkAgain() // the connect loop joins the portal rooms again
 		case a.owns(target):
 			a.setGhostIn(room, target, false)
+			a.forgetRoomName(room, target)
 		default:
-			a.portals.mu.Lock()
-			delete(a.portals.names[room], target)
-			a.portals.mu.Unlock()
+			if err := a.dispatchMember(ctx, evt, name, target, content); err != nil {
+				return err
+			}
+			a.forgetRoomName(room, target)
 		}
 	}
 	return nil
