@@ -2,8 +2,11 @@ package matrix
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -162,6 +165,14 @@ func testPortalIntegration(t *testing.T, start func(t *testing.T, registration s
 		}
 	})
 
+	t.Run("a user's membership is dispatched", func(t *testing.T) {
+		testPortalMembersInbound(ctx, t, a, hs, alice, team.RoomID, teamAlias, host)
+	})
+
+	t.Run("ghosts join, are named and leave", func(t *testing.T) {
+		testPortalMembersOutbound(ctx, t, a, alice, team.RoomID, teamAlias, bob)
+	})
+
 	t.Run("invite-only room", func(t *testing.T) {
 		waitFor(t, "a warning about the invite-only room", func() bool {
 			return len(logs.lines("level=WARN", "room="+closedAlias, "invite the bot")) > 0
@@ -208,4 +219,161 @@ func testPortalIntegration(t *testing.T, start func(t *testing.T, registration s
 			t.Errorf("dispatched %+v", msg)
 		}
 	})
+}
+
+// testPortalMembersInbound has dave join the portal room, change his name,
+// leave, join again and be kicked by alice: each is one event.Member, and
+// nothing else of the room's membership (the bot's, the ghosts') is.
+func testPortalMembersInbound(ctx context.Context, t *testing.T, a *Adapter, hs *peertest.Homeserver, alice *peertest.MatrixClient,
+	room id.RoomID, name string, host *fakeRoomHost) {
+	dave := peertest.ConnectMatrix(t, hs, "dave", "dave-password")
+	if err := dave.SetDisplayName(ctx, "Dave Original"); err != nil {
+		t.Fatal(err)
+	}
+	members := func() []*event.Member {
+		var out []*event.Member
+		for _, e := range host.events() {
+			if m, ok := e.(*event.Member); ok {
+				out = append(out, m)
+			}
+		}
+		return out
+	}
+	before := len(members())
+	waitMember := func(n int) *event.Member {
+		t.Helper()
+		waitFor(t, fmt.Sprintf("membership change %d", n), func() bool { return len(members()) >= before+n })
+		return members()[before+n-1]
+	}
+	check := func(m *event.Member, change event.MemberChange, fromName, newName, reason string) {
+		t.Helper()
+		want := event.Header{
+			ID: m.ID, From: event.Address{Network: event.Matrix, ID: dave.UserID.String()},
+			To: event.Address{Network: event.Matrix, ID: name}, FromName: fromName, Room: true, Time: m.Time,
+		}
+		if m.Header != want || !strings.HasPrefix(m.ID, "$") || m.Time.IsZero() ||
+			m.Change != change || m.Name != newName || m.Reason != reason {
+			t.Errorf("dispatched %+v, want %s %q (reason %q) with header %+v", m, change, newName, reason, want)
+		}
+	}
+
+	if _, err := dave.JoinRoomByID(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	check(waitMember(1), event.MemberJoined, "Dave Original", "Dave Original", "")
+	if err := dave.SetDisplayName(ctx, "Dave Renamed"); err != nil {
+		t.Fatal(err)
+	}
+	check(waitMember(2), event.MemberRenamed, "Dave Renamed", "Dave Renamed", "")
+	if _, err := dave.LeaveRoom(ctx, room, &mautrix.ReqLeave{Reason: "lunch"}); err != nil {
+		t.Fatal(err)
+	}
+	check(waitMember(3), event.MemberLeft, "Dave Renamed", "", "lunch")
+	if _, err := dave.JoinRoomByID(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	check(waitMember(4), event.MemberJoined, "Dave Renamed", "Dave Renamed", "")
+	if _, err := alice.KickUser(ctx, room, &mautrix.ReqKickUser{UserID: dave.UserID, Reason: "too loud"}); err != nil {
+		t.Fatal(err)
+	}
+	check(waitMember(5), event.MemberLeft, "Dave Renamed", "", "too loud")
+
+	// alice's post comes after everything above: nothing more was
+	// dispatched, and nothing of the appservice's own users.
+	last, err := alice.SendText(ctx, room, "members-1", "after the members")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDispatched(t, host.fakeHost, last.String())
+	if n := len(members()) - before; n != 5 {
+		t.Errorf("dispatched %d membership changes, want 5: %+v", n, members()[before:])
+	}
+	for _, e := range host.events() {
+		if owner := id.UserID(e.Head().From.ID); a.owns(owner) {
+			t.Errorf("dispatched an event of the appservice's own %s: %+v", owner, e)
+		}
+	}
+}
+
+// testPortalMembersOutbound joins a ghost to the portal room with a name
+// of its own there, renames it and has it leave, each twice; and names
+// there a ghost that joined to post (bob). alice sees each in the room's
+// state, once.
+func testPortalMembersOutbound(ctx context.Context, t *testing.T, a *Adapter, alice *peertest.MatrixClient, room id.RoomID, name, bob string) {
+	const erin = "@_xmpp_erin=40example.org:localhost"
+	member := func(ghost string, change event.MemberChange, shown, reason string) *event.Member {
+		return &event.Member{Header: event.Header{
+			ID:       "xmpp-member-" + change.String() + "-" + ghost,
+			From:     event.Address{Network: event.Matrix, ID: ghost},
+			To:       event.Address{Network: event.Matrix, ID: name},
+			FromName: "Erin Global",
+			Room:     true,
+		}, Change: change, Name: shown, Reason: reason}
+	}
+	state := func(ghost string) *mevent.Event {
+		t.Helper()
+		evt, err := alice.FullStateEvent(ctx, room, mevent.StateMember, ghost)
+		if err != nil {
+			t.Fatalf("member event of %s: %v", ghost, err)
+		}
+		return evt
+	}
+	apply := func(what string, m *event.Member, membership mevent.Membership, shown, reason string) {
+		t.Helper()
+		if _, err := a.Send(ctx, m); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		evt := state(m.From.ID)
+		var got mevent.MemberEventContent
+		if err := json.Unmarshal(evt.Content.VeryRaw, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Membership != membership || got.Displayname != shown || got.Reason != reason {
+			t.Errorf("%s: alice sees %+v, want %s as %q (reason %q)", what, got, membership, shown, reason)
+		}
+		// Delivered again (after a crash): nothing changes.
+		if _, err := a.Send(ctx, m); err != nil {
+			t.Fatalf("%s again: %v", what, err)
+		}
+		if again := state(m.From.ID); again.ID != evt.ID {
+			t.Errorf("%s again: a new member event %s (was %s)", what, again.ID, evt.ID)
+		}
+	}
+	apply("erin joins", member(erin, event.MemberJoined, "Erin (xmpp)", ""), mevent.MembershipJoin, "Erin (xmpp)", "")
+	joined, err := alice.JoinedMembers(ctx, room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := joined.Joined[id.UserID(erin)]; !ok || m.DisplayName != "Erin (xmpp)" {
+		t.Errorf("erin in the joined members: %+v (%v)", m, ok)
+	}
+	apply("erin renamed", member(erin, event.MemberRenamed, "Erin E.", ""), mevent.MembershipJoin, "Erin E.", "")
+	apply("erin leaves", member(erin, event.MemberLeft, "", "gone home"), mevent.MembershipLeave, "", "gone home")
+	joined, err = alice.JoinedMembers(ctx, room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := joined.Joined[id.UserID(erin)]; ok {
+		t.Error("erin is still in the room")
+	}
+	// Renamed once gone: nothing.
+	before := state(erin).ID
+	if _, err := a.Send(ctx, member(erin, event.MemberRenamed, "Erin Again", "")); err != nil {
+		t.Fatal(err)
+	}
+	if after := state(erin).ID; after != before {
+		t.Errorf("a rename of a ghost not in the room sent %s", after)
+	}
+
+	// bob joined to post, with his global name: named in the room, his
+	// global name stays.
+	bobName := &event.Member{Header: event.Header{
+		ID: "xmpp-member-bob", From: event.Address{Network: event.Matrix, ID: bob},
+		To: event.Address{Network: event.Matrix, ID: name}, FromName: "Bob Builder", Room: true,
+	}, Change: event.MemberJoined, Name: "Bob (lobby)"}
+	apply("bob named in the room", bobName, mevent.MembershipJoin, "Bob (lobby)", "")
+	global, err := alice.GetDisplayName(ctx, id.UserID(bob))
+	if err != nil || global.DisplayName != "Bob Builder" {
+		t.Errorf("bob's global name %+v, %v; want Bob Builder", global, err)
+	}
 }
