@@ -301,3 +301,36 @@ func TestPortalMemberSendErrors(t *testing.T) {
 		t.Errorf("join once the homeserver is back: %v", err)
 	}
 }
+
+// FuzzMemberChange feeds member events, content and prev_content from the
+// homeserver, to memberChange: it never fails, and what it finds is a
+// change the content can stand for.
+func FuzzMemberChange(f *testing.F) {
+	f.Add(`{"membership":"join","displayname":"Bob"}`, `{"membership":"invite"}`)
+	f.Add(`{"membership":"join","displayname":"Robert"}`, `{"membership":"join","displayname":"Bob"}`)
+	f.Add(`{"membership":"ban","reason":"spam"}`, `{"membership":"join"}`)
+	f.Add(`{"membership":"leave"}`, `{"membership":5}`)
+	f.Add(`{"membership":"knock"}`, `null`)
+	f.Fuzz(func(t *testing.T, content, prev string) {
+		var evt mevent.Event
+		if json.Unmarshal([]byte(memberChangeEvent("$m", testUser, teamRoom, testUser, content, prev)), &evt) != nil {
+			return
+		}
+		var c mevent.MemberEventContent
+		if json.Unmarshal(evt.Content.VeryRaw, &c) != nil {
+			return
+		}
+		for _, known := range []bool{false, true} {
+			change, _ := memberChange(&evt, &c, known, "Bob")
+			switch {
+			case change == 0:
+			case !change.Valid():
+				t.Fatalf("change %v", change)
+			case change == event.MemberLeft && c.Membership != mevent.MembershipLeave && c.Membership != mevent.MembershipBan:
+				t.Fatalf("left with membership %q", c.Membership)
+			case change != event.MemberLeft && c.Membership != mevent.MembershipJoin:
+				t.Fatalf("%v with membership %q", change, c.Membership)
+			}
+		}
+	})
+}
