@@ -147,22 +147,30 @@ func (a *Adapter) sendMember(ctx context.Context, m *event.Member) (string, erro
 	}
 	switch m.Change {
 	case event.MemberJoined:
-		if !in {
-			if err := a.ensureRegistered(ctx, ghost); err != nil {
-				return "", a.classify(fmt.Errorf("register ghost %s: %w", ghost, err))
+		if in {
+			evt, err := a.setRoomName(ctx, name, room, ghost, m.Name)
+			if !errors.Is(err, errGhostOut) {
+				return evt, err
 			}
-			a.ensureDisplayName(ctx, ghost, h.FromName)
-			if err := a.ensureGhostIn(ctx, name, room, via, ghost); err != nil {
-				return "", err
-			}
-			a.forgetRoomName(room, ghost) // the join took the ghost's global name
 		}
+		if err := a.ensureRegistered(ctx, ghost); err != nil {
+			return "", a.classify(fmt.Errorf("register ghost %s: %w", ghost, err))
+		}
+		a.ensureDisplayName(ctx, ghost, h.FromName)
+		if err := a.ensureGhostIn(ctx, name, room, via, ghost); err != nil {
+			return "", err
+		}
+		a.forgetRoomName(room, ghost) // the join took the ghost's global name
 		return a.setRoomName(ctx, name, room, ghost, m.Name)
 	case event.MemberRenamed:
 		if !in {
 			return "", nil
 		}
-		return a.setRoomName(ctx, name, room, ghost, m.Name)
+		evt, err := a.setRoomName(ctx, name, room, ghost, m.Name)
+		if errors.Is(err, errGhostOut) {
+			return "", nil
+		}
+		return evt, err
 	default: // MemberLeft
 		if !in {
 			return "", nil
@@ -225,9 +233,14 @@ func (a *Adapter) memberState(ctx context.Context, room id.RoomID, user id.UserI
 	return content, true, nil
 }
 
+// errGhostOut is setRoomName's answer for a ghost that the room's state
+// shows out of the room, though the adapter thought it in.
+var errGhostOut = errors.New("the ghost is not in the room")
+
 // setRoomName has ghost, joined to the portal room name (room), show
 // display as its name there, unless it does already (known from the room's
-// member events, or read from its state).
+// member events, or read from its state). A ghost the state shows out of
+// the room is forgotten as joined, and the error is errGhostOut.
 func (a *Adapter) setRoomName(ctx context.Context, name string, room id.RoomID, ghost id.UserID, display string) (string, error) {
 	if display == "" {
 		return "", nil
@@ -244,7 +257,12 @@ func (a *Adapter) setRoomName(ctx context.Context, name string, room id.RoomID, 
 		return "", a.classify(fmt.Errorf("read the membership of %s in portal room %s: %w", ghost, name, err))
 	case err != nil:
 		a.log.Debug("could not read a ghost's name in a portal room", "room", name, "ghost", ghost.String(), "err", err)
-	case found && content.Membership == mevent.MembershipJoin && content.Displayname == display:
+	case found && content.Membership != mevent.MembershipJoin:
+		// Removed, unseen: a name would join it again.
+		a.setGhostIn(room, ghost, false)
+		a.forgetRoomName(room, ghost)
+		return "", errGhostOut
+	case found && content.Displayname == display:
 		a.setMemberName(room, ghost, display)
 		return "", nil
 	}

@@ -270,6 +270,51 @@ func TestPortalMemberSendAfterRestart(t *testing.T) {
 	}
 }
 
+func TestPortalMemberSendGhostRemovedUnseen(t *testing.T) {
+	a, hs, _, _ := portalAdapter(t, nil, teamAlias)
+	ctx := context.Background()
+	const (
+		v3    = "/_matrix/client/v3/"
+		state = v3 + "rooms/" + teamRoom + "/state/m.room.member/" + testGhost
+	)
+	if _, err := a.Send(ctx, ghostMember("x-j1", testGhost, teamAlias, event.MemberJoined, "Bob")); err != nil {
+		t.Fatal(err)
+	}
+	// Kicked, and the transaction that tells has not come yet.
+	hs.mu.Lock()
+	hs.members[teamRoom] = []string{testUser, testBot}
+	delete(hs.profiles[teamRoom], testGhost)
+	hs.left[teamRoom] = map[string]bool{testGhost: true}
+	hs.mu.Unlock()
+
+	hs.reset()
+	if _, err := a.Send(ctx, ghostMember("x-r1", testGhost, teamAlias, event.MemberRenamed, "Robert")); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := requestLines(hs), "GET "+state+" as "+testBot; got != want {
+		t.Errorf("rename of a ghost removed: requests:\n%s\nwant:\n%s", got, want)
+	}
+	if hs.isMember(teamRoom, testGhost) {
+		t.Error("a rename brought the ghost back")
+	}
+	hs.reset()
+	if _, err := a.Send(ctx, ghostMember("x-j2", testGhost, teamAlias, event.MemberJoined, "Robert")); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Join([]string{
+		"GET " + state + " as " + testBot,
+		"POST " + v3 + "join/" + teamRoom + " as " + testGhost,
+		"GET " + state + " as " + testBot,
+		"PUT " + state + " as " + testGhost,
+	}, "\n")
+	if got := requestLines(hs); got != want {
+		t.Errorf("join of a ghost removed: requests:\n%s\nwant:\n%s", got, want)
+	}
+	if !hs.isMember(teamRoom, testGhost) {
+		t.Error("the ghost did not join again")
+	}
+}
+
 func TestPortalMemberSendErrors(t *testing.T) {
 	a, hs, _, _ := portalAdapter(t, nil, teamAlias)
 	ctx := context.Background()
