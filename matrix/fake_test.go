@@ -314,14 +314,8 @@ func (hs *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 		b, _ := json.Marshal(map[string]any{"joined": joined})
 		reply(http.StatusOK, string(b))
 	case req.Method == http.MethodPost && len(parts) == 3 && parts[2] == "leave":
-		room, user := parts[1], req.Query["user_id"]
-		if i := slices.Index(hs.members[room], user); i >= 0 {
-			hs.members[room] = slices.Delete(hs.members[room], i, i+1)
-			delete(hs.profiles[room], user)
-			if hs.left[room] == nil {
-				hs.left[room] = map[string]bool{}
-			}
-			hs.left[room][user] = true
+		if room, user := parts[1], req.Query["user_id"]; slices.Contains(hs.members[room], user) {
+			hs.removeMember(room, user)
 		}
 		reply(http.StatusOK, `{}`)
 	default:
@@ -478,4 +472,23 @@ func (hs *fakeHS) setProfile(room, user, name string) {
 		hs.profiles[room] = map[string]string{}
 	}
 	hs.profiles[room][user] = name
+}
+
+// kick removes user from room, as a kick the adapter has not seen does.
+func (hs *fakeHS) kick(room, user string) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.removeMember(room, user)
+}
+
+// removeMember has user leave room; the caller holds hs.mu.
+func (hs *fakeHS) removeMember(room, user string) {
+	if i := slices.Index(hs.members[room], user); i >= 0 {
+		hs.members[room] = slices.Delete(hs.members[room], i, i+1)
+	}
+	delete(hs.profiles[room], user)
+	if hs.left[room] == nil {
+		hs.left[room] = map[string]bool{}
+	}
+	hs.left[room][user] = true
 }

@@ -219,6 +219,21 @@ func (a *Adapter) ghostJoined(ctx context.Context, name string, room id.RoomID, 
 	return true, nil
 }
 
+// learnGhostIn reads, when the bot is in the portal room name (room) and
+// the adapter does not know ghost to be in it, whether it is (from an
+// earlier run): a join of a ghost in the room already would show its
+// global name there instead of the one a Member gave it.
+func (a *Adapter) learnGhostIn(ctx context.Context, name string, room id.RoomID, ghost id.UserID) error {
+	a.portals.mu.Lock()
+	botIn := a.portals.botIn[room]
+	a.portals.mu.Unlock()
+	if !botIn {
+		return nil
+	}
+	_, err := a.ghostJoined(ctx, name, room, ghost)
+	return err
+}
+
 // memberState reads the m.room.member state of user in room as the bot;
 // found is false when there is none.
 func (a *Adapter) memberState(ctx context.Context, room id.RoomID, user id.UserID) (content mevent.MemberEventContent, found bool, err error) {

@@ -315,6 +315,27 @@ func TestPortalMemberSendGhostRemovedUnseen(t *testing.T) {
 	}
 }
 
+func TestPortalPostAfterRestartKeepsRoomName(t *testing.T) {
+	// The ghost is in the room from an earlier run, with a name of its own
+	// there: its first post does not join it again (which would show its
+	// global name instead).
+	a, hs, _, _ := portalAdapter(t, func(hs *fakeHS) {
+		hs.members[teamRoom] = append(hs.members[teamRoom], testGhost)
+		hs.profiles[teamRoom] = map[string]string{testGhost: "Bob (lobby)"}
+	}, teamAlias)
+	if _, err := a.Send(context.Background(), roomMessage("r1", testGhost, "Bob", teamAlias, "hi")); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range hs.requests() {
+		if strings.Contains(r.Path, "/join") {
+			t.Errorf("the ghost joined again: %v", r)
+		}
+	}
+	if n := len(hs.roomEvents(teamRoom)); n != 1 {
+		t.Errorf("%d events in the room, want the post", n)
+	}
+}
+
 func TestPortalMemberSendErrors(t *testing.T) {
 	a, hs, _, _ := portalAdapter(t, nil, teamAlias)
 	ctx := context.Background()

@@ -346,6 +346,9 @@ func (a *Adapter) sendToPortal(ctx context.Context, msg *event.Message) (string,
 		return "", a.classify(fmt.Errorf("register ghost %s: %w", ghost, err))
 	}
 	a.ensureDisplayName(ctx, ghost, msg.FromName)
+	if err := a.learnGhostIn(ctx, name, room, ghost); err != nil {
+		return "", err
+	}
 	if err := a.ensureGhostIn(ctx, name, room, via, ghost); err != nil {
 		return "", err
 	}

@@ -360,6 +360,7 @@ func TestPortalSend(t *testing.T) {
 	wantPaths := []string{
 		"POST /_matrix/client/v3/register as ",
 		"PUT /_matrix/client/v3/profile/" + testGhost + "/displayname as " + testGhost,
+		"GET /_matrix/client/v3/rooms/" + teamRoom + "/state/m.room.member/" + testGhost + " as " + testBot,
 		"POST /_matrix/client/v3/join/" + teamRoom + " as " + testGhost,
 		"PUT " + send + " as " + testGhost,
 	}
@@ -396,6 +397,7 @@ func TestPortalSend(t *testing.T) {
 		"PUT " + send + " as " + testGhost,
 		"POST /_matrix/client/v3/register as ",
 		"PUT /_matrix/client/v3/profile/" + testGhost2 + "/displayname as " + testGhost2,
+		"GET /_matrix/client/v3/rooms/" + teamRoom + "/state/m.room.member/" + testGhost2 + " as " + testBot,
 		"POST /_matrix/client/v3/join/" + teamRoom + " as " + testGhost2,
 		"PUT /_matrix/client/v3/rooms/" + teamRoom + "/send/m.room.message/" + txnID("xmpp-r3") + " as " + testGhost2,
 	}
@@ -431,6 +433,7 @@ func TestPortalSendInviteOnly(t *testing.T) {
 	want := []string{
 		"POST /_matrix/client/v3/register as ",
 		"PUT /_matrix/client/v3/profile/" + testGhost + "/displayname as " + testGhost,
+		"GET /_matrix/client/v3/rooms/" + teamRoom + "/state/m.room.member/" + testGhost + " as " + testBot,
 		"POST /_matrix/client/v3/join/" + teamRoom + " as " + testGhost,
 		"POST /_matrix/client/v3/rooms/" + teamRoom + "/invite as " + testBot,
 		"POST /_matrix/client/v3/join/" + teamRoom + " as " + testGhost,
@@ -448,6 +451,7 @@ func TestPortalSendGhostRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Kicked, as seen in a transaction: the next post joins again.
+	hs.kick(teamRoom, testGhost)
 	if status, _ := putTxn(t, a, "k1", txnBody(memberEvent("$k", testUser, teamRoom, testGhost, "leave", false))); status != http.StatusOK {
 		t.Fatal("transaction refused")
 	}
@@ -455,7 +459,7 @@ func TestPortalSendGhostRemoved(t *testing.T) {
 	if _, err := a.Send(ctx, roomMessage("r2", testGhost, "Bob", teamAlias, "two")); err != nil {
 		t.Fatal(err)
 	}
-	if reqs := hs.requests(); len(reqs) != 2 || !strings.HasSuffix(reqs[0].Path, "/join/"+teamRoom) {
+	if reqs := hs.requests(); len(reqs) != 3 || !strings.HasSuffix(reqs[1].Path, "/join/"+teamRoom) {
 		t.Errorf("requests %v", reqs)
 	}
 
@@ -471,11 +475,12 @@ func TestPortalSendGhostRemoved(t *testing.T) {
 		t.Errorf("refused send: %v, want a retryable error", err)
 	}
 	hs.setOverride(nil)
+	hs.kick(teamRoom, testGhost)
 	hs.reset()
 	if _, err := a.Send(ctx, roomMessage("r3", testGhost, "Bob", teamAlias, "three")); err != nil {
 		t.Fatal(err)
 	}
-	if reqs := hs.requests(); len(reqs) != 2 || !strings.HasSuffix(reqs[0].Path, "/join/"+teamRoom) {
+	if reqs := hs.requests(); len(reqs) != 3 || !strings.HasSuffix(reqs[1].Path, "/join/"+teamRoom) {
 		t.Errorf("requests %v", reqs)
 	}
 }
