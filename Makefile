@@ -17,7 +17,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 export PARLEY_PEERS := $(PEERS)
 
-.PHONY: all build test unit lint fuzz bench bench-e2e bench-sip bench-presence bench-calls bench-webrtc demo peers docker clean
+.PHONY: all build test unit lint fuzz bench bench-e2e bench-rooms bench-sip bench-presence bench-calls bench-webrtc demo peers docker clean
 
 all: build
 
@@ -63,6 +63,12 @@ bench:
 bench-e2e: peers
 	PARLEY_BENCH_SENDERS=$${SENDERS:-1} PARLEY_BENCH_RATE=$${RATE:-0} \
 	  $(GO) test ./e2e -run '^$$' -bench XMPPToMatrix -benchtime $${N:-1000}x -count=1 -timeout 20m
+
+# Posts MUC → Matrix room through ROOMS portals on real Prosody and Synapse:
+# posts/s, p50/p99, lost. N posts; RATE posts/s (0: unpaced).
+bench-rooms: peers
+	PARLEY_BENCH_ROOMS=$${ROOMS:-10} PARLEY_BENCH_RATE=$${RATE:-0} \
+	  $(GO) test ./e2e -run '^$$' -bench Rooms -benchtime $${N:-2000}x -count=1 -timeout 20m
 
 # sipp MESSAGEs → Parley → Prosody: accepted/s, delivered/s, p50/p99, CPU/msg.
 bench-sip: peers

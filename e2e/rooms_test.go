@@ -165,7 +165,7 @@ func TestRoomPortal(t *testing.T) {
 
 // enterMUC has a real user join the MUC room as nick and, with whois set
 // (the room's first occupant owns it), configure who sees real JIDs.
-func enterMUC(t *testing.T, c *peertest.XMPPClient, room, nick, whois string) {
+func enterMUC(t testing.TB, c *peertest.XMPPClient, room, nick, whois string) {
 	t.Helper()
 	c.JoinRoom(t, room, nick)
 	nextXMPP(t, c, "join of "+room, func(e peertest.XMPPEvent) bool { return e.Ev == "joined" && e.Room == room })
@@ -181,7 +181,7 @@ func enterMUC(t *testing.T, c *peertest.XMPPClient, room, nick, whois string) {
 }
 
 // nextXMPP waits for the client's next event that match accepts.
-func nextXMPP(t *testing.T, c *peertest.XMPPClient, what string, match func(peertest.XMPPEvent) bool) peertest.XMPPEvent {
+func nextXMPP(t testing.TB, c *peertest.XMPPClient, what string, match func(peertest.XMPPEvent) bool) peertest.XMPPEvent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
