@@ -255,6 +255,12 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		} else {
 			id, r, err = a.outboundMessage(e)
 		}
+	case *event.Member:
+		id, err := a.sendMember(ctx, e)
+		if err != nil {
+			return "", fmt.Errorf("send %s to %s: %w", evt.Kind(), e.To.ID, err)
+		}
+		return id, nil
 	case *event.Failure:
 		to = e.To.ID
 		id, r, err = a.outboundFailure(e)
@@ -271,6 +277,8 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 	}
 	switch {
 	case err != nil:
+	case r == nil:
+		// Nothing to write: an earlier attempt delivered it.
 	case evt.Kind() == event.KindPresence:
 		// Presence is not durable: written, it is done.
 		_, err = a.write(ctx, r)
