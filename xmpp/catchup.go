@@ -49,21 +49,21 @@ const (
 // cursorKey is the key in the adapter's Links of room's cursor.
 func cursorKey(room string) string { return "room-cursor/" + room }
 
-// cursorOf returns the time of room's cursor, if it has one.
-func (a *Adapter) cursorOf(ctx context.Context, room string) (time.Time, bool) {
+// cursorOf returns the time and post ID of room's cursor, if it has one.
+func (a *Adapter) cursorOf(ctx context.Context, room string) (time.Time, string, bool) {
 	v, ok, err := a.host.Links(event.XMPP).Get(ctx, cursorKey(room))
 	if err != nil || !ok {
-		return time.Time{}, false
+		return time.Time{}, "", false
 	}
-	stamp, _, _ := strings.Cut(v, " ")
+	stamp, id, _ := strings.Cut(v, " ")
 	t, err := time.Parse(time.RFC3339Nano, stamp)
-	return t, err == nil
+	return t, id, err == nil
 }
 
 // advanceCursor moves room's cursor to the post id of time at, unless it
 // is further already.
 func (a *Adapter) advanceCursor(ctx context.Context, room string, at time.Time, id string) {
-	if t, ok := a.cursorOf(ctx, room); ok && t.After(at) {
+	if t, _, ok := a.cursorOf(ctx, room); ok && t.After(at) {
 		return
 	}
 	if err := a.host.Links(event.XMPP).Put(ctx, cursorKey(room), at.UTC().Format(time.RFC3339Nano)+" "+id); err != nil {
@@ -74,12 +74,13 @@ func (a *Adapter) advanceCursor(ctx context.Context, room string, at time.Time, 
 // listenerHistory returns what the listener asks of room's history when it
 // joins: the history since the cursor, or none.
 func (a *Adapter) listenerHistory(ctx context.Context, room string) func() xml.TokenReader {
-	t, ok := a.cursorOf(ctx, room)
+	t, id, ok := a.cursorOf(ctx, room)
 	if !ok {
 		return historyNone
 	}
-	a.rooms.wantHistory(room)
-	since := t.Add(-cursorSlack).UTC().Format("2006-01-02T15:04:05Z")
+	from := t.Add(-cursorSlack)
+	a.rooms.wantHistory(room, from, id)
+	since := from.UTC().Format("2006-01-02T15:04:05Z")
 	return func() xml.TokenReader { return historyElement(attr("since", since)) }
 }
 
@@ -92,19 +93,25 @@ type historyCheck struct {
 
 func (c *historyCheck) finish() { c.once.Do(func() { close(c.done) }) }
 
-// wantHistory marks that the listener asked for room's history.
-func (r *rooms) wantHistory(room string) {
+// wantHistory marks that the listener asked for room's history since
+// from, the post last of its cursor.
+func (r *rooms) wantHistory(room string, from time.Time, last string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.roomLocked(room).history = true
+	s := r.roomLocked(room)
+	s.history, s.historyFrom, s.historyLast = true, from, last
 }
 
-// historyWanted reports whether the listener asked for room's history.
-func (r *rooms) historyWanted(room string) bool {
+// historyWanted reports whether the listener asked for room's history, and
+// since when, with the post last of the cursor.
+func (r *rooms) historyWanted(room string) (ok bool, from time.Time, last string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.rooms[room]
-	return s != nil && s.history
+	if s == nil || !s.history {
+		return false, time.Time{}, ""
+	}
+	return true, s.historyFrom, s.historyLast
 }
 
 // check starts a history check of who in room.

@@ -136,6 +136,10 @@ type roomState struct {
 	// history is set when the listener asked for the history since the
 	// room's cursor: the delayed posts it gets are dispatched.
 	history bool
+	// historyFrom and historyLast are the time since which the listener
+	// asked for history, and the ID of the post last dispatched.
+	historyFrom time.Time
+	historyLast string
 	// checks are the history checks of ghosts (see Adapter.delivered).
 	checks map[string]*historyCheck
 	// echoes are the IDs of Parley's own posts the listener got back in
@@ -598,6 +602,7 @@ func (a *Adapter) handleRoomPresence(ctx context.Context, r xml.TokenReader, roo
 // history) and with a body, is dispatched.
 func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.Time) inbound {
 	in := inbound{id: m.ID, typ: messageType(m.Type)}
+	historyOn, historyFrom, historyLast := a.rooms.historyWanted(room.String())
 	from, err1 := jid.Parse(m.From)
 	to, err2 := jid.Parse(m.To)
 	roomID := room.String()
@@ -622,7 +627,7 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 	case a.rooms.ours(roomID, nick) || a.ghostNick(roomID, nick):
 		in.reason = "reflection of Parley's own post"
 		a.rooms.echo(roomID, m)
-	case m.Delay != nil && !a.rooms.historyWanted(roomID):
+	case m.Delay != nil && !historyOn:
 		in.reason = "history"
 	case m.body() == "":
 		in.reason = "no body"
@@ -661,11 +666,24 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 		sender = real
 	}
 	if m.Delay != nil {
-		// From the history since the room's cursor: when the room
-		// says it was posted.
-		if t, err := time.Parse(time.RFC3339, m.Delay.Stamp); err == nil {
-			now = t
+		// From the history since the room's cursor (see catchup.go):
+		// when the room says it was posted. The post of the cursor
+		// itself, and what is older than asked for, are not
+		// dispatched again; the others the core may have are
+		// dropped there, by their IDs.
+		t, err := time.Parse(time.RFC3339, m.Delay.Stamp)
+		switch {
+		case err != nil:
+			in.reason = "history without a valid stamp"
+		case t.Before(historyFrom):
+			in.reason = "history before the room's cursor"
+		case roomID+"/"+id == historyLast:
+			in.reason = "history: the post of the room's cursor"
 		}
+		if in.reason != "" {
+			return in
+		}
+		now = t
 	}
 	in.action = dispatch
 	in.evt = &event.Message{
