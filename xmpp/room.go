@@ -26,9 +26,12 @@ import (
 // the component's own domain JID under listenerNick. Only what the listener
 // receives is dispatched; every ghost that joined the room gets its own
 // copy of each message, and those copies are ignored. A ghost joins a room
-// when it first posts there (see Adapter.joinRoom), and stays an occupant
-// until the connection ends: the adapter then forgets who joined where, and
-// joins again on the next post.
+// when it first posts there (see Adapter.joinRoom) or when the core sends
+// its event.Member (see member.go), and stays an occupant until it leaves
+// or the connection ends: the adapter then forgets who joined where, and
+// joins again on the next post. The listener also dispatches who comes and
+// goes (member.go), and catches up with the history the room keeps when it
+// joins again (catchup.go).
 
 // Namespaces of XEP-0045.
 const (

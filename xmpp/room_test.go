@@ -337,6 +337,10 @@ func FuzzRoomStanzas(f *testing.F) {
 		`<presence type="unavailable" from="` + testRoom + `/alice" to="matrix.localhost"><x xmlns="http://jabber.org/protocol/muc#user"><status code="110"/></x></presence>`,
 		`<presence type="error" from="` + testRoom + `/Bob" to="` + roomGhost + `"><error type="cancel"><conflict xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error></presence>`,
 		`<presence><x xmlns="http://jabber.org/protocol/muc#user"><status code="x"/></x>`,
+		`<presence from="` + testRoom + `/carol" to="matrix.localhost" id="p1"><x xmlns="http://jabber.org/protocol/muc#user"><item role="participant"/></x></presence>`,
+		`<presence type="unavailable" from="` + testRoom + `/carol" to="matrix.localhost"><x xmlns="http://jabber.org/protocol/muc#user"><item nick="Caro"/><status code="303"/></x></presence>`,
+		`<presence type="unavailable" from="` + testRoom + `/Caro" to="matrix.localhost"><x xmlns="http://jabber.org/protocol/muc#user"><item><reason>spam</reason></item><status code="307"/></x></presence>`,
+		roomMsg(`<body>old</body><delay xmlns="urn:xmpp:delay" stamp="2026-01-01T10:00:00Z"/>`, "id", "h1", "from", testRoom+"/alice", "to", "matrix.localhost"),
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -344,6 +348,8 @@ func FuzzRoomStanzas(f *testing.F) {
 	a := newTestAdapter(f)
 	room := mustJID(f, testRoom)
 	a.rooms.room(testRoom)
+	// History since a cursor is dispatched too.
+	a.rooms.wantHistory(testRoom, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), testRoom+"/h0")
 	var bad error
 	a.host = funcHost{fakeHost: newFakeHost(), f: func(evt event.Event) error {
 		m, ok := evt.(*event.Member)
@@ -554,5 +560,43 @@ func TestAdapterRoomMembers(t *testing.T) {
 	c.write(roomMsg(`<body>still here</body>`, "id", "a9", "from", testRoom+"/Alice B", "to", "matrix.localhost"))
 	if m := nextMessage(t, h.fakeHost); m.ID != testRoom+"/a9" || m.From != xmppAddr("alice@localhost") {
 		t.Fatalf("dispatched %+v, want alice's post", m)
+	}
+}
+
+func TestTranslateRoomHistory(t *testing.T) {
+	a := newTestAdapter(t)
+	room := mustJID(t, testRoom)
+	a.rooms.joined(0, testRoom, "matrix.localhost", "Parley")
+	delayed := func(id, stamp string) messageStanza {
+		return parseMessage(t, roomMsg(`<body>old</body><delay xmlns="urn:xmpp:delay" stamp="`+stamp+`"/>`,
+			"id", id, "from", testRoom+"/alice", "to", "matrix.localhost"))
+	}
+	// Without a cursor, history is not dispatched.
+	if in := a.translateRoomMessage(delayed("h1", "2026-01-01T10:00:00Z"), room, testNow); in.action != ignore || in.reason != "history" {
+		t.Fatalf("history without a cursor: action %d (%s)", in.action, in.reason)
+	}
+	cursor := time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)
+	a.rooms.wantHistory(testRoom, cursor.Add(-cursorSlack), testRoom+"/h1")
+	tests := []struct{ name, id, stamp, reason string }{
+		{"the cursor's post", "h1", "2026-01-01T10:00:00Z", "history: the post of the room's cursor"},
+		{"before the cursor", "h0", "2026-01-01T09:58:59Z", "history before the room's cursor"},
+		{"no stamp", "h2", "", "history without a valid stamp"},
+		{"after the cursor", "h2", "2026-01-01T10:00:01Z", ""},
+		{"within the slack", "h3", "2026-01-01T09:59:30Z", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := a.translateRoomMessage(delayed(tt.id, tt.stamp), room, testNow)
+			if tt.reason != "" {
+				if in.action != ignore || in.reason != tt.reason {
+					t.Fatalf("action %d (%s), want ignore (%s)", in.action, in.reason, tt.reason)
+				}
+				return
+			}
+			stamp, _ := time.Parse(time.RFC3339, tt.stamp)
+			if in.action != dispatch || in.evt.ID != testRoom+"/"+tt.id || !in.evt.Time.Equal(stamp) {
+				t.Fatalf("action %d (%s), evt %+v; want dispatched at the stamp", in.action, in.reason, in.evt)
+			}
+		})
 	}
 }
