@@ -51,6 +51,30 @@ import (
 // (or changes its nick to Name when it is one), MemberRenamed changes its
 // nick, MemberLeft takes it out with Reason as its status.
 
+// ghostNickKey is the key in the adapter's Links that records that one of
+// Parley's occupants holds nick in room; its value is the occupant's JID.
+// It tells Parley's occupants of earlier sessions, which the room keeps, in
+// rooms that do not reveal real JIDs. A record outlives an occupant the
+// room removed on its own (a kick): someone else who takes the nick then
+// is not announced.
+func ghostNickKey(room, nick string) string {
+	return "room-ghost/" + room + "/" + nick
+}
+
+// recordGhostNick records that who, one of Parley's, holds nick in room.
+func (a *Adapter) recordGhostNick(ctx context.Context, room, nick, who string) {
+	if err := a.host.Links(event.XMPP).Put(ctx, ghostNickKey(room, nick), who); err != nil {
+		a.log.Warn("xmpp room nick not recorded", "room", room, "nick", nick, "error", err)
+	}
+}
+
+// forgetGhostNick forgets that one of Parley's holds nick in room.
+func (a *Adapter) forgetGhostNick(ctx context.Context, room, nick string) {
+	if err := a.host.Links(event.XMPP).Delete(ctx, ghostNickKey(room, nick)); err != nil {
+		a.log.Warn("xmpp room nick not forgotten", "room", room, "nick", nick, "error", err)
+	}
+}
+
 // memberKey is the key in the adapter's Links that records that
 // participant was announced as a member of room; its value is their nick.
 func memberKey(room, participant string) string {
@@ -115,15 +139,16 @@ func (r *rooms) listen(room string) map[string]bool {
 
 // own reports whether the occupant nick of room, whose real JID the room
 // gave as real (or ""), is one of Parley's.
-func (a *Adapter) own(room, nick, real string) bool {
+func (a *Adapter) own(ctx context.Context, room, nick, real string) bool {
 	if a.rooms.ours(room, nick) || a.ghostNick(room, nick) {
 		return true
 	}
-	if real == "" {
-		return false
+	if real != "" {
+		j, err := jid.Parse(real)
+		return err == nil && j.Domainpart() == a.domain.Domainpart()
 	}
-	j, err := jid.Parse(real)
-	return err == nil && j.Domainpart() == a.domain.Domainpart()
+	_, ok, err := a.host.Links(event.XMPP).Get(ctx, ghostNickKey(room, nick))
+	return err == nil && ok
 }
 
 // handleOccupant dispatches what the presence p of the occupant nick of
@@ -140,7 +165,7 @@ func (a *Adapter) handleOccupant(ctx context.Context, room jid.JID, nick string,
 	}
 	if stanza.PresenceType(p.Type) != stanza.UnavailablePresence {
 		a.rooms.occupant(roomID, nick, real)
-		if a.own(roomID, nick, real) {
+		if a.own(ctx, roomID, nick, real) {
 			return
 		}
 		participant := roomID + "/" + nick
@@ -316,6 +341,7 @@ func (a *Adapter) sendMember(ctx context.Context, m *event.Member) (string, erro
 			return "", err
 		}
 		a.rooms.left(roomID, ghost.String())
+		a.forgetGhostNick(ctx, roomID, nick)
 		return id, nil
 	}
 }

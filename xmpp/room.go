@@ -500,7 +500,12 @@ func (a *Adapter) join(ctx context.Context, room, who, occupant jid.JID, x func(
 	if w.err != nil {
 		return "", w.err
 	}
+	old, had := a.rooms.nick(roomID, whoID)
 	a.rooms.joined(gen, roomID, whoID, w.nick)
+	if had && old != w.nick {
+		a.forgetGhostNick(ctx, roomID, old)
+	}
+	a.recordGhostNick(ctx, roomID, w.nick, whoID)
 	a.log.Debug("xmpp room joined", "room", roomID, "occupant", whoID, "nick", w.nick)
 	return w.nick, nil
 }
@@ -627,7 +632,7 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 		a.rooms.collect(roomID, to.Bare().String(), m)
 	case nick == "":
 		in.reason = "from the room itself"
-	case a.rooms.ours(roomID, nick) || a.ghostNick(roomID, nick):
+	case a.rooms.ours(roomID, nick) || a.ghostNick(roomID, nick) || parleyID(m):
 		in.reason = "reflection of Parley's own post"
 		a.rooms.echo(roomID, m)
 	case m.Delay != nil && !historyOn:
@@ -701,6 +706,20 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 		Body: m.body(),
 	}
 	return in
+}
+
+// parleyID reports whether m carries the id or origin-id that Parley gives
+// its posts (see stableID): a post of Parley's own, from the history or by
+// a ghost of an earlier session, in a room that does not reveal the real
+// JIDs. Someone else who gives their post such an ID only keeps it from
+// being bridged.
+func parleyID(m messageStanza) bool {
+	for _, id := range ownIDs(m) {
+		if strings.HasPrefix(id, "parley-") {
+			return true
+		}
+	}
+	return false
 }
 
 // ghostNick reports whether the room revealed that nick is held by a JID

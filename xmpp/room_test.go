@@ -126,6 +126,7 @@ func TestTranslateRoomMessage(t *testing.T) {
 		{"copy to a ghost", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/alice", "to", roomGhost), "copy to a ghost"},
 		{"reflection", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/Bob", "to", listener), "reflection of Parley's own post"},
 		{"the listener's nick", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/Parley", "to", listener), "reflection of Parley's own post"},
+		{"Parley's id", roomMsg(`<body>hi</body><origin-id xmlns="urn:xmpp:sid:0" id="`+stableID("$x")+`"/>`, "id", "x", "from", testRoom+"/Bobby", "to", listener), "reflection of Parley's own post"},
 		{"a ghost of an earlier session", roomMsg(`<body>hi</body>`, "id", "m1", "from", testRoom+"/Old Bob", "to", listener), "reflection of Parley's own post"},
 		{"history", roomMsg(`<body>old</body><delay xmlns="urn:xmpp:delay" stamp="2025-01-01T00:00:00Z"/>`, "id", "m1", "from", testRoom+"/alice", "to", listener), "history"},
 		{"subject", roomMsg(`<subject>Plans</subject>`, "id", "m1", "from", testRoom+"/alice", "to", listener), "no body"},
@@ -546,13 +547,23 @@ func TestAdapterRoomMembers(t *testing.T) {
 		}
 	}
 
-	// dave joins; Parley reconnects. The room's list has Alice B (announced
-	// already) but no dave: he left while Parley was away.
+	// dave joins, and the ghost again; Parley reconnects. The room's list
+	// has Alice B (announced already) and the ghost of the last session,
+	// the room not revealing its JID, but no dave: he left while Parley
+	// was away.
 	c.write(occupantPresence("dave", "", "pd1", `<item jid="dave@localhost/x"/>`))
 	want(memberEvent(testRoom+"/member/dave@localhost/joined/pd1", "dave@localhost", event.MemberJoined, "dave", ""))
+	done = send(member(event.MemberJoined, "Bob", ""))
+	wantJoin(t, c, roomGhost, "Bob")
+	c.write(selfPresence("Bob", roomGhost))
+	if err := waitSend(t, done); err != nil {
+		t.Fatalf("Send joined: %v", err)
+	}
+	c.write(occupantPresence("Bob", "", "", `<item role="participant"/>`))
 	_ = c.conn.Close()
 	c = srv.next(t)
 	wantJoin(t, c, "matrix.localhost", listenerNick)
+	c.write(occupantPresence("Bob", "", "", `<item role="participant"/>`))
 	c.write(occupantPresence("Alice B", "", "pa2", aliceItem))
 	c.write(selfPresence(listenerNick, "matrix.localhost"))
 	want(memberEvent(testRoom+"/member/dave@localhost/left/away-"+ts, "dave@localhost", event.MemberLeft, "", ""))
