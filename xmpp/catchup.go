@@ -199,6 +199,12 @@ func ownIDs(m messageStanza) []string {
 // back; otherwise the ghost joins, asking for the last
 // historyCheckStanzas of history, and looks for the post in it. It
 // leaves the ghost an occupant.
+//
+// A ghost that is an occupant already is not made to join again: a retry
+// in the same session follows the earlier attempt by a backoff, in which
+// the room's copy of a post that reached it comes back to the listener. A
+// post whose copy is slower than that, or a room where the listener is not,
+// is posted again.
 func (a *Adapter) delivered(ctx context.Context, room, ghost jid.JID, name, id string) (bool, error) {
 	roomID, who := room.String(), ghost.String()
 	if _, ok := a.rooms.nick(roomID, who); ok {

@@ -318,9 +318,12 @@ func (a *Adapter) sendMember(ctx context.Context, m *event.Member) (string, erro
 			_, err := a.joinRoom(ctx, room, ghost, name)
 			return id, err
 		}
+		if name == "" {
+			return id, nil // no name to change to
+		}
 		return id, a.changeNick(ctx, room, ghost, name)
 	case event.MemberRenamed:
-		if !joined {
+		if !joined || name == "" {
 			return id, nil
 		}
 		return id, a.changeNick(ctx, room, ghost, name)
