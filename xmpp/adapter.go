@@ -17,8 +17,12 @@
 //
 // Rooms (XEP-0045 multi-user chats) in a portal: the component's domain JID
 // joins each as a listener, whose copy of a post is dispatched with
-// Header.Room set; a ghost joins a room when it first posts there (see
-// room.go).
+// Header.Room set, like the comings and goings of its occupants
+// (event.Member); a ghost joins a room when it first posts there or when
+// the core sends its event.Member, which also changes its nick or takes it
+// out (see room.go, member.go). The listener catches up with a room's
+// history after a restart, and a resumed room post is looked for in the
+// room before it is posted again (catchup.go).
 //
 // The adapter never trusts a 'from' it has not checked: only users of
 // Config.ServerDomains may use the gateway.
@@ -236,7 +240,9 @@ func (a *Adapter) Stop(ctx context.Context) error {
 // condition of its Condition. A *event.Presence becomes a presence from the
 // ghost JID evt.From (unavailable for Offline, <show/> and <status/>
 // otherwise), a *event.Subscription a subscription request (Active) or its
-// cancellation from the ghost JID evt.From.
+// cancellation from the ghost JID evt.From. A *event.Message with Room set
+// is a post in a room, and a *event.Member moves the ghost evt.From in the
+// room evt.To (see room.go and member.go).
 //
 // While the component is not connected, Send fails at once; the error is
 // not permanent, nor are write errors. Events the adapter cannot express
@@ -255,6 +261,12 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		} else {
 			id, r, err = a.outboundMessage(e)
 		}
+	case *event.Member:
+		id, err := a.sendMember(ctx, e)
+		if err != nil {
+			return "", fmt.Errorf("send %s to %s: %w", evt.Kind(), e.To.ID, err)
+		}
+		return id, nil
 	case *event.Failure:
 		to = e.To.ID
 		id, r, err = a.outboundFailure(e)
@@ -271,6 +283,8 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 	}
 	switch {
 	case err != nil:
+	case r == nil:
+		// Nothing to write: an earlier attempt delivered it.
 	case evt.Kind() == event.KindPresence:
 		// Presence is not durable: written, it is done.
 		_, err = a.write(ctx, r)

@@ -41,7 +41,7 @@ func (a *Adapter) handler(ctx context.Context, out *replies) xmpp.Handler {
 			return a.handleIQ(t, r)
 		case "presence":
 			if room, ok := a.fromRoom(attrValue(start, "from")); ok {
-				return a.handleRoomPresence(r, room)
+				return a.handleRoomPresence(ctx, r, room)
 			}
 			return a.handlePresence(ctx, &replyBuffer{ctx: ctx, r: out}, r)
 		default:

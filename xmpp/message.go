@@ -49,7 +49,12 @@ type messageStanza struct {
 	} `xml:"urn:xmpp:sid:0 stanza-id"`
 	// Delay marks a message delivered late (XEP-0203), such as a room's
 	// history.
-	Delay *struct{} `xml:"urn:xmpp:delay delay"`
+	Delay *struct {
+		Stamp string `xml:"stamp,attr"`
+	} `xml:"urn:xmpp:delay delay"`
+	// Subject is a room's subject, which a room sends after the history
+	// at each join (XEP-0045 §7.2.15).
+	Subject *struct{} `xml:"subject"`
 }
 
 // langText is a child element with text in one language, such as <body/>.

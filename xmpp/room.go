@@ -26,9 +26,12 @@ import (
 // the component's own domain JID under listenerNick. Only what the listener
 // receives is dispatched; every ghost that joined the room gets its own
 // copy of each message, and those copies are ignored. A ghost joins a room
-// when it first posts there (see Adapter.joinRoom), and stays an occupant
-// until the connection ends: the adapter then forgets who joined where, and
-// joins again on the next post.
+// when it first posts there (see Adapter.joinRoom) or when the core sends
+// its event.Member (see member.go), and stays an occupant until it leaves
+// or the connection ends: the adapter then forgets who joined where, and
+// joins again on the next post. The listener also dispatches who comes and
+// goes (member.go), and catches up with the history the room keeps when it
+// joins again (catchup.go).
 
 // Namespaces of XEP-0045.
 const (
@@ -51,14 +54,21 @@ const (
 	// statusSelf is the XEP-0045 status code of an occupant's own
 	// presence, which tells it that it joined.
 	statusSelf = 110
+	// statusBanned, statusNickChange and statusKicked are the XEP-0045
+	// status codes of an unavailable presence that tell why the
+	// occupant left.
+	statusBanned     = 301
+	statusNickChange = 303
+	statusKicked     = 307
 )
 
 // mucUser is the <x xmlns='http://jabber.org/protocol/muc#user'/> of an
 // occupant's presence.
 type mucUser struct {
 	Items []struct {
-		JID  string `xml:"jid,attr"`
-		Nick string `xml:"nick,attr"`
+		JID    string `xml:"jid,attr"`
+		Nick   string `xml:"nick,attr"`
+		Reason string `xml:"http://jabber.org/protocol/muc#user reason"`
 	} `xml:"http://jabber.org/protocol/muc#user item"`
 	Statuses []struct {
 		Code int `xml:"code,attr"`
@@ -115,6 +125,29 @@ type roomState struct {
 	// real maps the nicks of other occupants to their real bare JIDs,
 	// when the room reveals them to the listener.
 	real map[string]string
+	// pending maps the nicks asked for by joins and nick changes of
+	// Parley's occupants in progress to the JIDs asking: the listener may
+	// see the room's presence for such a nick before the room's answer
+	// to the occupant makes it ours.
+	pending map[string]string
+	// present maps the nicks of the other occupants the listener sees to
+	// their participant addresses (see participant).
+	present map[string]string
+	// listening is set once the listener's own presence came: the
+	// presences before it are the room's list of who is there.
+	listening bool
+	// history is set when the listener asked for the history since the
+	// room's cursor: the delayed posts it gets are dispatched.
+	history bool
+	// historyFrom and historyLast are the time since which the listener
+	// asked for history, and the ID of the post last dispatched.
+	historyFrom time.Time
+	historyLast string
+	// checks are the history checks of ghosts (see Adapter.delivered).
+	checks map[string]*historyCheck
+	// echoes are the IDs of Parley's own posts the listener got back in
+	// this session (see Adapter.delivered).
+	echoes map[string]bool
 	// joining is held by the one join in progress in the room.
 	joining sync.Mutex
 }
@@ -144,7 +177,10 @@ func (r *rooms) room(room string) *roomState {
 func (r *rooms) roomLocked(room string) *roomState {
 	s := r.rooms[room]
 	if s == nil {
-		s = &roomState{ours: map[string]string{}, nickOf: map[string]string{}, real: map[string]string{}}
+		s = &roomState{
+			ours: map[string]string{}, nickOf: map[string]string{}, real: map[string]string{},
+			pending: map[string]string{}, present: map[string]string{}, checks: map[string]*historyCheck{},
+		}
 		r.rooms[room] = s
 	}
 	return s
@@ -169,6 +205,13 @@ func (r *rooms) reset() {
 		clear(s.ours)
 		clear(s.nickOf)
 		clear(s.real)
+		clear(s.pending)
+		clear(s.present)
+		s.listening, s.history, s.echoes = false, false, nil
+		for who, c := range s.checks {
+			c.finish()
+			delete(s.checks, who)
+		}
 	}
 	for k, w := range r.waits {
 		w.err = errSessionEnded
@@ -265,7 +308,10 @@ func (r *rooms) ours(room, nick string) bool {
 	if s == nil {
 		return false
 	}
-	_, ok := s.ours[nick]
+	if _, ok := s.ours[nick]; ok {
+		return true
+	}
+	_, ok := s.pending[nick]
 	return ok
 }
 
@@ -363,6 +409,22 @@ func baseNick(room, ghost jid.JID, name string) string {
 //
 // Joins to one room are serialised.
 func (a *Adapter) joinRoom(ctx context.Context, room, who jid.JID, name string) (string, error) {
+	return a.joinRoomWith(ctx, room, who, name, historyNone)
+}
+
+// historyNone asks a room for no history at join.
+func historyNone() xml.TokenReader { return historyElement(attr("maxstanzas", "0")) }
+
+// historyElement returns the <x xmlns='http://jabber.org/protocol/muc'/>
+// of a join presence, with a <history/> of the attributes attrs (XEP-0045
+// §7.2.15).
+func historyElement(attrs ...xml.Attr) xml.TokenReader {
+	return element(xml.Name{Space: nsMUC, Local: "x"}, nil, element(xml.Name{Space: nsMUC, Local: "history"}, attrs))
+}
+
+// joinRoomWith is joinRoom, with the join presence's <x/> made by x: the
+// history asked for.
+func (a *Adapter) joinRoomWith(ctx context.Context, room, who jid.JID, name string, x func() xml.TokenReader) (string, error) {
 	roomID, whoID := room.String(), who.String()
 	if n, ok := a.rooms.nick(roomID, whoID); ok {
 		return n, nil
@@ -373,7 +435,16 @@ func (a *Adapter) joinRoom(ctx context.Context, room, who jid.JID, name string) 
 	if n, ok := a.rooms.nick(roomID, whoID); ok {
 		return n, nil // joined while this one waited
 	}
-	base := baseNick(room, who, name)
+	return a.presenceToNick(ctx, room, who, baseNick(room, who, name), x)
+}
+
+// presenceToNick sends who's presence to room/base, or to the first nick
+// of nickCandidate(base, ...) the room does not say is taken, and returns
+// the nick the room gave. With x it is a join, and x makes the presence's
+// <x/>; with x nil it changes the nick of who, an occupant already. The
+// caller holds the room's joining lock.
+func (a *Adapter) presenceToNick(ctx context.Context, room, who jid.JID, base string, x func() xml.TokenReader) (string, error) {
+	roomID, whoID := room.String(), who.String()
 	var last stanza.Error
 	for attempt := range nickAttempts {
 		nick := nickCandidate(base, attempt)
@@ -381,7 +452,7 @@ func (a *Adapter) joinRoom(ctx context.Context, room, who jid.JID, name string) 
 		if err != nil {
 			return "", bridges.Permanent(fmt.Errorf("join %s as %q: %w", roomID, nick, err))
 		}
-		got, err := a.join(ctx, room, who, occupant)
+		got, err := a.join(ctx, room, who, occupant, x)
 		var se stanza.Error
 		switch {
 		case err == nil:
@@ -400,16 +471,20 @@ func (a *Adapter) joinRoom(ctx context.Context, room, who jid.JID, name string) 
 	return "", bridges.Permanent(fmt.Errorf("join %s: the nicks %q to %q are all taken: %w", roomID, base, nickCandidate(base, nickAttempts-1), last))
 }
 
-// join sends one join presence from who to occupant (room/nick) and waits
-// for the room's answer: the nick it gave, or the stanza.Error it
-// answered with.
-func (a *Adapter) join(ctx context.Context, room, who, occupant jid.JID) (string, error) {
+// join sends one presence from who to occupant (room/nick), a join with
+// the <x/> that x makes or with x nil a nick change, and waits for the
+// room's answer: the nick it gave, or the stanza.Error it answered with.
+func (a *Adapter) join(ctx context.Context, room, who, occupant jid.JID, x func() xml.TokenReader) (string, error) {
 	roomID, whoID := room.String(), who.String()
 	w, gen := a.rooms.expect(roomID, whoID)
 	defer a.rooms.cancel(roomID, whoID, w)
-	x := element(xml.Name{Space: nsMUC, Local: "x"}, nil,
-		element(xml.Name{Space: nsMUC, Local: "history"}, []xml.Attr{attr("maxstanzas", "0")}))
-	p := stanza.Presence{ID: randomID(), From: who, To: occupant}.Wrap(x)
+	a.rooms.pend(roomID, occupant.Resourcepart(), whoID)
+	defer a.rooms.unpend(roomID, occupant.Resourcepart(), whoID)
+	var payload xml.TokenReader
+	if x != nil {
+		payload = x()
+	}
+	p := stanza.Presence{ID: randomID(), From: who, To: occupant}.Wrap(payload)
 	if _, err := a.write(ctx, p); err != nil {
 		return "", err
 	}
@@ -425,7 +500,12 @@ func (a *Adapter) join(ctx context.Context, room, who, occupant jid.JID) (string
 	if w.err != nil {
 		return "", w.err
 	}
+	old, had := a.rooms.nick(roomID, whoID)
 	a.rooms.joined(gen, roomID, whoID, w.nick)
+	if had && old != w.nick {
+		a.forgetGhostNick(ctx, roomID, old)
+	}
+	a.recordGhostNick(ctx, roomID, w.nick, whoID)
 	a.log.Debug("xmpp room joined", "room", roomID, "occupant", whoID, "nick", w.nick)
 	return w.nick, nil
 }
@@ -445,7 +525,7 @@ func (a *Adapter) joinListeners(ctx context.Context) {
 			continue
 		}
 		a.rooms.room(room.String())
-		nick, err := a.joinRoom(ctx, room, a.domain, listenerNick)
+		nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
 		if ctx.Err() != nil {
 			return
 		}
@@ -459,6 +539,7 @@ func (a *Adapter) joinListeners(ctx context.Context) {
 
 // roomPresence is what the adapter reads of a presence from a room.
 type roomPresence struct {
+	ID    string        `xml:"id,attr"`
 	From  string        `xml:"from,attr"`
 	To    string        `xml:"to,attr"`
 	Type  string        `xml:"type,attr"`
@@ -467,10 +548,10 @@ type roomPresence struct {
 }
 
 // handleRoomPresence applies a presence from the room room: the answer to
-// a join, an occupant coming or going (seen by the listener), or one of
-// Parley's occupants leaving (kicked, or the room destroyed). It never
-// answers.
-func (a *Adapter) handleRoomPresence(r xml.TokenReader, room jid.JID) error {
+// a join, an occupant coming, going or changing nick (seen by the
+// listener: see handleOccupant), or one of Parley's occupants leaving
+// (kicked, or the room destroyed). It never answers.
+func (a *Adapter) handleRoomPresence(ctx context.Context, r xml.TokenReader, room jid.JID) error {
 	var p roomPresence
 	if err := xml.NewTokenDecoder(r).Decode(&p); err != nil {
 		a.log.Warn("xmpp malformed room presence dropped", "error", err)
@@ -495,17 +576,21 @@ func (a *Adapter) handleRoomPresence(r xml.TokenReader, room jid.JID) error {
 	case stanza.AvailablePresence:
 		if p.X.has(statusSelf) {
 			a.rooms.answer(roomID, who, nick, nil)
+			if who == a.domain.String() {
+				a.listenerIn(ctx, room)
+			}
 			return nil
 		}
 		if who == a.domain.String() && nick != "" {
-			real := ""
-			if j, ok := p.X.realJID(); ok {
-				real = j.String()
-			}
-			a.rooms.occupant(roomID, nick, real)
+			a.handleOccupant(ctx, room, nick, p)
 		}
 	case stanza.UnavailablePresence:
 		if p.X.has(statusSelf) {
+			if p.X.has(statusNickChange) {
+				// A nick change of ours: the room's answer with
+				// the new nick follows.
+				return nil
+			}
 			// One of Parley's occupants is out (left, kicked, or the
 			// room closed): join again on the next post.
 			a.rooms.left(roomID, who)
@@ -513,7 +598,7 @@ func (a *Adapter) handleRoomPresence(r xml.TokenReader, room jid.JID) error {
 			return nil
 		}
 		if who == a.domain.String() && nick != "" {
-			a.rooms.occupant(roomID, nick, "")
+			a.handleOccupant(ctx, room, nick, p)
 		}
 	}
 	return nil
@@ -525,6 +610,7 @@ func (a *Adapter) handleRoomPresence(r xml.TokenReader, room jid.JID) error {
 // history) and with a body, is dispatched.
 func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.Time) inbound {
 	in := inbound{id: m.ID, typ: messageType(m.Type)}
+	historyOn, historyFrom, historyLast := a.rooms.historyWanted(room.String())
 	from, err1 := jid.Parse(m.From)
 	to, err2 := jid.Parse(m.To)
 	roomID := room.String()
@@ -543,11 +629,13 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 		in.reason = "not a groupchat (a private message, an invitation...)"
 	case to.Localpart() != "":
 		in.reason = "copy to a ghost"
+		a.rooms.collect(roomID, to.Bare().String(), m)
 	case nick == "":
 		in.reason = "from the room itself"
-	case a.rooms.ours(roomID, nick) || a.ghostNick(roomID, nick):
+	case a.rooms.ours(roomID, nick) || a.ghostNick(roomID, nick) || parleyID(m):
 		in.reason = "reflection of Parley's own post"
-	case m.Delay != nil:
+		a.rooms.echo(roomID, m)
+	case m.Delay != nil && !historyOn:
 		in.reason = "history"
 	case m.body() == "":
 		in.reason = "no body"
@@ -585,6 +673,26 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 	if real, ok := a.rooms.realJID(roomID, nick); ok {
 		sender = real
 	}
+	if m.Delay != nil {
+		// From the history since the room's cursor (see catchup.go):
+		// when the room says it was posted. The post of the cursor
+		// itself, and what is older than asked for, are not
+		// dispatched again; the others the core may have are
+		// dropped there, by their IDs.
+		t, err := time.Parse(time.RFC3339, m.Delay.Stamp)
+		switch {
+		case err != nil:
+			in.reason = "history without a valid stamp"
+		case t.Before(historyFrom):
+			in.reason = "history before the room's cursor"
+		case roomID+"/"+id == historyLast:
+			in.reason = "history: the post of the room's cursor"
+		}
+		if in.reason != "" {
+			return in
+		}
+		now = t
+	}
 	in.action = dispatch
 	in.evt = &event.Message{
 		Header: event.Header{
@@ -598,6 +706,20 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 		Body: m.body(),
 	}
 	return in
+}
+
+// parleyID reports whether m carries the id or origin-id that Parley gives
+// its posts (see stableID): a post of Parley's own, from the history or by
+// a ghost of an earlier session, in a room that does not reveal the real
+// JIDs. Someone else who gives their post such an ID only keeps it from
+// being bridged.
+func parleyID(m messageStanza) bool {
+	for _, id := range ownIDs(m) {
+		if strings.HasPrefix(id, "parley-") {
+			return true
+		}
+	}
+	return false
 }
 
 // ghostNick reports whether the room revealed that nick is held by a JID
@@ -628,12 +750,14 @@ func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room j
 		return nil
 	}
 	a.log.Debug("xmpp room message dispatched", "event", in.evt.ID, "room", room.String(), "from", m.From)
+	a.advanceCursor(ctx, room.String(), in.evt.Time, in.evt.ID)
 	return nil
 }
 
 // outboundRoomMessage makes the ghost m.From an occupant of the room m.To
 // (see joinRoom) and translates m into a groupchat message from it. It
-// returns the stanza ID and the stanza.
+// returns the stanza ID and the stanza; no stanza when m is a repeated
+// Send whose earlier attempt reached the room (see delivered).
 func (a *Adapter) outboundRoomMessage(ctx context.Context, m *event.Message) (string, xml.TokenReader, error) {
 	from, room, err := a.outboundAddresses(&m.Header)
 	if err != nil {
@@ -648,10 +772,22 @@ func (a *Adapter) outboundRoomMessage(ctx context.Context, m *event.Message) (st
 	if m.Body == "" {
 		return "", nil, bridges.Permanent(errors.New("message has no body"))
 	}
+	id := stableID(m.ID)
+	if bridges.AttemptOf(ctx).Repeated() {
+		// An earlier attempt may have reached the room (see
+		// catchup.go).
+		done, err := a.delivered(ctx, room, from.Bare(), m.FromName, id)
+		if err != nil {
+			return "", nil, err
+		}
+		if done {
+			a.log.Info("xmpp room post delivered by an earlier attempt", "room", room.String(), "event", m.ID, "id", id)
+			return id, nil, nil
+		}
+	}
 	if _, err := a.joinRoom(ctx, room, from.Bare(), m.FromName); err != nil {
 		return "", nil, err
 	}
-	id := stableID(m.ID)
 	payload := xmlstream.MultiReader(
 		element(xml.Name{Local: "body"}, nil, xmlstream.Token(xml.CharData(m.Body))),
 		element(xml.Name{Space: nsSID, Local: "origin-id"}, []xml.Attr{attr("id", id)}),

@@ -180,3 +180,170 @@ func TestProsodyRoomNickCollision(t *testing.T) {
 		t.Fatalf("dispatched %+v", m)
 	}
 }
+
+// nextRoomEvent returns the next room post or membership change
+// dispatched, skipping other events.
+func nextRoomEvent(t *testing.T, h *fakeHost) event.Event {
+	t.Helper()
+	return nextEvent(t, h, func(e event.Event) bool {
+		switch e := e.(type) {
+		case *event.Message:
+			return e.Room
+		case *event.Member:
+			return true
+		}
+		return false
+	})
+}
+
+// wantMember checks that the next room event dispatched is the change of
+// participant to name.
+func wantMember(t *testing.T, h *fakeHost, room, participant string, change event.MemberChange, name string) {
+	t.Helper()
+	m, ok := nextRoomEvent(t, h).(*event.Member)
+	if !ok || m.Change != change || m.From != xmppAddr(participant) || m.To != xmppAddr(room) || m.Name != name || !m.Room {
+		t.Fatalf("dispatched %+v, want %s %s as %q", m, participant, change, name)
+	}
+}
+
+func TestProsodyRoomMembers(t *testing.T) {
+	p := startProsody(t)
+	p.Register(t, "alice", "alicepass")
+	p.Register(t, "bob", "bobpass")
+	alice := peertest.ConnectXMPP(t, p, "alice", "alicepass")
+	bob := peertest.ConnectXMPP(t, p, "bob", "bobpass")
+	room := "club@" + peertest.MUCDomain
+	enterRoom(t, alice, room, "Alice", "anyone")
+	a, h := startInRoom(t, p, alice, room)
+
+	// Inbound: alice was there; bob comes, changes nick, leaves.
+	wantMember(t, h, room, "alice@localhost", event.MemberJoined, "Alice")
+	enterRoom(t, bob, room, "Bob", "")
+	wantMember(t, h, room, "bob@localhost", event.MemberJoined, "Bob")
+	bob.ChangeNick(t, room, "Bobby")
+	wantMember(t, h, room, "bob@localhost", event.MemberRenamed, "Bobby")
+	bob.LeaveRoom(t, room, "Bobby", "later")
+	wantMember(t, h, room, "bob@localhost", event.MemberLeft, "")
+
+	// Outbound: a ghost joins, changes nick, leaves; alice sees it.
+	member := func(change event.MemberChange, name, reason string) *event.Member {
+		return &event.Member{Header: event.Header{ID: "$m-" + change.String(), From: xmppAddr(roomGhost), To: xmppAddr(room), Room: true},
+			Change: change, Name: name, Reason: reason}
+	}
+	presence := func(what, nick, typ string) peertest.XMPPEvent {
+		t.Helper()
+		return next(t, alice, what, func(e peertest.XMPPEvent) bool {
+			return e.Ev == "presence" && e.From == room+"/"+nick && (e.Type == typ || typ == "" && e.Type == "available")
+		})
+	}
+	if _, err := a.Send(t.Context(), member(event.MemberJoined, "Bob (Matrix)", "")); err != nil {
+		t.Fatalf("Send joined: %v", err)
+	}
+	presence("the ghost's join", "Bob (Matrix)", "")
+	if _, err := a.Send(t.Context(), member(event.MemberRenamed, "Robert (Matrix)", "")); err != nil {
+		t.Fatalf("Send renamed: %v", err)
+	}
+	presence("the ghost's old nick leaving", "Bob (Matrix)", "unavailable")
+	presence("the ghost's new nick", "Robert (Matrix)", "")
+	if _, err := a.Send(t.Context(), member(event.MemberLeft, "", "gone fishing")); err != nil {
+		t.Fatalf("Send left: %v", err)
+	}
+	if e := presence("the ghost's leave", "Robert (Matrix)", "unavailable"); e.Status != "gone fishing" {
+		t.Errorf("the ghost left with status %q", e.Status)
+	}
+
+	// None of the ghost's moves was dispatched: the next room event is
+	// alice's post.
+	alice.SendGroupchat(t, room, "a1", "after the ghost")
+	if m, ok := nextRoomEvent(t, h).(*event.Message); !ok || m.Body != "after the ghost" {
+		t.Fatalf("dispatched %+v, want alice's post", m)
+	}
+}
+
+// TestProsodyRoomCatchUp restarts Parley's adapter around posts in a room:
+// what was posted while it was away is dispatched once, and a post resumed
+// after a restart that reached the room already is not posted again.
+func TestProsodyRoomCatchUp(t *testing.T) {
+	p := startProsody(t)
+	p.Register(t, "alice", "alicepass")
+	alice := peertest.ConnectXMPP(t, p, "alice", "alicepass")
+	room := "history@" + peertest.MUCDomain
+	enterRoom(t, alice, room, "Alice", "anyone")
+	a, h := startInRoom(t, p, alice, room)
+	links := h.links
+	stop := func(a *Adapter) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		if err := a.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restart := func() (*Adapter, *fakeHost) {
+		t.Helper()
+		h := &fakeRoomHost{fakeHost: newFakeHost(), rooms: []event.Address{xmppAddr(room)}}
+		h.links = links
+		a := startAdapterWith(t, p.ComponentAddr, p.ComponentSecret, h)
+		waitFor(t, h.fakeHost, bridges.Connected, bridges.Starting, bridges.Reconnecting)
+		return a, h.fakeHost
+	}
+	posts := func(h *fakeHost, n int) []string {
+		t.Helper()
+		var got []string
+		for range n {
+			got = append(got, nextRoomPost(t, h).Body)
+		}
+		select {
+		case evt := <-h.dispatched:
+			if m, ok := evt.(*event.Message); ok {
+				t.Fatalf("dispatched %q too", m.Body)
+			}
+		case <-time.After(time.Second):
+		}
+		return got
+	}
+
+	alice.SendGroupchat(t, room, "c1", "before")
+	if got := posts(h, 1); got[0] != "before" {
+		t.Fatalf("dispatched %q", got)
+	}
+	// (a) Parley is away while alice posts twice.
+	stop(a)
+	alice.SendGroupchat(t, room, "c2", "while away 1")
+	alice.SendGroupchat(t, room, "c3", "while away 2")
+	a, h = restart()
+	if got := posts(h, 2); got[0] != "while away 1" || got[1] != "while away 2" {
+		t.Fatalf("dispatched %q after a restart, want the two posts made while away", got)
+	}
+
+	// (b) A ghost's post reached the room, then Parley restarted before
+	// the router knew: the resumed Send finds it and does not post again.
+	post := roomPost("$once", roomGhost, "Bob (Matrix)", "exactly once")
+	post.To = xmppAddr(room)
+	if _, err := a.Send(t.Context(), post); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	got := next(t, alice, "the ghost's post", func(e peertest.XMPPEvent) bool { return e.Ev == "groupchat" && e.Nick != "Alice" })
+	if got.Body != "exactly once" {
+		t.Fatalf("alice got %q", got.Body)
+	}
+	stop(a)
+	a, _ = restart()
+	resumed := bridges.WithAttempt(t.Context(), bridges.Attempt{Resumed: true})
+	if _, err := a.Send(resumed, post); err != nil {
+		t.Fatalf("resumed Send: %v", err)
+	}
+	// A resumed post that never reached the room is posted: alice's next
+	// post from the ghost is that one, not the first again.
+	other := roomPost("$new", roomGhost, "Bob (Matrix)", "resumed, not delivered before")
+	other.To = xmppAddr(room)
+	if _, err := a.Send(resumed, other); err != nil {
+		t.Fatalf("resumed Send: %v", err)
+	}
+	got = next(t, alice, "the ghost's next post", func(e peertest.XMPPEvent) bool {
+		return e.Ev == "groupchat" && e.Nick != "Alice" && !e.Delayed
+	})
+	if got.Body != other.Body {
+		t.Fatalf("alice got %q, want %q only once before it", got.Body, other.Body)
+	}
+}

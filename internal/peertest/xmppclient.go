@@ -137,6 +137,19 @@ func (c *XMPPClient) SendGroupchat(t TB, room, id, body string) {
 	c.command(t, map[string]any{"cmd": "groupchat", "room": room, "id": id, "body": body})
 }
 
+// ChangeNick changes the client's nick in room, which it joined, to nick
+// (XEP-0045 §7.6).
+func (c *XMPPClient) ChangeNick(t TB, room, nick string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "nick", "room": room, "nick": nick})
+}
+
+// LeaveRoom leaves room, where the client is nick, with an optional status.
+func (c *XMPPClient) LeaveRoom(t TB, room, nick, status string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "leave", "room": room, "nick": nick, "status": status})
+}
+
 // ConfigureRoom sets, as the room's owner, who may see the occupants' real
 // JIDs: whois "anyone" (a non-anonymous room) or "moderators". A
 // "configured" event follows, or an "error" from the room.

@@ -18,6 +18,8 @@ Reads commands from stdin:
   {"cmd": "subscribe", "to": ...}
   {"cmd": "join", "room": ..., "nick": ...}             (XEP-0045, no history)
   {"cmd": "groupchat", "room": ..., "id": ..., "body": ...}
+  {"cmd": "nick", "room": ..., "nick": ...}             (XEP-0045 §7.6: change nick in a room)
+  {"cmd": "leave", "room": ..., "nick": ..., "status": ...}
   {"cmd": "configure", "room": ..., "whois": "anyone"}  (owner: real JIDs shown to all)
 Subscription requests to this client are approved automatically.
   {"cmd": "quit"}
@@ -159,6 +161,13 @@ class Client(slixmpp.ClientXMPP):
             hist.set("maxstanzas", "0")
             pres.append(x)
             pres.send()
+            return
+        if cmd["cmd"] == "nick":
+            self.make_presence(pto="%s/%s" % (cmd["room"], cmd["nick"])).send()
+            return
+        if cmd["cmd"] == "leave":
+            self.make_presence(pto="%s/%s" % (cmd["room"], cmd["nick"]), ptype="unavailable",
+                               pstatus=cmd.get("status") or None).send()
             return
         if cmd["cmd"] == "groupchat":
             msg = self.make_message(mto=cmd["room"], mbody=cmd["body"], mtype="groupchat")
