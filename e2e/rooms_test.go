@@ -191,3 +191,85 @@ func nextXMPP(t testing.TB, c *peertest.XMPPClient, what string, match func(peer
 	}
 	return e
 }
+
+// Who is in a portal shows on both sides: an XMPP user in the MUC is a
+// member of the Matrix room under their nick, and follows their nick
+// changes and their leaving; a Matrix user who joins the room is an
+// occupant of the MUC under their display name, and leaves it with them.
+func TestRoomMembership(t *testing.T) {
+	const (
+		alias = "#crew:localhost"
+		muc   = "crew@" + peertest.MUCDomain
+	)
+	st := newStack(t, stackSettings{portals: [][2]string{{alias, muc}}})
+	owner := peertest.ConnectMatrix(t, st.hs, "owner", "ownerpassword")
+	ctx := timeout(t, 2*time.Minute)
+	resp, err := owner.CreateRoom(ctx, &mautrix.ReqCreateRoom{RoomAliasName: "crew", Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := resp.RoomID
+	st.prosody.Register(t, "xa", "xapassword")
+	xa := peertest.ConnectXMPP(t, st.prosody, "xa", "xapassword")
+	enterMUC(t, xa, muc, "Xavier", "anyone")
+	st.start(true)
+
+	// xa, in the MUC before Parley came, is a member of the room.
+	ghost := id.UserID("@_xmpp_xa_localhost:localhost")
+	waitMember(t, owner, room, ghost, "Xavier")
+	xa.ChangeNick(t, muc, "Xavier B.")
+	waitMember(t, owner, room, ghost, "Xavier B.")
+
+	// A Matrix user joins: an occupant of the MUC under their name.
+	mx := peertest.ConnectMatrix(t, st.hs, "mira", "mirapassword")
+	if err := mx.SetDisplayName(ctx, "Mira M"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mx.JoinRoom(ctx, alias, nil); err != nil {
+		t.Fatal(err)
+	}
+	nextXMPP(t, xa, "Mira in the MUC", func(e peertest.XMPPEvent) bool {
+		return e.Ev == "presence" && e.From == muc+"/Mira M" && e.Type != "unavailable" && e.Type != "error"
+	})
+	if _, err := mx.LeaveRoom(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	nextXMPP(t, xa, "Mira leaving the MUC", func(e peertest.XMPPEvent) bool {
+		return e.Ev == "presence" && e.From == muc+"/Mira M" && e.Type == "unavailable"
+	})
+
+	// xa leaves: so does the ghost.
+	xa.LeaveRoom(t, muc, "Xavier B.", "bye")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		members, err := owner.JoinedMembers(ctx, room)
+		if err == nil {
+			if _, in := members.Joined[ghost]; !in {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is still in the room after xa left the MUC", ghost)
+		}
+	}
+}
+
+// waitMember waits until user is a member of room with the display name
+// name, as c sees the room.
+func waitMember(t *testing.T, c *peertest.MatrixClient, room id.RoomID, user id.UserID, name string) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		members, err := c.JoinedMembers(ctx, room)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if m, ok := members.Joined[user]; ok {
+			if last = m.DisplayName; last == name {
+				return
+			}
+		}
+	}
+	t.Fatalf("%s is not a member of %s named %q (last seen name %q)", user, room, name, last)
+}
