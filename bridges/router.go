@@ -68,6 +68,9 @@ type Router struct {
 
 	callCfg CallConfig
 	calls   callTable
+
+	// opened are the portals opened at run time (portals.go).
+	opened openedPortals
 }
 
 var _ Host = (*Router)(nil)
@@ -136,6 +139,9 @@ func (r *Router) Start(ctx context.Context) error {
 	}
 	if len(pending) > 0 {
 		r.log.Info("resuming outbox", "events", len(pending))
+	}
+	if err := r.loadPortals(ctx); err != nil {
+		return fmt.Errorf("start router: %w", err)
 	}
 	// resumedThrough is read by the workers that push starts: set it first.
 	for _, e := range pending {
@@ -256,7 +262,7 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.Map) error {
 	h := evt.Head()
 	origin := *h
-	others, ok := m.Portal(h.To)
+	others, ok := r.portal(m, h.To)
 	if !ok {
 		return fmt.Errorf("%w: %s is in no portal", ErrNoRoute, h.To)
 	}
@@ -310,7 +316,7 @@ func (r *Router) accept(ctx context.Context, origin event.Header, evt event.Even
 }
 
 // Rooms implements RoomHost.
-func (r *Router) Rooms(n event.Network) []event.Address { return r.mapping.Load().Rooms(n) }
+func (r *Router) Rooms(n event.Network) []event.Address { return r.rooms(r.mapping.Load(), n) }
 
 func (r *Router) isStopping() bool {
 	r.mu.Lock()

@@ -32,6 +32,9 @@ type Config struct {
 	// conversation: each participant on one side appears on the other as a
 	// participant of their own.
 	Portals []Portal `yaml:"portals"`
+	// OnDemand lets people open portals at run time (see OnDemand); nil,
+	// nobody may.
+	OnDemand *OnDemand `yaml:"portals_on_demand"`
 }
 
 // Portal is one group chat seen from two networks: a Matrix room (its ID,
@@ -156,6 +159,9 @@ func (c *Config) Validate() error {
 			}
 			inPortal[room] = i
 		}
+	}
+	if c.OnDemand != nil {
+		errs = append(errs, c.OnDemand.validate()...)
 	}
 	return errors.Join(errs...)
 }

@@ -31,6 +31,7 @@ type Map struct {
 	aliases    map[event.Network]template
 	watch      []WatchRule
 	portals    map[event.Address][]event.Address // a room → the portal's rooms on the other networks
+	onDemand   *OnDemand
 }
 
 type identity struct {
@@ -58,6 +59,7 @@ func New(cfg Config, codecs map[event.Network]Codec) (*Map, error) {
 		ghosts:    map[event.Network][]ghost{},
 		aliases:   map[event.Network]template{},
 		watch:     cfg.Watch,
+		onDemand:  cfg.OnDemand,
 		portals:   map[event.Address][]event.Address{},
 	}
 	var errs []error

@@ -242,12 +242,6 @@ func (a *Adapter) getUser(w http.ResponseWriter, r *http.Request) {
 	writeEmpty(w)
 }
 
-// getRoom handles GET /_matrix/app/v1/rooms/{roomAlias}: Parley owns no
-// aliases.
-func (a *Adapter) getRoom(w http.ResponseWriter, r *http.Request) {
-	writeError(w, http.StatusNotFound, "M_NOT_FOUND", "no such room alias")
-}
-
 // postPing handles POST /_matrix/app/v1/ping.
 func (a *Adapter) postPing(w http.ResponseWriter, r *http.Request) {
 	writeEmpty(w)
@@ -308,6 +302,12 @@ func (a *Adapter) handleMember(ctx context.Context, evt *mevent.Event) error {
 	}
 	if name, ok := a.portalOf(evt.RoomID); ok {
 		return a.handlePortalMember(ctx, evt, name, target, &content)
+	}
+	if muc, ok, err := a.onDemandOf(ctx, evt.RoomID); err != nil || ok {
+		if err != nil {
+			return err
+		}
+		return a.handleOnDemandMember(ctx, evt, muc, target, &content)
 	}
 	if content.Membership == mevent.MembershipInvite && target == a.bot && !a.owns(evt.Sender) {
 		if name, ok := a.portalOfInvite(ctx, evt.RoomID); ok {
