@@ -97,6 +97,9 @@ type stackSettings struct {
 	mediaPorts, callsPerUser int
 	// portals join Matrix rooms and MUCs: {matrix room or alias, MUC JID}.
 	portals [][2]string
+	// mapping, when set, is more of the mapping section, indented by two
+	// spaces (portals_on_demand, say).
+	mapping string
 }
 
 // The SIP side: parley serves parley.localhost, where these users may
@@ -249,6 +252,7 @@ mapping:
 			cfg += fmt.Sprintf("    - {matrix: %q, xmpp: %q}\n", p[0], p[1])
 		}
 	}
+	cfg += st.settings.mapping
 	if err := os.WriteFile(st.config, []byte(cfg), 0o600); err != nil {
 		st.t.Fatal(err)
 	}
