@@ -112,7 +112,9 @@ func (a *Adapter) getRoom(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "no such room alias: "+err.Error())
 		return
 	}
-	ctx := r.Context()
+	// The homeserver may give up waiting; what is begun is finished.
+	ctx, done := context.WithTimeout(context.WithoutCancel(r.Context()), 2*requestTimeout)
+	defer done()
 	unlock := a.pairs.Lock("ondemand|" + alias)
 	defer unlock()
 	cctx, cancel := context.WithTimeout(ctx, requestTimeout)
@@ -125,26 +127,39 @@ func (a *Adapter) getRoom(w http.ResponseWriter, r *http.Request) {
 		Name:          muc,
 		Topic:         "Bridged with the XMPP group chat " + muc,
 	})
+	var room id.RoomID
 	switch {
 	case errors.Is(err, mautrix.MRoomInUse):
-		// Created by an earlier query whose answer was lost: it exists.
-		writeEmpty(w)
-		return
+		// Created by an earlier query whose answer, or whose link, was
+		// lost: it exists, and waits for its portal unless it has one.
+		found, rerr := a.client(a.bot).ResolveAlias(cctx, id.RoomAlias(alias))
+		if rerr != nil {
+			a.log.Error("the room of a portal on demand exists but cannot be resolved", "alias", alias, "err", rerr)
+			writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "could not find the room")
+			return
+		}
+		if _, isPortal := a.portalOf(found.RoomID); isPortal {
+			writeEmpty(w)
+			return
+		}
+		room = found.RoomID
 	case err != nil:
 		a.log.Error("could not create the room of a portal on demand", "alias", alias, "muc", muc, "err", err)
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "could not create the room")
 		return
+	default:
+		room = resp.RoomID
 	}
-	if err := links.Put(ctx, onDemandKey(resp.RoomID), muc); err != nil {
-		a.log.Error("could not store the room of a portal on demand", "alias", alias, "room_id", resp.RoomID.String(), "err", err)
+	if err := links.Put(ctx, onDemandKey(room), muc); err != nil {
+		a.log.Error("could not store the room of a portal on demand", "alias", alias, "room_id", room.String(), "err", err)
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "storage error")
 		return
 	}
 	a.portals.mu.Lock()
-	a.portals.botIn[resp.RoomID] = true
+	a.portals.botIn[room] = true
 	a.portals.mu.Unlock()
 	a.log.Info("room created for a portal on demand; it opens when someone allowed joins",
-		"alias", alias, "room_id", resp.RoomID.String(), "muc", muc)
+		"alias", alias, "room_id", room.String(), "muc", muc)
 	writeEmpty(w)
 }
 

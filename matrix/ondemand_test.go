@@ -223,3 +223,29 @@ func TestOnDemandRefusedText(t *testing.T) {
 		t.Errorf("user: %q", got)
 	}
 }
+
+// A room made by an earlier query whose link was lost (the alias exists
+// when the homeserver asks again) is found by its alias and waits for its
+// portal again.
+func TestAliasQueryRoomExists(t *testing.T) {
+	hs := newFakeHS(t, "as-secret")
+	host := &fakePortalHost{fakeHost: newFakeHost()}
+	a := newTestAdapter(t, hs, host)
+	host.waitState(t, bridges.Connected)
+	const alias = "#_xmpp_team_conference.localhost:localhost"
+	hs.mu.Lock()
+	hs.aliases[alias] = "!earlier:localhost"
+	hs.mu.Unlock()
+	hs.setOverride(func(r hsRequest) (int, string, bool) {
+		if strings.HasSuffix(r.Path, "/createRoom") {
+			return http.StatusBadRequest, `{"errcode":"M_ROOM_IN_USE","error":"Room alias already taken"}`, true
+		}
+		return 0, "", false
+	})
+	if status, code := call(t, a, "GET", "/_matrix/app/v1/rooms/"+url.PathEscape(alias), hsAuth, ""); status != http.StatusOK {
+		t.Fatalf("query of %s: %d %s, want 200", alias, status, code)
+	}
+	if muc, ok := host.links.Value("ondemand:!earlier:localhost"); !ok || muc != "team@conference.localhost" {
+		t.Fatalf("the room found by its alias does not wait for its portal: %q %v", muc, ok)
+	}
+}
