@@ -61,8 +61,7 @@ func validDomain(d string) bool {
 		return false
 	}
 	for i := 0; i < len(d); i++ {
-		c := d[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
+		if !plain(d[i]) {
 			return false
 		}
 	}
