@@ -269,7 +269,11 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		return id, nil
 	case *event.Failure:
 		to = e.To.ID
-		id, r, err = a.outboundFailure(e)
+		if room, ok := a.fromRoom(e.From.ID); ok && e.From.ID == room.String() {
+			id, r, err = a.roomFailure(e, room)
+		} else {
+			id, r, err = a.outboundFailure(e)
+		}
 	case *event.Presence:
 		to = e.To.ID
 		id, r, err = a.outboundPresence(e)
