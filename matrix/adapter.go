@@ -35,6 +35,7 @@ import (
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/internal/keylock"
+	"github.com/parleygw/parley/internal/names"
 )
 
 var _ bridges.Network = (*Adapter)(nil)
@@ -470,6 +471,7 @@ func (a *Adapter) register(ctx context.Context, user id.UserID) error {
 // and differs from the one last set (Links "name:"+mxid). Failures are
 // logged, not returned: a stale name must not hold a message back.
 func (a *Adapter) ensureDisplayName(ctx context.Context, ghost id.UserID, name string) {
+	name = displayName(name)
 	if name == "" {
 		return
 	}
@@ -488,6 +490,14 @@ func (a *Adapter) ensureDisplayName(ctx context.Context, ghost id.UserID, name s
 		a.log.Warn("store ghost display name", "ghost", ghost.String(), "err", err)
 	}
 }
+
+// maxDisplayName bounds a ghost's display name, in characters: Synapse
+// refuses longer ones.
+const maxDisplayName = 256
+
+// displayName returns name as a ghost shows it: without control and
+// formatting characters, and at most maxDisplayName characters.
+func displayName(name string) string { return names.Clean(name, maxDisplayName) }
 
 // connect checks that the homeserver accepts the as_token (registering the
 // bot, then whoami as the bot) and reports the result as state, retrying

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/names"
 )
 
 // Multi-user chats (XEP-0045): the rooms of the portals.
@@ -358,26 +357,7 @@ func (a *Adapter) fromRoom(rawFrom string) (jid.JID, bool) {
 // cleanNick turns a display name into a nick: control and bidirectional
 // formatting characters removed, spaces collapsed and trimmed, at most
 // maxNick characters. It returns "" when nothing is left.
-func cleanNick(name string) string {
-	var b strings.Builder
-	space := false
-	for _, r := range name {
-		switch {
-		case r == utf8.RuneError, unicode.Is(unicode.Bidi_Control, r), unicode.IsControl(r) && !unicode.IsSpace(r),
-			unicode.Is(unicode.Cf, r):
-			continue
-		case unicode.IsSpace(r):
-			space = b.Len() > 0
-			continue
-		}
-		if space {
-			b.WriteByte(' ')
-			space = false
-		}
-		b.WriteRune(r)
-	}
-	return strings.TrimSpace(truncate(b.String(), maxNick))
-}
+func cleanNick(name string) string { return names.Clean(name, maxNick) }
 
 // nickCandidate returns the nick to ask for at the attempt-th try (from 0):
 // base, then "base 2", "base 3"..., each at most maxNick characters.
@@ -386,7 +366,7 @@ func nickCandidate(base string, attempt int) string {
 		return base
 	}
 	suffix := " " + strconv.Itoa(attempt+1)
-	return strings.TrimSpace(truncate(base, maxNick-len(suffix))) + suffix
+	return strings.TrimSpace(names.Truncate(base, maxNick-len(suffix))) + suffix
 }
 
 // baseNick returns the nick a ghost asks for in room: its display name
