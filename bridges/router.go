@@ -214,6 +214,10 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 		if !e.Change.Valid() {
 			return fmt.Errorf("dispatch from %s: membership change %d", h.From, e.Change)
 		}
+	case *event.Topic:
+		if !h.Room {
+			return fmt.Errorf("dispatch from %s: a topic is a room's", h.From)
+		}
 	case *event.Presence:
 		return r.dispatchPresence(ctx, e, r.mapping.Load())
 	case *event.Subscription:

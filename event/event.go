@@ -18,20 +18,21 @@ const (
 	KindCallHangup
 	KindCallUpdate
 	KindMember
+	KindTopic
 )
 
 var kindNames = [...]string{
 	KindMessage: "message", KindFailure: "failure", KindPresence: "presence", KindSubscription: "subscription",
 	KindCallInvite: "call-invite", KindCallRinging: "call-ringing", KindCallAnswer: "call-answer", KindCallHangup: "call-hangup",
 	KindCallUpdate: "call-update",
-	KindMember:     "member",
+	KindMember:     "member", KindTopic: "topic",
 }
 
 // Kinds lists every Kind, for metrics and exhaustive tests.
 var Kinds = []Kind{
 	KindMessage, KindFailure, KindPresence, KindSubscription,
 	KindCallInvite, KindCallRinging, KindCallAnswer, KindCallHangup, KindCallUpdate,
-	KindMember,
+	KindMember, KindTopic,
 }
 
 // String returns the lowercase name of k, as used in metrics and the store.

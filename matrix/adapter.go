@@ -237,7 +237,7 @@ func (a *Adapter) Stop(ctx context.Context) error {
 // sent as the ghost, which joins the room first (portal.go); a Failure
 // from a portal room becomes the bot's m.notice in it. It returns the Matrix
 // event ID. A Member joins a ghost to a portal room, names it there or has
-// it leave (member.go). A Presence sets the ghost's own presence (presence.go); a
+// it leave (member.go), a Topic sets a portal room's topic (topic.go). A Presence sets the ghost's own presence (presence.go); a
 // Subscription does nothing, as Matrix has no subscription handshake.
 // Errors that retrying cannot fix are marked bridges.Permanent.
 func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
@@ -251,6 +251,12 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 			return "", bridges.Permanent(fmt.Errorf("send to matrix: kind %s with type %T", evt.Kind(), evt))
 		}
 		return a.sendMessage(ctx, msg)
+	case event.KindTopic:
+		t, ok := evt.(*event.Topic)
+		if !ok {
+			return "", bridges.Permanent(fmt.Errorf("send to matrix: kind %s with type %T", evt.Kind(), evt))
+		}
+		return a.sendTopic(ctx, t)
 	case event.KindFailure:
 		f, ok := evt.(*event.Failure)
 		if !ok {

@@ -261,6 +261,9 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		} else {
 			id, r, err = a.outboundMessage(e)
 		}
+	case *event.Topic:
+		to = e.To.ID
+		id, r, err = a.outboundTopic(ctx, e)
 	case *event.Member:
 		id, err := a.sendMember(ctx, e)
 		if err != nil {

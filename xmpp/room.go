@@ -718,6 +718,9 @@ func (a *Adapter) ghostNick(room, nick string) bool {
 // error would go to the whole room.
 func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room jid.JID) error {
 	in := a.translateRoomMessage(m, room, a.now())
+	if m.Subject != nil && m.body() == "" && messageType(m.Type) == stanza.GroupChatMessage && m.To == a.domain.String() {
+		a.handleRoomSubject(ctx, m, room)
+	}
 	if in.action != dispatch {
 		a.log.Debug("xmpp room message ignored", "reason", in.reason, "from", m.From, "to", m.To, "id", m.ID)
 		return nil
