@@ -33,6 +33,9 @@ const batchTimeout = 30 * time.Second
 // errClosed is returned by writes after Close.
 var errClosed = errors.New("store is closed")
 
+// errNoEntries is returned by Enqueue without entries.
+var errNoEntries = errors.New("enqueue: no entries")
+
 // write states: a write is waiting until a commit takes it, or until its
 // caller gives up (its context ended first), whichever comes first.
 const (
@@ -46,18 +49,26 @@ type write struct {
 	state atomic.Int32
 	done  chan struct{} // closed once dup, seq and err are set
 
-	// Enqueue: the encoded entry (the duplicate record and the outbox row).
+	// Enqueue: the duplicate record (network, id, accepted) and the
+	// encoded entries, whose seq the commit sets.
 	// Done: remove is true and seq is the entry to remove.
-	remove          bool
-	network, id     string
-	origin, payload []byte
-	kind            string
-	accepted        int64
+	remove      bool
+	network, id string
+	accepted    int64
+	rows        []outboxRow
 
 	// Results.
 	seq int64
 	dup bool
 	err error
+}
+
+// outboxRow is one entry of an Enqueue, encoded.
+type outboxRow struct {
+	origin, payload []byte
+	kind            string
+	accepted        int64
+	seq             int64 // set by the commit
 }
 
 // writer runs the writes of the outbox in shared transactions.
@@ -261,8 +272,11 @@ func (w *writer) inTransaction(batch []*write) (err error) {
 		if wr.dup = n == 0; wr.dup {
 			continue
 		}
-		if err := bind(&insertOutbox, w.insertOutbox).QueryRowContext(ctx, wr.origin, wr.kind, wr.payload, wr.accepted).Scan(&wr.seq); err != nil {
-			return fmt.Errorf("store %s event %s: %w", wr.network, wr.id, err)
+		for i := range wr.rows {
+			row := &wr.rows[i]
+			if err := bind(&insertOutbox, w.insertOutbox).QueryRowContext(ctx, row.origin, row.kind, row.payload, row.accepted).Scan(&row.seq); err != nil {
+				return fmt.Errorf("store %s event %s: %w", wr.network, wr.id, err)
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {

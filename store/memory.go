@@ -37,17 +37,23 @@ func NewMemory() *Memory {
 }
 
 // Enqueue implements Outbox.
-func (m *Memory) Enqueue(_ context.Context, e *Entry) (bool, error) {
-	k := seenKey{e.Origin.From.Network, e.Origin.ID}
+func (m *Memory) Enqueue(_ context.Context, entries ...*Entry) (bool, error) {
+	if len(entries) == 0 {
+		return false, errNoEntries
+	}
+	first := entries[0]
+	k := seenKey{first.Origin.From.Network, first.Origin.ID}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, dup := m.seen[k]; dup {
 		return true, nil
 	}
-	m.seen[k] = e.Accepted
-	m.seq++
-	e.Seq = m.seq
-	m.pending[e.Seq] = *e
+	m.seen[k] = first.Accepted
+	for _, e := range entries {
+		m.seq++
+		e.Seq = m.seq
+		m.pending[e.Seq] = *e
+	}
 	return false, nil
 }
 

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -175,6 +176,70 @@ func TestOutboxKeepsRoomEvents(t *testing.T) {
 		}
 		if mb, ok := got[1].Event.(*event.Member); !ok || !mb.Room || mb.Change != event.MemberRenamed || mb.Name != "Alice W." || mb.Reason != "new nick" {
 			t.Errorf("membership change came back as %#v", got[1].Event)
+		}
+	})
+}
+
+// An event going to several destinations is several entries under one
+// duplicate record: stored together, in order, and recognised as a
+// duplicate together; none stored when one cannot be.
+func TestOutboxSeveralEntries(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func() store.Store) {
+		ctx := context.Background()
+		s := open()
+		now := time.UnixMilli(time.Now().UnixMilli())
+		fanOut := func(id string, to ...string) []*store.Entry {
+			var out []*store.Entry
+			for _, a := range to {
+				e := entry(id, "to "+a, now)
+				e.Event.Head().To = event.Address{Network: event.SIP, ID: a}
+				out = append(out, e)
+			}
+			return out
+		}
+		if _, err := s.Enqueue(ctx); err == nil {
+			t.Error("Enqueue without entries succeeded")
+		}
+		first := fanOut("p1", "sip:1001@pbx", "sip:1002@pbx", "sip:1003@pbx")
+		if dup, err := s.Enqueue(ctx, first...); err != nil || dup {
+			t.Fatalf("Enqueue of three entries: dup=%v err=%v", dup, err)
+		}
+		for i := 1; i < len(first); i++ {
+			if first[i].Seq <= first[i-1].Seq {
+				t.Errorf("seqs %d then %d: not in order", first[i-1].Seq, first[i].Seq)
+			}
+		}
+		again := fanOut("p1", "sip:1004@pbx", "sip:1005@pbx")
+		if dup, err := s.Enqueue(ctx, again...); err != nil || !dup {
+			t.Fatalf("second Enqueue of p1: dup=%v err=%v, want a duplicate", dup, err)
+		}
+		// An entry that cannot be encoded (only the SQL stores encode):
+		// nothing of the event is stored, and it is no duplicate when it
+		// comes again.
+		if _, encodes := s.(*store.SQL); encodes {
+			bad := fanOut("p2", "sip:1001@pbx", "sip:1002@pbx")
+			bad[1].Event = &event.Member{Header: *bad[1].Event.Head(), Change: 99}
+			if _, err := s.Enqueue(ctx, bad...); err == nil {
+				t.Error("Enqueue of an entry that cannot be encoded succeeded")
+			}
+		}
+		if dup, err := s.Enqueue(ctx, fanOut("p2", "sip:1001@pbx")...); err != nil || dup {
+			t.Errorf("p2: dup=%v err=%v", dup, err)
+		}
+		if err := s.Done(ctx, first[1].Seq); err != nil {
+			t.Fatal(err)
+		}
+		got, err := open().Pending(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var to []string
+		for _, e := range got {
+			to = append(to, e.Origin.ID+" "+e.Event.Head().To.ID)
+		}
+		want := []string{"p1 sip:1001@pbx", "p1 sip:1003@pbx", "p2 sip:1001@pbx"}
+		if fmt.Sprint(to) != fmt.Sprint(want) {
+			t.Errorf("pending %q, want %q", to, want)
 		}
 	})
 }
