@@ -56,6 +56,7 @@ type Router struct {
 	onPhone   map[event.Address]int
 	watchers  *watchers
 	addressed *addressed
+	phones    *roomPhones
 	states    map[event.Network]Status
 	stopping  bool
 	drained   chan struct{} // closed when stopping and no queue is left
@@ -107,6 +108,7 @@ func NewRouter(st store.Store, m *mapping.Map, opts ...Option) *Router {
 	}
 	r.watchers = newWatchers(st)
 	r.addressed = newAddressed(st)
+	r.phones = newRoomPhones(st)
 	r.mapping.Store(m)
 	for _, o := range opts {
 		o(r)
@@ -254,9 +256,14 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 }
 
 // dispatchRoom accepts a post or a membership change in a room: it goes to
-// the portal's room on the other network, from the participant's appearance
-// there. An event from an address Parley serves is a ghost's own coming back
-// (the adapter should not have dispatched it) and is refused.
+// each other room of the portal, from the participant's appearance there,
+// and, when the portal has a SIP room, a post goes to each phone in it
+// (see roomPhones) but the poster, each its own outbox entry and queue,
+// from the SIP room and with the speaker's name in FromName. A phone that
+// posts without being in the room joins it first; a phone's membership
+// change is also sent to the phone itself, as a confirmation. An event
+// from an address Parley serves is a ghost's own coming back (the adapter
+// should not have dispatched it) and is refused.
 func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.Map) error {
 	h := evt.Head()
 	origin := *h
@@ -267,21 +274,13 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 	if m.Serves(h.From) {
 		return fmt.Errorf("%w: %s: %w", ErrRefused, h.From, mapping.ErrLoop)
 	}
-	if len(others) != 1 {
-		return fmt.Errorf("%w: the portal of %s joins %d rooms; one other is supported", ErrNoRoute, h.To, len(others))
-	}
-	to := others[0]
-	from, err := m.Appearance(h.From, to.Network)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNoRoute, err)
-	}
-	h.From, h.To = from, to
 	if name := m.DisplayName(origin.From); name != "" {
 		h.FromName = name
 	} else if h.FromName == "" {
 		h.FromName = origin.From.ID
 	}
-	if mb, ok := evt.(*event.Member); ok && mb.Change != event.MemberLeft {
+	mb, isMember := evt.(*event.Member)
+	if isMember && mb.Change != event.MemberLeft {
 		// A YAML identity shows its own name everywhere; anyone else the
 		// name they chose in the room.
 		if name := m.DisplayName(origin.From); name != "" {
@@ -293,14 +292,121 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 	if h.Time.IsZero() {
 		h.Time = r.now()
 	}
-	return r.accept(ctx, origin, evt)
+
+	sipRoom := origin.To
+	if sipRoom.Network != event.SIP {
+		sipRoom = event.Address{}
+		for _, other := range others {
+			if other.Network == event.SIP {
+				sipRoom = other
+			}
+		}
+	}
+	// A phone's membership: change is what it becomes, fanOut whether the
+	// other rooms see that.
+	var change event.MemberChange
+	fanOut := true
+	if origin.To.Network == event.SIP {
+		in, err := r.phones.isMember(ctx, m, sipRoom, origin.From)
+		if err != nil {
+			return err
+		}
+		switch {
+		case !isMember:
+			if !in {
+				change = event.MemberJoined
+			}
+		case mb.Change == event.MemberRenamed:
+			return fmt.Errorf("%w: a phone has no name of its own in %s", ErrRefused, sipRoom.ID)
+		default:
+			change = mb.Change
+			fanOut = in != (change == event.MemberJoined)
+		}
+	}
+
+	var out []event.Event
+	add := func(e event.Event, from, to event.Address) {
+		e = cloneRoomEvent(e)
+		eh := e.Head()
+		eh.From, eh.To, eh.Room = from, to, true
+		out = append(out, e)
+	}
+	var joined *event.Member
+	if change == event.MemberJoined && !isMember {
+		joined = &event.Member{Header: *h, Change: event.MemberJoined, Name: h.FromName}
+		joined.ID = origin.ID + "/joined"
+	}
+	if fanOut {
+		for _, other := range others {
+			if other.Network == event.SIP {
+				continue // its phones follow
+			}
+			from, err := m.Appearance(origin.From, other.Network)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrNoRoute, err)
+			}
+			if joined != nil {
+				add(joined, from, other)
+			}
+			add(evt, from, other)
+		}
+	}
+	if !sipRoom.IsZero() && !isMember {
+		phones, err := r.phones.members(ctx, m, sipRoom)
+		if err != nil {
+			return err
+		}
+		for _, phone := range phones {
+			if phone != origin.From {
+				add(evt, sipRoom, phone)
+			}
+		}
+	}
+	if change != 0 {
+		// The phone hears of its own change: it is how it learns of
+		// /leave and /join.
+		self := &event.Member{Header: *h, Change: change, Name: h.FromName}
+		self.ID = origin.ID + "/" + change.String()
+		add(self, sipRoom, origin.From)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	if err := r.accept(ctx, origin, out...); err != nil {
+		return err
+	}
+	if change != 0 {
+		return r.phones.set(ctx, sipRoom, origin.From, change == event.MemberJoined)
+	}
+	return nil
 }
 
-// accept stores evt, already translated, in the outbox and queues it; a
-// duplicate of an event accepted before is counted and dropped.
-func (r *Router) accept(ctx context.Context, origin event.Header, evt event.Event) error {
-	e := store.Entry{Origin: origin, Event: evt, Accepted: r.now()}
-	dup, err := r.store.Enqueue(ctx, &e)
+// cloneRoomEvent returns a copy of e, a post or a membership change, that
+// can be addressed on its own.
+func cloneRoomEvent(e event.Event) event.Event {
+	switch e := e.(type) {
+	case *event.Message:
+		c := *e
+		return &c
+	case *event.Member:
+		c := *e
+		return &c
+	}
+	return e
+}
+
+// accept stores evts, the translations of one event for each of its
+// destinations, in the outbox under one duplicate record and queues them;
+// a duplicate of an event accepted before is counted and dropped.
+func (r *Router) accept(ctx context.Context, origin event.Header, evts ...event.Event) error {
+	now := r.now()
+	entries := make([]store.Entry, len(evts))
+	ptrs := make([]*store.Entry, len(evts))
+	for i, evt := range evts {
+		entries[i] = store.Entry{Origin: origin, Event: evt, Accepted: now}
+		ptrs[i] = &entries[i]
+	}
+	dup, err := r.store.Enqueue(ctx, ptrs...)
 	if err != nil {
 		return fmt.Errorf("accept event %s from %s: %w", origin.ID, origin.From, err)
 	}
@@ -308,8 +414,10 @@ func (r *Router) accept(ctx context.Context, origin event.Header, evt event.Even
 		r.metrics.Duplicate(origin.From.Network)
 		return nil
 	}
-	r.metrics.Received(origin.From.Network, evt.Kind())
-	r.push(e)
+	r.metrics.Received(origin.From.Network, evts[0].Kind())
+	for _, e := range entries {
+		r.push(e)
+	}
 	return nil
 }
 
@@ -432,6 +540,12 @@ func (r *Router) fail(ctx context.Context, e store.Entry, cause error) {
 	r.done(ctx, e)
 	if _, isMessage := e.Event.(*event.Message); !isMessage {
 		return // only a message has a sender waiting to hear of it
+	}
+	if h.Room && h.To.Network == event.SIP {
+		// A post for one phone of a portal's SIP room: the post reached
+		// the room, and its author is not told of each phone that is
+		// unreachable.
+		return
 	}
 	f := &event.Failure{
 		Header: event.Header{
