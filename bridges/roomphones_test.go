@@ -63,7 +63,9 @@ var (
 	mucRoom = event.Address{Network: event.XMPP, ID: "team@muc.example.org"}
 )
 
-func roomPhone(n string) event.Address { return event.Address{Network: event.SIP, ID: "sip:" + n + "@pbx"} }
+func roomPhone(n string) event.Address {
+	return event.Address{Network: event.SIP, ID: "sip:" + n + "@pbx"}
+}
 
 // delivered describes what a fake network was sent, "to kind from name
 // body", in order.
