@@ -33,6 +33,8 @@ type fakeHost struct {
 	dispatchErr func(evt event.Event) error
 	states      []stateChange
 	reachable   []event.Address
+	// rooms are the portals' SIP addresses Rooms returns.
+	rooms []event.Address
 
 	stateCh     chan stateChange
 	dispatchCh  chan event.Event
@@ -90,6 +92,16 @@ func (h *fakeHost) Links(n event.Network) bridges.Links {
 }
 
 func (h *fakeHost) Profile(event.Address) string { return "" }
+
+// Rooms implements bridges.RoomHost.
+func (h *fakeHost) Rooms(n event.Network) []event.Address {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n != event.SIP {
+		return nil
+	}
+	return h.rooms
+}
 
 func (h *fakeHost) Reachable(addr event.Address) {
 	h.mu.Lock()
