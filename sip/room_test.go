@@ -46,10 +46,13 @@ func TestMessageToRoom(t *testing.T) {
 	if m, ok := send("again", "").(*event.Message); !ok || m.FromName != "alice" {
 		t.Errorf("a post without a display name dispatched as %#v", m)
 	}
-	for body, want := range map[string]event.MemberChange{"/leave": event.MemberLeft, " /JOIN\r\n": event.MemberJoined} {
-		mb, ok := send(body, "").(*event.Member)
-		if !ok || !mb.Room || mb.To != room || mb.From != alice || mb.Change != want {
-			t.Errorf("%q dispatched as %#v", body, mb)
+	for _, c := range []struct {
+		body string
+		want event.MemberChange
+	}{{"/leave", event.MemberLeft}, {" /JOIN\r\n", event.MemberJoined}} {
+		mb, ok := send(c.body, "").(*event.Member)
+		if !ok || !mb.Room || mb.To != room || mb.From != alice || mb.Change != c.want {
+			t.Errorf("%q dispatched as %#v", c.body, mb)
 		}
 	}
 	// Elsewhere, a command is only text.
