@@ -191,6 +191,35 @@ func TestRoomPostsReachThePhones(t *testing.T) {
 	wantLines(t, "the phones after a restart", perPhone(h.sip.WaitSent(waitCtx(t), 2)),
 		"sip:1002@pbx message sip:team@pbx A: after the restart",
 		"sip:1003@pbx message sip:team@pbx A: after the restart")
+
+	// Who is in the room: those seen on the other sides, then the phones.
+	roster := func() string {
+		t.Helper()
+		members, err := h.router.RoomMembers(ctx, sipRoom)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, m := range members {
+			out = append(out, m.Address.String()+"="+m.Name)
+		}
+		return strings.Join(out, " ")
+	}
+	wantLines(t, "the roster", roster(), "xmpp:alice@example.org=A sip:sip:1002@pbx= sip:sip:1003@pbx=P")
+	bob := event.Address{Network: event.XMPP, ID: "bob@example.org"}
+	for _, c := range []event.MemberChange{event.MemberJoined, event.MemberLeft} {
+		change := &event.Member{Header: event.Header{ID: "b-" + c.String(), From: bob, To: mucRoom, Room: true}, Change: c, Name: "Bob"}
+		if err := h.router.Dispatch(ctx, change); err != nil {
+			t.Fatal(err)
+		}
+		if c == event.MemberJoined {
+			wantLines(t, "the roster with bob", roster(), "xmpp:alice@example.org=A xmpp:bob@example.org=Bob sip:sip:1002@pbx= sip:sip:1003@pbx=P")
+		}
+	}
+	wantLines(t, "the roster after bob left", roster(), "xmpp:alice@example.org=A sip:sip:1002@pbx= sip:sip:1003@pbx=P")
+	if _, err := h.router.RoomMembers(ctx, mucRoom); !errors.Is(err, bridges.ErrNoRoute) {
+		t.Errorf("RoomMembers of the MUC: %v, want ErrNoRoute", err)
+	}
 }
 
 // One unreachable phone stalls no other, and its author is not told of

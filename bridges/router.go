@@ -57,6 +57,7 @@ type Router struct {
 	watchers  *watchers
 	addressed *addressed
 	phones    *roomPhones
+	people    *roomPeople
 	states    map[event.Network]Status
 	stopping  bool
 	drained   chan struct{} // closed when stopping and no queue is left
@@ -109,6 +110,7 @@ func NewRouter(st store.Store, m *mapping.Map, opts ...Option) *Router {
 	r.watchers = newWatchers(st)
 	r.addressed = newAddressed(st)
 	r.phones = newRoomPhones(st)
+	r.people = newRoomPeople(st)
 	r.mapping.Store(m)
 	for _, o := range opts {
 		o(r)
@@ -376,8 +378,11 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 		return err
 	}
 	if change != 0 {
-		return r.phones.set(ctx, sipRoom, origin.From, change == event.MemberJoined)
+		if err := r.phones.set(ctx, sipRoom, origin.From, change == event.MemberJoined); err != nil {
+			return err
+		}
 	}
+	r.notePresent(ctx, sipRoom, origin.From, evt)
 	return nil
 }
 

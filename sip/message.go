@@ -33,6 +33,9 @@ func (a *Adapter) onMessage(req *sip.Request, src netip.Addr, p *peer) *reply {
 	host, _, _, _ := a.stack()
 	var evt event.Event = msg
 	if isRoom(host, msg.To.ID) {
+		if parseRoomCommand(msg.Body) == who {
+			return a.answerWho(host, msg)
+		}
 		evt = roomEvent(msg)
 	}
 	ctx, cancel := context.WithTimeout(a.dispatchCtx, dispatchTimeout)

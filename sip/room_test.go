@@ -2,8 +2,10 @@ package sip
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
@@ -11,7 +13,10 @@ import (
 
 const testRoom = "sip:team@" + testDomain
 
-var _ bridges.RoomHost = (*fakeHost)(nil)
+var (
+	_ bridges.RoomHost   = (*fakeHost)(nil)
+	_ bridges.RosterHost = (*fakeHost)(nil)
+)
 
 // A MESSAGE to a portal's SIP address is a post in the room, authenticated
 // as any; its room commands are membership changes.
@@ -63,6 +68,28 @@ func TestMessageToRoom(t *testing.T) {
 	if m := a.host.waitDispatch(t); m.Room || m.Body != "/leave" {
 		t.Errorf("/leave to a ghost dispatched as %#v", m)
 	}
+	// /who is answered by the adapter, from the room.
+	host.mu.Lock()
+	host.members = []bridges.RoomMember{{Address: event.Address{Network: event.Matrix, ID: "@mona:hs"}, Name: "Mona M"},
+		{Address: event.Address{Network: event.XMPP, ID: "xena@example.org"}},
+		{Address: alice, Name: "Alice L."}, {Address: event.Address{Network: event.SIP, ID: "sip:bob@" + testDomain}}}
+	host.mu.Unlock()
+	phone.listenUDP()
+	register(t, phone, "UDP", a.udp, "alice", alicePassword, "<sip:alice@"+phone.addr+">")
+	req = newMessage("UDP", a.udp, "sip:alice@"+testDomain, testRoom, " /Who ")
+	if res := phone.doAuth(req, "alice", alicePassword); res.StatusCode != 202 {
+		t.Fatalf("/who: %d %s, want 202", res.StatusCode, res.Reason)
+	}
+	answer := phone.waitMessage()
+	if got, want := string(answer.Body()), "In team: Mona M, xena@example.org; phones: Alice L. (you), bob."; got != want || answer.From().Address.Addr() != testRoom {
+		t.Errorf("/who answered %q from %s, want %q", got, answer.From().Value(), want)
+	}
+	select {
+	case evt := <-host.dispatchCh:
+		t.Errorf("/who dispatched %#v", evt)
+	default:
+	}
+
 	// An unauthenticated sender may not post.
 	if res := phone.do(newMessage("UDP", a.udp, "sip:mallory@evil.example", testRoom, "hi")); res.StatusCode != 403 {
 		t.Errorf("a stranger's post: %d, want 403", res.StatusCode)
@@ -132,18 +159,21 @@ func TestSendRoomPost(t *testing.T) {
 // FuzzRoomCommand: whatever a phone writes to a room is a post or one of
 // the commands, and only a command's own words are one.
 func FuzzRoomCommand(f *testing.F) {
-	for _, s := range []string{"/leave", "/join", " /LEAVE \r\n", "/leave now", "hello", "", "/", "/who", "\u00a0/join\u2028", "/le\u0307ave"} {
+	for _, s := range []string{"/leave", "/join", "/who", " /LEAVE \r\n", "/leave now", "hello", "", "/", "/whois", "\u00a0/join\u2028", "/le\u0307ave"} {
 		f.Add(s)
 	}
+	words := map[roomCommand]string{leave: commandLeave, join: commandJoin, who: commandWho}
 	f.Fuzz(func(t *testing.T, body string) {
-		switch c := roomCommand(body); c {
-		case 0:
-		case event.MemberLeft, event.MemberJoined:
-			if len(body) < len(commandJoin) {
-				t.Fatalf("%q read as %s", body, c)
-			}
-		default:
-			t.Fatalf("%q read as %s", body, c)
+		c := parseRoomCommand(body)
+		if c == post {
+			return
+		}
+		w, ok := words[c]
+		if !ok {
+			t.Fatalf("%q read as command %d", body, c)
+		}
+		if !strings.EqualFold(strings.TrimFunc(body, unicode.IsSpace), w) {
+			t.Fatalf("%q read as %s", body, w)
 		}
 	})
 }
