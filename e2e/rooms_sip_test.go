@@ -19,7 +19,7 @@ import (
 //     and the Matrix room from its own ghost, and phone 1002 from the
 //     room's address with 1001's name;
 //   - XMPP and Matrix posts reach both phones with the speaker's name;
-//   - 1002's post reaches 1001;
+//   - 1002's post reaches 1001, and its /who lists everyone;
 //   - after 1001's /leave, its ghost leaves and posts reach 1002 only.
 func TestRoomPortalSIP(t *testing.T) {
 	const (
@@ -84,6 +84,10 @@ func TestRoomPortalSIP(t *testing.T) {
 	// A phone's post reaches the other phones.
 	sipMessage(t, st, "1002", "desk", "1002 says hi", "202")
 	waitPhoneBody(t, phone1, "1002: 1002 says hi")
+
+	// /who lists the people of every side, then the phones.
+	sipMessage(t, st, "1002", "desk", "/who", "202")
+	waitPhoneBody(t, phone2, "In desk: Mona M, Xena; phones: 1002 (you), 1001.")
 
 	// /leave: 1001 is told, its ghost leaves, and it hears no more.
 	sipMessage(t, st, "1001", "desk", "/leave", "202")
