@@ -81,7 +81,9 @@ type Header struct {
 	// multi-user chat) rather than a person: From is the participant who
 	// wrote in it. The routing core carries such events through the portal
 	// that joins the room with its counterparts on the other networks, and
-	// rewrites From to the participant's appearance there.
+	// rewrites From to the participant's appearance there. SIP has no group
+	// chats: an event the core sends to a phone in a portal's SIP room has
+	// Room set, From the room, To the phone and FromName the speaker.
 	Room bool
 	// Time is when the source network says the event happened.
 	Time time.Time
