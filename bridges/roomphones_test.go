@@ -217,6 +217,21 @@ func TestRoomPostsReachThePhones(t *testing.T) {
 		}
 	}
 	wantLines(t, "the roster after bob left", roster(), "xmpp:alice@example.org=A sip:sip:1002@pbx= sip:sip:1003@pbx=P")
+	// A topic goes to the other rooms, not to the phones.
+	n := len(h.sip.Sent())
+	topic := &event.Topic{Header: event.Header{ID: "t1", From: alice, To: mucRoom, Room: true}, Text: "lunch plans"}
+	if err := h.router.Dispatch(ctx, topic); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.router.Dispatch(ctx, post("a4", alice, mucRoom, "after the topic")); err != nil {
+		t.Fatal(err)
+	}
+	wantLines(t, "the phones after a topic", perPhone(h.sip.WaitSent(waitCtx(t), n+2)[n:]),
+		"sip:1002@pbx message sip:team@pbx A: after the topic",
+		"sip:1003@pbx message sip:team@pbx A: after the topic")
+	if err := h.router.Dispatch(ctx, &event.Topic{Header: event.Header{ID: "t2", From: roomPhone("1002"), To: sipRoom, Room: true}, Text: "x"}); !errors.Is(err, bridges.ErrRefused) {
+		t.Errorf("a phone's topic: %v, want ErrRefused", err)
+	}
 	if _, err := h.router.RoomMembers(ctx, mucRoom); !errors.Is(err, bridges.ErrNoRoute) {
 		t.Errorf("RoomMembers of the MUC: %v, want ErrNoRoute", err)
 	}

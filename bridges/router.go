@@ -257,15 +257,15 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 	return r.accept(ctx, origin, evt)
 }
 
-// dispatchRoom accepts a post or a membership change in a room: it goes to
-// each other room of the portal, from the participant's appearance there,
-// and, when the portal has a SIP room, a post goes to each phone in it
-// (see roomPhones) but the poster, each its own outbox entry and queue,
-// from the SIP room and with the speaker's name in FromName. A phone that
-// posts without being in the room joins it first; a phone's membership
-// change is also sent to the phone itself, as a confirmation. An event
-// from an address Parley serves is a ghost's own coming back (the adapter
-// should not have dispatched it) and is refused.
+// dispatchRoom accepts a post, a membership change or a topic in a room:
+// it goes to each other room of the portal, from the participant's
+// appearance there. When the portal has a SIP room, a post also goes to
+// each phone in it (see roomPhones) but the poster, each its own outbox
+// entry and queue, from the SIP room and with the speaker's name in
+// FromName. A phone that posts without being in the room joins it first;
+// a phone's membership change is also sent to the phone itself, as a
+// confirmation. An event from an address Parley serves is a ghost's own
+// coming back (the adapter should not have dispatched it) and is refused.
 func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.Map) error {
 	h := evt.Head()
 	origin := *h
@@ -295,6 +295,7 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 		h.Time = r.now()
 	}
 
+	_, isPost := evt.(*event.Message)
 	sipRoom := origin.To
 	if sipRoom.Network != event.SIP {
 		sipRoom = event.Address{}
@@ -314,12 +315,12 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 			return err
 		}
 		switch {
-		case !isMember:
+		case isPost:
 			if !in {
 				change = event.MemberJoined
 			}
-		case mb.Change == event.MemberRenamed:
-			return fmt.Errorf("%w: a phone has no name of its own in %s", ErrRefused, sipRoom.ID)
+		case !isMember || mb.Change == event.MemberRenamed:
+			return fmt.Errorf("%w: a phone may post, join or leave in %s, not send a %s", ErrRefused, sipRoom.ID, evt.Kind())
 		default:
 			change = mb.Change
 			fanOut = in != (change == event.MemberJoined)
@@ -334,7 +335,7 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 		out = append(out, e)
 	}
 	var joined *event.Member
-	if change == event.MemberJoined && !isMember {
+	if change == event.MemberJoined && isPost {
 		joined = &event.Member{Header: *h, Change: event.MemberJoined, Name: h.FromName}
 		joined.ID = origin.ID + "/joined"
 	}
@@ -353,7 +354,7 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 			add(evt, from, other)
 		}
 	}
-	if !sipRoom.IsZero() && !isMember {
+	if isPost && !sipRoom.IsZero() {
 		phones, err := r.phones.members(ctx, m, sipRoom)
 		if err != nil {
 			return err
@@ -386,14 +387,17 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 	return nil
 }
 
-// cloneRoomEvent returns a copy of e, a post or a membership change, that
-// can be addressed on its own.
+// cloneRoomEvent returns a copy of e, an event in a room, that can be
+// addressed on its own.
 func cloneRoomEvent(e event.Event) event.Event {
 	switch e := e.(type) {
 	case *event.Message:
 		c := *e
 		return &c
 	case *event.Member:
+		c := *e
+		return &c
+	case *event.Topic:
 		c := *e
 		return &c
 	}
