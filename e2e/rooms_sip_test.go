@@ -104,9 +104,11 @@ func TestRoomPortalSIP(t *testing.T) {
 	// /leave: 1001 is told, its ghost leaves, and it hears no more.
 	sipMessage(t, st, "1001", "desk", "/leave", "202")
 	waitPhoneBody(t, phone1, "You left desk. Send /join, or any message, to join again.")
-	// Its ghost leaves the Matrix room. (In the MUC, Parley does not know
-	// after a restart which occupants its ghosts are until they post, so
-	// the ghost stays there: an issue of the XMPP adapter's restarts.)
+	// Its ghost leaves the MUC (where it joined before the restart) and
+	// the Matrix room.
+	nextXMPP(t, xena, "1001 leaving the MUC", func(e peertest.XMPPEvent) bool {
+		return e.Ev == "presence" && e.From == muc+"/1001" && e.Type == "unavailable"
+	})
 	ghost1001 := id.UserID("@_sip_1001_" + sipDomain + ":localhost")
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		members, err := mona.JoinedMembers(ctx, matrixRoom)
