@@ -502,10 +502,10 @@ func (r *Router) deliver(e store.Entry, wake <-chan struct{}) bool {
 	}
 	resumed := r.resumedThrough > 0 && e.Seq <= r.resumedThrough
 	for attempt := 0; ; attempt++ {
-		_, err := dst.Send(WithAttempt(ctx, Attempt{Retry: attempt, Resumed: resumed}), e.Event)
+		id, err := dst.Send(WithAttempt(ctx, Attempt{Retry: attempt, Resumed: resumed}), e.Event)
 		if err == nil {
 			r.metrics.Delivered(h.To.Network, e.Event.Kind(), r.now().Sub(e.Accepted))
-			r.done(ctx, e)
+			r.done(ctx, e, deliveredAs(e, id)...)
 			return true
 		}
 		if ctx.Err() != nil {
@@ -531,9 +531,25 @@ func (r *Router) deliver(e store.Entry, wake <-chan struct{}) bool {
 	}
 }
 
-// done removes a delivered or failed entry from the outbox.
-func (r *Router) done(ctx context.Context, e store.Entry) {
-	if err := r.store.Done(ctx, e.Seq); err != nil {
+// deliveredAs returns the link between the source ID of e, a message, and
+// the ID its destination gave its copy, when both are known: the
+// durable map of message IDs (see MessageIDHost).
+func deliveredAs(e store.Entry, id string) []store.Same {
+	if _, ok := e.Event.(*event.Message); !ok || id == "" || e.Origin.ID == "" {
+		return nil
+	}
+	src := store.MessageRef{Network: e.Origin.From.Network, ID: e.Origin.ID}
+	dst := store.MessageRef{Network: e.Event.Head().To.Network, ID: id}
+	if src == dst {
+		return nil
+	}
+	return []store.Same{{A: src, B: dst}}
+}
+
+// done removes a delivered or failed entry from the outbox, and records the
+// message IDs same links.
+func (r *Router) done(ctx context.Context, e store.Entry, same ...store.Same) {
+	if err := r.store.Done(ctx, e.Seq, same...); err != nil {
 		// The event was delivered; it will be sent again after a restart,
 		// which adapters make idempotent where their protocol allows.
 		r.log.Error("remove delivered event from outbox", "seq", e.Seq, "err", err)

@@ -52,7 +52,9 @@ type write struct {
 	// Enqueue: the duplicate record (network, id, accepted) and the
 	// encoded entries, whose seq the commit sets.
 	// Done: remove is true and seq is the entry to remove.
+	// Done and LinkIDs: links are the message IDs to link.
 	remove      bool
+	links       []Same
 	network, id string
 	accepted    int64
 	rows        []outboxRow
@@ -76,7 +78,7 @@ type writer struct {
 	db      *sql.DB
 	bounded bool // transactions time out after batchTimeout
 
-	insertSeen, insertOutbox, deleteOutbox *sql.Stmt
+	insertSeen, insertOutbox, deleteOutbox, insertID *sql.Stmt
 
 	mu      sync.Mutex
 	idle    *sync.Cond // signalled when leading ends
@@ -96,6 +98,7 @@ func newWriter(ctx context.Context, db *sql.DB, bounded bool) (*writer, error) {
 		{&w.insertSeen, `INSERT INTO seen (network, event_id, accepted_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`},
 		{&w.insertOutbox, `INSERT INTO outbox (origin, kind, payload, accepted_at) VALUES ($1, $2, $3, $4) RETURNING seq`},
 		{&w.deleteOutbox, `DELETE FROM outbox WHERE seq = $1`},
+		{&w.insertID, `INSERT INTO message_ids (network, id, other_network, other_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`},
 	} {
 		stmt, err := db.PrepareContext(ctx, p.query)
 		if err != nil {
@@ -198,7 +201,7 @@ func (w *writer) close() {
 }
 
 func (w *writer) closeStatements() {
-	for _, s := range []*sql.Stmt{w.insertSeen, w.insertOutbox, w.deleteOutbox} {
+	for _, s := range []*sql.Stmt{w.insertSeen, w.insertOutbox, w.deleteOutbox, w.insertID} {
 		if s != nil {
 			_ = s.Close()
 		}
@@ -230,7 +233,7 @@ func (w *writer) inTransaction(batch []*write) (err error) {
 		ctx, cancel = context.WithTimeout(ctx, batchTimeout)
 		defer cancel()
 	}
-	if len(batch) == 1 && batch[0].remove {
+	if len(batch) == 1 && batch[0].remove && len(batch[0].links) == 0 {
 		// One statement commits alone.
 		if _, err := w.deleteOutbox.ExecContext(ctx, batch[0].seq); err != nil {
 			return fmt.Errorf("remove outbox entry %d: %w", batch[0].seq, err)
@@ -247,7 +250,7 @@ func (w *writer) inTransaction(batch []*write) (err error) {
 		}
 	}()
 	// The statements, bound to the transaction when first needed.
-	var insertSeen, insertOutbox, deleteOutbox *sql.Stmt
+	var insertSeen, insertOutbox, deleteOutbox, insertID *sql.Stmt
 	bind := func(s **sql.Stmt, prepared *sql.Stmt) *sql.Stmt {
 		if *s == nil {
 			*s = tx.StmtContext(ctx, prepared)
@@ -255,6 +258,16 @@ func (w *writer) inTransaction(batch []*write) (err error) {
 		return *s
 	}
 	for _, wr := range batch {
+		for _, l := range wr.links {
+			for _, p := range [][2]MessageRef{{l.A, l.B}, {l.B, l.A}} {
+				if _, err := bind(&insertID, w.insertID).ExecContext(ctx, string(p[0].Network), p[0].ID, string(p[1].Network), p[1].ID); err != nil {
+					return fmt.Errorf("link message IDs %v and %v: %w", l.A, l.B, err)
+				}
+			}
+		}
+		if !wr.remove && len(wr.rows) == 0 {
+			continue // links only
+		}
 		if wr.remove {
 			if _, err := bind(&deleteOutbox, w.deleteOutbox).ExecContext(ctx, wr.seq); err != nil {
 				return fmt.Errorf("remove outbox entry %d: %w", wr.seq, err)

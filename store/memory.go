@@ -18,6 +18,7 @@ type Memory struct {
 	pending map[int64]Entry
 	seen    map[seenKey]time.Time
 	links   map[[2]string]string
+	ids     map[MessageRef]map[MessageRef]bool
 }
 
 type seenKey struct {
@@ -58,9 +59,17 @@ func (m *Memory) Enqueue(_ context.Context, entries ...*Entry) (bool, error) {
 }
 
 // Done implements Outbox.
-func (m *Memory) Done(_ context.Context, seq int64) error {
+func (m *Memory) Done(_ context.Context, seq int64, same ...Same) error {
+	for _, l := range same {
+		if err := l.valid(); err != nil {
+			return err
+		}
+	}
 	m.mu.Lock()
 	delete(m.pending, seq)
+	for _, l := range same {
+		m.link(l)
+	}
 	m.mu.Unlock()
 	return nil
 }

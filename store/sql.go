@@ -117,8 +117,13 @@ func (s *SQL) Enqueue(ctx context.Context, entries ...*Entry) (dup bool, err err
 
 // Done implements Outbox. Like Enqueue, it shares its transaction with
 // other writes and returns once the removal has committed.
-func (s *SQL) Done(ctx context.Context, seq int64) error {
-	if err := s.w.do(ctx, &write{remove: true, seq: seq}); err != nil {
+func (s *SQL) Done(ctx context.Context, seq int64, same ...Same) error {
+	for _, l := range same {
+		if err := l.valid(); err != nil {
+			return err
+		}
+	}
+	if err := s.w.do(ctx, &write{remove: true, seq: seq, links: same}); err != nil {
 		return fmt.Errorf("remove outbox entry %d: %w", seq, err)
 	}
 	return nil

@@ -19,6 +19,7 @@ import (
 type Store interface {
 	Outbox
 	Links
+	MessageIDs
 	// Close releases the store.
 	Close() error
 }
@@ -47,8 +48,10 @@ type Outbox interface {
 	// of the duplicate record), Enqueue stores nothing and returns dup =
 	// true. Enqueue without entries is an error.
 	Enqueue(ctx context.Context, entries ...*Entry) (dup bool, err error)
-	// Done removes the entry seq; removing an absent entry is not an error.
-	Done(ctx context.Context, seq int64) error
+	// Done removes the entry seq, and records the message IDs same links
+	// (the delivered copy of a message, say) in the same write; removing
+	// an absent entry is not an error.
+	Done(ctx context.Context, seq int64, same ...Same) error
 	// Pending returns every entry still in the outbox, in Seq order.
 	Pending(ctx context.Context) ([]Entry, error)
 	// ForgetBefore drops duplicate records older than t.

@@ -243,3 +243,58 @@ func TestOutboxSeveralEntries(t *testing.T) {
 		}
 	})
 }
+
+// A message's IDs on the networks it crossed are linked when its delivery
+// is done, and found from any of them: directly, or through an ID both are
+// linked with; they outlive a reopening of the store.
+func TestMessageIDs(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func() store.Store) {
+		ctx := context.Background()
+		s := open()
+		matrixPost := store.MessageRef{Network: event.Matrix, ID: "$e1"}
+		posted := store.MessageRef{Network: event.XMPP, ID: "parley-1"}
+		stanzaID := store.MessageRef{Network: event.XMPP, ID: "team@muc.example.org/sid-1"}
+		phone := store.MessageRef{Network: event.SIP, ID: "call-1"}
+		e := store.Entry{Origin: event.Header{ID: "$e1", From: event.Address{Network: event.Matrix, ID: "@a:hs"}},
+			Event: &event.Message{Header: event.Header{ID: "$e1"}, Body: "hi"}, Accepted: time.Now()}
+		if _, err := s.Enqueue(ctx, &e); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Done(ctx, e.Seq, store.Same{A: matrixPost, B: posted}, store.Same{A: matrixPost, B: phone}); err != nil {
+			t.Fatal(err)
+		}
+		if pending, _ := s.Pending(ctx); len(pending) != 0 {
+			t.Fatalf("Done left %d entries", len(pending))
+		}
+		if err := s.LinkIDs(ctx, store.Same{A: stanzaID, B: posted}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.LinkIDs(ctx, store.Same{A: stanzaID, B: posted}); err != nil {
+			t.Fatalf("linking again: %v", err)
+		}
+		if err := s.LinkIDs(ctx, store.Same{A: stanzaID, B: stanzaID}); err == nil {
+			t.Error("a message linked with itself")
+		}
+		for _, tc := range []struct {
+			ref  store.MessageRef
+			on   event.Network
+			want string
+		}{
+			{matrixPost, event.XMPP, "parley-1"},
+			{posted, event.Matrix, "$e1"},
+			{posted, event.XMPP, "team@muc.example.org/sid-1"},
+			{stanzaID, event.Matrix, "$e1"},
+			{stanzaID, event.SIP, "call-1"},
+			{phone, event.XMPP, "parley-1"},
+			{matrixPost, event.SIP, "call-1"},
+		} {
+			got, ok, err := s.MessageID(ctx, tc.ref, tc.on)
+			if err != nil || !ok || got != tc.want {
+				t.Errorf("MessageID(%v, %s) = %q, %v, %v; want %q", tc.ref, tc.on, got, ok, err, tc.want)
+			}
+		}
+		if got, ok, err := s.MessageID(ctx, store.MessageRef{Network: event.Matrix, ID: "$unknown"}, event.XMPP); ok || err != nil {
+			t.Errorf("an unknown message: %q, %v, %v", got, ok, err)
+		}
+	})
+}

@@ -625,15 +625,7 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 	}
 	in.from, in.to = from, to
 
-	id := ""
-	for _, s := range m.StanzaIDs {
-		// Only the room's own ID is the same in every copy, and only
-		// the room may be trusted to have set it (XEP-0359 §5).
-		if by, err := jid.Parse(s.By); err == nil && by.Equal(room) && s.ID != "" {
-			id = s.ID
-			break
-		}
-	}
+	id := roomStanzaID(m, room)
 	if id == "" {
 		id = m.ID
 	}
@@ -721,6 +713,7 @@ func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room j
 	if m.Subject != nil && m.body() == "" && messageType(m.Type) == stanza.GroupChatMessage && m.To == a.domain.String() {
 		a.handleRoomSubject(ctx, m, room)
 	}
+	a.linkReflection(ctx, m, room)
 	if in.action != dispatch {
 		a.log.Debug("xmpp room message ignored", "reason", in.reason, "from", m.From, "to", m.To, "id", m.ID)
 		return nil
