@@ -67,6 +67,7 @@ type mucUser struct {
 	Items []struct {
 		JID    string `xml:"jid,attr"`
 		Nick   string `xml:"nick,attr"`
+		Role   string `xml:"role,attr"`
 		Reason string `xml:"http://jabber.org/protocol/muc#user reason"`
 	} `xml:"http://jabber.org/protocol/muc#user item"`
 	Statuses []struct {
@@ -132,6 +133,9 @@ type roomState struct {
 	// present maps the nicks of the other occupants the listener sees to
 	// their participant addresses (see participant).
 	present map[string]string
+	// moderator is set when the listener is a moderator of the room
+	// (it made the room, say): it may change the subject.
+	moderator bool
 	// listening is set once the listener's own presence came: the
 	// presences before it are the room's list of who is there.
 	listening bool
@@ -206,7 +210,7 @@ func (r *rooms) reset() {
 		clear(s.real)
 		clear(s.pending)
 		clear(s.present)
-		s.listening, s.history, s.echoes = false, false, nil
+		s.listening, s.history, s.echoes, s.moderator = false, false, nil, false
 		for who, c := range s.checks {
 			c.finish()
 			delete(s.checks, who)
@@ -557,6 +561,7 @@ func (a *Adapter) handleRoomPresence(ctx context.Context, r xml.TokenReader, roo
 		if p.X.has(statusSelf) {
 			a.rooms.answer(roomID, who, nick, nil)
 			if who == a.domain.String() {
+				a.rooms.setListenerModerator(roomID, p.X.role() == "moderator")
 				a.listenerIn(ctx, room)
 			}
 			return nil

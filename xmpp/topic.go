@@ -83,9 +83,10 @@ func (a *Adapter) handleRoomSubject(ctx context.Context, m messageStanza, room j
 	a.log.Debug("xmpp room subject dispatched", "room", roomID, "from", m.From)
 }
 
-// outboundTopic makes the ghost t.From an occupant of the room t.To and
-// translates t into its change of the room's subject. A room that lets only
-// moderators change it answers with an error, which is logged.
+// outboundTopic translates t into a change of the subject of the room t.To:
+// by the listener when it is a moderator there (most rooms let only
+// moderators change the subject), else by the ghost t.From, which joins
+// first. A room that refuses answers with an error, which is logged.
 func (a *Adapter) outboundTopic(ctx context.Context, t *event.Topic) (string, xml.TokenReader, error) {
 	from, room, err := a.outboundAddresses(&t.Header)
 	if err != nil {
@@ -97,7 +98,11 @@ func (a *Adapter) outboundTopic(ctx context.Context, t *event.Topic) (string, xm
 	if from.Localpart() == "" {
 		return "", nil, bridges.Permanent(errors.New("send topic: not from a ghost JID"))
 	}
-	if _, err := a.joinRoom(ctx, room, from.Bare(), t.FromName); err != nil {
+	setter := from.Bare()
+	if a.rooms.listenerModerator(room.String()) {
+		// Most rooms let only moderators change the subject.
+		setter = a.domain
+	} else if _, err := a.joinRoom(ctx, room, setter, t.FromName); err != nil {
 		return "", nil, err
 	}
 	// Kept first, so that the room's reflection is not taken for a
@@ -106,6 +111,30 @@ func (a *Adapter) outboundTopic(ctx context.Context, t *event.Topic) (string, xm
 		return "", nil, fmt.Errorf("record the subject of %s: %w", room, err)
 	}
 	id := stableID(t.ID)
-	msg := stanza.Message{ID: id, From: from.Bare(), To: room, Type: stanza.GroupChatMessage}
+	msg := stanza.Message{ID: id, From: setter, To: room, Type: stanza.GroupChatMessage}
 	return id, msg.Wrap(element(xml.Name{Local: "subject"}, nil, xmlstream.Token(xml.CharData(t.Text)))), nil
+}
+
+// role returns the role the first item of x gives, or "".
+func (x *mucUser) role() string {
+	if x == nil || len(x.Items) == 0 {
+		return ""
+	}
+	return x.Items[0].Role
+}
+
+// setListenerModerator records whether the listener is a moderator of room.
+func (r *rooms) setListenerModerator(room string, moderator bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.roomLocked(room).moderator = moderator
+}
+
+// listenerModerator reports whether the listener is a moderator of room in
+// this session.
+func (r *rooms) listenerModerator(room string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.rooms[room]
+	return s != nil && s.moderator
 }

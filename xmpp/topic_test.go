@@ -61,3 +61,29 @@ func TestRoomSubject(t *testing.T) {
 		t.Fatalf("dispatched %+v, want alice's post only", m)
 	}
 }
+
+// Where the listener is a moderator (it made the room, say), it sets the
+// subject itself: most rooms let only moderators change it.
+func TestRoomSubjectByModeratorListener(t *testing.T) {
+	srv := newFakeServer(t, "s3cret")
+	h := &fakeRoomHost{fakeHost: newFakeHost(), rooms: []event.Address{xmppAddr(testRoom)}}
+	a := startAdapterWith(t, srv.addr(), "s3cret", h)
+	c := srv.next(t)
+	wantJoin(t, c, "matrix.localhost", listenerNick)
+	c.write(`<presence from="` + testRoom + `/` + listenerNick + `" to="matrix.localhost"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="owner" role="moderator"/><status code="110"/></x></presence>`)
+	for !a.rooms.listenerModerator(testRoom) {
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Send(t.Context(), &event.Topic{Header: event.Header{ID: "$t1", From: xmppAddr(roomGhost), To: xmppAddr(testRoom), FromName: "Bob", Room: true}, Text: "Plans"})
+		done <- err
+	}()
+	p := c.recv(t)
+	if p.XMLName.Local != "message" || p.attr("from") != "matrix.localhost" || p.attr("to") != testRoom || !strings.Contains(p.Inner, "<subject>Plans</subject>") {
+		t.Fatalf("want the listener's change of subject, got %+v", p)
+	}
+	if err := waitSend(t, done); err != nil {
+		t.Fatal(err)
+	}
+}
