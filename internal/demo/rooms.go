@@ -19,7 +19,7 @@ const (
 	roomAlias     = "#" + roomAliasName + ":" + serverName
 	roomMUC       = "lobby@" + peertest.MUCDomain
 	roomSIP       = "sip:lobby@" + sipDomain // phones write here to post in the room
-	botMXID       = "@parley:" + serverName // the appservice's bot
+	botMXID       = "@parley:" + serverName  // the appservice's bot
 )
 
 // room is the group chat part of the scripted conversation. bob makes the
