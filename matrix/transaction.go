@@ -279,6 +279,8 @@ func (a *Adapter) handleEvent(ctx context.Context, evt *mevent.Event) error {
 		return a.handleMember(ctx, evt)
 	case mevent.EventMessage.Type, mevent.EventEncrypted.Type, mevent.EventSticker.Type:
 		return a.handleMessage(ctx, evt)
+	case mevent.StateTopic.Type:
+		return a.handleTopic(ctx, evt)
 	}
 	if isCallEvent(evt.Type.Type) {
 		return a.handleCall(ctx, evt)

@@ -54,7 +54,9 @@ type messageStanza struct {
 	} `xml:"urn:xmpp:delay delay"`
 	// Subject is a room's subject, which a room sends after the history
 	// at each join (XEP-0045 §7.2.15).
-	Subject *struct{} `xml:"subject"`
+	Subject *struct {
+		Text string `xml:",chardata"`
+	} `xml:"subject"`
 }
 
 // langText is a child element with text in one language, such as <body/>.

@@ -7,6 +7,7 @@ Prints one JSON object per line on stdout:
   {"ev": "message", "from": ..., "id": ..., "body": ..., "nick": ...}
   {"ev": "groupchat", "from": ..., "room": ..., "nick": ..., "id": ..., "body": ..., "delayed": bool}
   {"ev": "joined", "from": ..., "room": ..., "nick": ...}      (our own presence in a room, status 110)
+  {"ev": "subject", "from": ..., "room": ..., "nick": ..., "body": subject, "delayed": bool}
   {"ev": "configured", "room": ...} or {"ev": "error", "from": room, "condition": ...}
   {"ev": "error", "from": ..., "id": ..., "condition": ..., "text": ...}
   {"ev": "receipt", "from": ..., "id": ...}
@@ -18,9 +19,11 @@ Reads commands from stdin:
   {"cmd": "subscribe", "to": ...}
   {"cmd": "join", "room": ..., "nick": ...}             (XEP-0045, no history)
   {"cmd": "groupchat", "room": ..., "id": ..., "body": ...}
+  {"cmd": "subject", "room": ..., "subject": ...}       (XEP-0045 §8.1: change the room's subject)
   {"cmd": "nick", "room": ..., "nick": ...}             (XEP-0045 §7.6: change nick in a room)
   {"cmd": "leave", "room": ..., "nick": ..., "status": ...}
-  {"cmd": "configure", "room": ..., "whois": "anyone"}  (owner: real JIDs shown to all)
+  {"cmd": "configure", "room": ..., "whois": "anyone", "changesubject": true}
+                                                        (owner: real JIDs shown to all; occupants may change the subject)
 Subscription requests to this client are approved automatically.
   {"cmd": "quit"}
 """
@@ -84,6 +87,11 @@ class Client(slixmpp.ClientXMPP):
             emit(ev="error", **{"from": frm}, id=msg["id"], condition=cond, text=text)
             return
         if msg["type"] == "groupchat":
+            subject = xml.find("{jabber:client}subject")
+            if subject is not None and not msg["body"]:
+                emit(ev="subject", **{"from": frm}, room=msg["from"].bare,
+                     nick=msg["from"].resource, body=subject.text or "",
+                     delayed=xml.find("{%s}delay" % DELAY) is not None)
             if msg["body"]:
                 emit(ev="groupchat", **{"from": frm}, room=msg["from"].bare,
                      nick=msg["from"].resource, id=msg["id"], body=msg["body"],
@@ -107,12 +115,15 @@ class Client(slixmpp.ClientXMPP):
         emit(ev="presence", **{"from": str(pres["from"])}, type=pres["type"],
              show=pres["show"], status=pres["status"])
 
-    async def configure(self, room, whois):
+    async def configure(self, room, whois, changesubject=None):
         iq = self.make_iq_set(ito=room)
         query = ET.Element("{%s}query" % MUC_OWNER)
         form = ET.SubElement(query, "{%s}x" % DATA)
         form.set("type", "submit")
-        for var, value in (("FORM_TYPE", MUC + "#roomconfig"), ("muc#roomconfig_whois", whois)):
+        fields = [("FORM_TYPE", MUC + "#roomconfig"), ("muc#roomconfig_whois", whois)]
+        if changesubject is not None:
+            fields.append(("muc#roomconfig_changesubject", "1" if changesubject else "0"))
+        for var, value in fields:
             field = ET.SubElement(form, "{%s}field" % DATA)
             field.set("var", var)
             ET.SubElement(field, "{%s}value" % DATA).text = value
@@ -174,8 +185,13 @@ class Client(slixmpp.ClientXMPP):
             msg["id"] = cmd["id"]
             msg.send()
             return
+        if cmd["cmd"] == "subject":
+            msg = self.make_message(mto=cmd["room"], mtype="groupchat")
+            ET.SubElement(msg.xml, "{jabber:client}subject").text = cmd["subject"]
+            msg.send()
+            return
         if cmd["cmd"] == "configure":
-            self.loop.create_task(self.configure(cmd["room"], cmd.get("whois", "anyone")))
+            self.loop.create_task(self.configure(cmd["room"], cmd.get("whois", "anyone"), cmd.get("changesubject")))
             return
         if cmd["cmd"] == "subscribe":
             self.send_presence_subscription(pto=cmd["to"])
