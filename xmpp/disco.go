@@ -18,25 +18,36 @@ type identity struct {
 }
 
 // discoInfo returns the disco#info the component gives for addr, a JID under
-// its domain: the gateway itself for the bare domain, a ghost user for any
-// other JID. Ghosts are not checked against the identity map: the component
-// does not know who exists until a message is routed.
-func (a *Adapter) discoInfo(addr jid.JID) (identity, []string) {
+// its domain: the gateway itself for the bare domain, which is also a MUC
+// service (see mucservice.go); a room for a served room; a ghost user for
+// any other JID. Ghosts are not checked against the identity map: the
+// component does not know who exists until a message is routed.
+func (a *Adapter) discoInfo(addr jid.JID) ([]identity, []string) {
 	if addr.Localpart() == "" && addr.Resourcepart() == "" {
-		return identity{Category: "gateway", Type: a.cfg.gatewayType(), Name: "Parley"},
-			[]string{nsDiscoInfo, nsDiscoItems, nsReceipts}
+		return []identity{
+				{Category: "gateway", Type: a.cfg.gatewayType(), Name: "Parley"},
+				{Category: "conference", Type: "text", Name: "Matrix rooms"},
+			},
+			[]string{nsDiscoInfo, nsDiscoItems, nsMUC, nsReceipts}
 	}
-	return identity{Category: "client", Type: "pc"}, []string{nsDiscoInfo, nsReceipts}
+	if _, alias, ok := a.servedRoom(addr.String()); ok && addr.Resourcepart() == "" {
+		return []identity{{Category: "conference", Type: "text", Name: alias}},
+			[]string{nsDiscoInfo, nsMUC, nsSID, featureMUCOpen, featureMUCUnmoderated, featureMUCSemiAnonymous, featureMUCTemporary}
+	}
+	return []identity{{Category: "client", Type: "pc"}}, []string{nsDiscoInfo, nsReceipts}
 }
 
 // discoInfoQuery returns the <query/> of a disco#info result.
-func discoInfoQuery(id identity, features []string) xml.TokenReader {
-	attrs := []xml.Attr{attr("category", id.Category), attr("type", id.Type)}
-	if id.Name != "" {
-		attrs = append(attrs, attr("name", id.Name))
-	}
+func discoInfoQuery(ids []identity, features []string) xml.TokenReader {
 	// Children without a namespace inherit the query's.
-	children := []xml.TokenReader{element(xml.Name{Local: "identity"}, attrs)}
+	var children []xml.TokenReader
+	for _, id := range ids {
+		attrs := []xml.Attr{attr("category", id.Category), attr("type", id.Type)}
+		if id.Name != "" {
+			attrs = append(attrs, attr("name", id.Name))
+		}
+		children = append(children, element(xml.Name{Local: "identity"}, attrs))
+	}
 	for _, f := range features {
 		children = append(children, element(xml.Name{Local: "feature"}, []xml.Attr{attr("var", f)}))
 	}

@@ -34,6 +34,9 @@ const dispatchTimeout = 30 * time.Second
 func (a *Adapter) handler(ctx context.Context, out *replies) xmpp.Handler {
 	return xmpp.HandlerFunc(func(t xmlstream.TokenReadEncoder, start *xml.StartElement) error {
 		r := xmlstream.MultiReader(xmlstream.Token(*start), t)
+		if start.Name.Local != "iq" && a.isServed(servedBare(attrValue(start, "to"))) {
+			return a.handleServed(ctx, &replyBuffer{ctx: ctx, r: out}, r, start.Name.Local)
+		}
 		switch start.Name.Local {
 		case "message":
 			return a.handleMessage(ctx, &replyBuffer{ctx: ctx, r: out}, r)

@@ -504,6 +504,9 @@ func (a *Adapter) joinListeners(ctx context.Context) {
 			a.log.Warn("xmpp portal room is not a room JID", "room", r.ID, "error", err)
 			continue
 		}
+		if a.isServed(r.ID) {
+			continue // Parley is that room (see mucservice.go)
+		}
 		a.rooms.room(room.String())
 		nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
 		if ctx.Err() != nil {
