@@ -235,6 +235,19 @@ func TestServedRoom(t *testing.T) {
 	if p := wantStanza(t, c, "presence", room+"/Bob", alice); p.attr("type") != "unavailable" {
 		t.Fatalf("Bob's leave: %+v", p)
 	}
+	// A Matrix member the room did not know posts: it comes first. Its
+	// topic change is the room's subject.
+	if _, err := a.Send(t.Context(), &event.Message{Header: event.Header{ID: "$p2", From: xmppAddr(servedGhost), To: xmppAddr(room), FromName: "Bob", Room: true}, Body: "back"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := wantStanza(t, c, "presence", room+"/Bob", alice); p.attr("type") != "" {
+		t.Fatalf("Bob's return: %+v", p)
+	}
+	wantStanza(t, c, "message", room+"/Bob", alice, "back")
+	if _, err := a.Send(t.Context(), &event.Topic{Header: event.Header{ID: "$t", From: xmppAddr(servedGhost), To: xmppAddr(room), FromName: "Bob", Room: true}, Text: "Plans"}); err != nil {
+		t.Fatal(err)
+	}
+	wantStanza(t, c, "message", room+"/Bob", alice, "<subject>Plans</subject>")
 	select {
 	case evt := <-h.dispatched:
 		t.Fatalf("dispatched %+v, want nothing more", evt)
