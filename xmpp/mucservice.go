@@ -69,11 +69,13 @@ const (
 	featureMUCTemporary     = "muc_temporary"
 )
 
-// portalOpener is what the host does when it opens portals at run time:
-// OpenPortal joins rooms (here a Matrix alias and a served room JID) into
-// one portal, or says why it will not (the YAML's policy).
+// portalOpener is what the host does when it opens portals at run time
+// (the core's registry, bridges.PortalHost): OpenPortal joins rooms (here a
+// Matrix alias and a served room JID) into one portal at the request of by
+// (the joiner's bare JID), or says why it will not (the YAML's policy). It
+// returns nil at once when that portal exists already.
 type portalOpener interface {
-	OpenPortal(ctx context.Context, rooms ...event.Address) error
+	OpenPortal(ctx context.Context, by event.Address, rooms ...event.Address) error
 }
 
 // servedRooms is the state of the rooms the MUC service serves. Safe for

@@ -142,7 +142,7 @@ func (a *Adapter) handleServedPresence(ctx context.Context, w xmlstream.TokenWri
 		return a.servedNickChange(ctx, w, room, from, old, nick, p.ID)
 	}
 	if !open {
-		if err := a.openServed(ctx, room, alias); err != nil {
+		if err := a.openServed(ctx, room, alias, from); err != nil {
 			cond := stanza.NotAllowed
 			if errors.Is(err, errNoOpener) {
 				cond = stanza.ItemNotFound
@@ -161,15 +161,16 @@ func (a *Adapter) handleServedPresence(ctx context.Context, w xmlstream.TokenWri
 var errNoOpener = errors.New("this gateway does not open Matrix rooms on demand")
 
 // openServed asks the core to open the portal between the Matrix room
-// alias and the served room room.
-func (a *Adapter) openServed(ctx context.Context, room jid.JID, alias string) error {
+// alias and the served room room, for the user by.
+func (a *Adapter) openServed(ctx context.Context, room jid.JID, alias string, by jid.JID) error {
 	o, ok := a.host.(portalOpener)
 	if !ok {
 		return errNoOpener
 	}
 	octx, cancel := context.WithTimeout(ctx, dispatchTimeout)
 	defer cancel()
-	err := o.OpenPortal(octx, event.Address{Network: event.Matrix, ID: alias}, event.Address{Network: event.XMPP, ID: room.String()})
+	err := o.OpenPortal(octx, event.Address{Network: event.XMPP, ID: by.Bare().String()},
+		event.Address{Network: event.Matrix, ID: alias}, event.Address{Network: event.XMPP, ID: room.String()})
 	if err != nil {
 		a.log.Info("xmpp served room not opened", "room", room.String(), "alias", alias, "error", err)
 		return fmt.Errorf("%s cannot be opened: %w", alias, err)

@@ -24,17 +24,17 @@ const (
 type fakeOpenerHost struct {
 	*fakeHost
 	mu     sync.Mutex
-	opened [][]event.Address
+	opened [][]event.Address // by, then the rooms
 	refuse error
 }
 
-func (h *fakeOpenerHost) OpenPortal(_ context.Context, rooms ...event.Address) error {
+func (h *fakeOpenerHost) OpenPortal(_ context.Context, by event.Address, rooms ...event.Address) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.refuse != nil {
 		return h.refuse
 	}
-	h.opened = append(h.opened, rooms)
+	h.opened = append(h.opened, append([]event.Address{by}, rooms...))
 	return nil
 }
 
@@ -123,7 +123,7 @@ func TestServedRoom(t *testing.T) {
 	h.mu.Lock()
 	opened := slices.Clone(h.opened)
 	h.mu.Unlock()
-	want := []event.Address{{Network: event.Matrix, ID: servedAliasID}, xmppAddr(room)}
+	want := []event.Address{xmppAddr("alice@localhost"), {Network: event.Matrix, ID: servedAliasID}, xmppAddr(room)}
 	if len(opened) != 1 || !slices.Equal(opened[0], want) {
 		t.Fatalf("opened %v, want %v", opened, want)
 	}
