@@ -17,7 +17,7 @@ Reads commands from stdin:
   {"cmd": "send", "to": ..., "id": ..., "body": ..., "receipt": true}
   {"cmd": "presence", "show": "away", "status": "..."}   (show "" = available, "unavailable")
   {"cmd": "subscribe", "to": ...}
-  {"cmd": "join", "room": ..., "nick": ...}             (XEP-0045, no history)
+  {"cmd": "join", "room": ..., "nick": ..., "history": n} (XEP-0045, the last n posts; no history without n)
   {"cmd": "groupchat", "room": ..., "id": ..., "body": ...}
   {"cmd": "subject", "room": ..., "subject": ...}       (XEP-0045 §8.1: change the room's subject)
   {"cmd": "nick", "room": ..., "nick": ...}             (XEP-0045 §7.6: change nick in a room)
@@ -169,7 +169,7 @@ class Client(slixmpp.ClientXMPP):
             pres = self.make_presence(pto="%s/%s" % (cmd["room"], cmd["nick"]))
             x = ET.Element("{%s}x" % MUC)
             hist = ET.SubElement(x, "{%s}history" % MUC)
-            hist.set("maxstanzas", "0")
+            hist.set("maxstanzas", str(cmd.get("history", 0)))
             pres.append(x)
             pres.send()
             return
