@@ -145,15 +145,27 @@ func TestRoomServed(t *testing.T) {
 	nextXMPP(t, xb, "XA leaving", func(e peertest.XMPPEvent) bool {
 		return e.Ev == "presence" && e.From == muc+"/XA" && e.Type == "unavailable"
 	})
+	waitGone(t, mx1, room, ghost)
+	// xb goes offline without leaving: the server tells the room, and
+	// xb's ghost leaves the Matrix room too.
+	xb.Quit(t)
+	waitGone(t, mx1, room, id.UserID("@_xmpp_xb_localhost:localhost"))
+}
+
+// waitGone waits until user is no member of room, as c sees the room.
+func waitGone(t *testing.T, c *peertest.MatrixClient, room id.RoomID, user id.UserID) {
+	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		members, err := mx1.JoinedMembers(ctx, room)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		members, err := c.JoinedMembers(ctx, room)
+		cancel()
 		if err == nil {
-			if _, in := members.Joined[ghost]; !in {
-				break
+			if _, in := members.Joined[user]; !in {
+				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s is still in the room after xa left", ghost)
+			t.Fatalf("%s is still in %s", user, room)
 		}
 	}
 }
