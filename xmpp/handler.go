@@ -11,6 +11,7 @@ import (
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/ping"
 	"mellium.im/xmpp/stanza"
 
 	"github.com/parleygw/parley/bridges"
@@ -154,6 +155,14 @@ func (a *Adapter) answerIQ(iq iqStanza, from, to jid.JID) (xml.TokenReader, *sta
 		return nil, &stanza.Error{Type: stanza.Modify, Condition: stanza.BadRequest}
 	}
 	p := iq.Payload[0]
+	if room, _, ok := a.servedRoom(to.String()); ok && to.Resourcepart() != "" {
+		if p.XMLName == (xml.Name{Space: ping.NS, Local: "ping"}) && iq.Type == string(stanza.GetIQ) {
+			if se := a.servedSelfPing(room, from, to.Resourcepart()); se != nil {
+				return nil, se
+			}
+			return xmlstream.MultiReader(), nil
+		}
+	}
 	if iq.Type != string(stanza.GetIQ) || p.XMLName.Local != "query" {
 		return nil, &stanza.Error{Type: stanza.Cancel, Condition: stanza.ServiceUnavailable}
 	}

@@ -507,3 +507,28 @@ func (a *Adapter) handleServed(ctx context.Context, w xmlstream.TokenWriter, r x
 	}
 	return nil
 }
+
+// servedSelfPing answers a ping from from to the occupant nick of room
+// (XEP-0410, MUC self-ping): nil (a result) when from is that occupant, an
+// error otherwise: not-acceptable when from is no occupant, which tells
+// its client to join again (after a restart of Parley, say), and
+// feature-not-implemented for a ping to someone else, which the service
+// does not pass on.
+func (a *Adapter) servedSelfPing(room, from jid.JID, nick string) *stanza.Error {
+	a.served.mu.Lock()
+	defer a.served.mu.Unlock()
+	var held string
+	if sr := a.served.rooms[room.String()]; sr != nil {
+		held = sr.users[from.String()]
+	}
+	switch held {
+	case nick:
+		return nil
+	case "":
+		se := servedError(stanza.Cancel, stanza.NotAcceptable, "You are not in this room: join it again.")
+		return &se
+	default:
+		se := servedError(stanza.Cancel, stanza.FeatureNotImplemented, "")
+		return &se
+	}
+}

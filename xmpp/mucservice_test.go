@@ -198,6 +198,20 @@ func TestServedRoom(t *testing.T) {
 		t.Fatalf("dispatched %+v, want alice's rename", m)
 	}
 
+	// Self-pings (XEP-0410): alice is in as Alicia; carol is not in as
+	// Alicia; dave is no occupant.
+	pings := []struct{ from, nick, typ, cond string }{
+		{alice, "Alicia", "result", ""},
+		{carol, "Alicia", "error", "feature-not-implemented"},
+		{"dave@localhost/x", "dave", "error", "not-acceptable"},
+	}
+	for _, tt := range pings {
+		c.write(`<iq type="get" id="sp" from="` + tt.from + `" to="` + room + `/` + tt.nick + `"><ping xmlns="urn:xmpp:ping"/></iq>`)
+		if p := wantStanza(t, c, "iq", room+"/"+tt.nick, tt.from, tt.cond); p.attr("type") != tt.typ || p.attr("id") != "sp" {
+			t.Fatalf("self-ping of %s as %s: %+v", tt.from, tt.nick, p)
+		}
+	}
+
 	// What the room does not take.
 	refused := []struct{ name, stanza, from, to, cond string }{
 		{"a private message", `<message type="chat" id="x" from="` + carol + `" to="` + room + `/Bob"><body>psst</body></message>`, room + "/Bob", carol, "feature-not-implemented"},
