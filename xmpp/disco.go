@@ -54,8 +54,30 @@ func discoInfoQuery(ids []identity, features []string) xml.TokenReader {
 	return element(xml.Name{Space: nsDiscoInfo, Local: "query"}, nil, children...)
 }
 
-// discoItemsQuery returns the <query/> of an empty disco#items result: the
-// component lists no items.
-func discoItemsQuery() xml.TokenReader {
-	return element(xml.Name{Space: nsDiscoItems, Local: "query"}, nil)
+// discoItem is an XEP-0030 item.
+type discoItem struct {
+	JID, Name string
+}
+
+// discoItems returns the items the component lists for addr: for the bare
+// domain, the rooms it serves with a portal open (see mucservice.go);
+// nothing for any other JID.
+func (a *Adapter) discoItems(addr jid.JID) []discoItem {
+	if addr.Localpart() != "" || addr.Resourcepart() != "" {
+		return nil
+	}
+	return a.served.openRooms()
+}
+
+// discoItemsQuery returns the <query/> of a disco#items result with items.
+func discoItemsQuery(items ...discoItem) xml.TokenReader {
+	var children []xml.TokenReader
+	for _, it := range items {
+		attrs := []xml.Attr{attr("jid", it.JID)}
+		if it.Name != "" {
+			attrs = append(attrs, attr("name", it.Name))
+		}
+		children = append(children, element(xml.Name{Local: "item"}, attrs))
+	}
+	return element(xml.Name{Space: nsDiscoItems, Local: "query"}, nil, children...)
 }

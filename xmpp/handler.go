@@ -176,7 +176,7 @@ func (a *Adapter) answerIQ(iq iqStanza, from, to jid.JID) (xml.TokenReader, *sta
 		if p.Node != "" {
 			return nil, &stanza.Error{Type: stanza.Cancel, Condition: stanza.ItemNotFound}
 		}
-		return discoItemsQuery(), nil
+		return discoItemsQuery(a.discoItems(to)...), nil
 	}
 	return nil, &stanza.Error{Type: stanza.Cancel, Condition: stanza.ServiceUnavailable}
 }

@@ -133,6 +133,21 @@ func (s *servedRooms) roomLocked(room jid.JID, alias string) *servedRoom {
 	return r
 }
 
+// openRooms returns the served rooms whose portal is open, by JID, as
+// disco#items.
+func (s *servedRooms) openRooms() []discoItem {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []discoItem
+	for _, r := range s.rooms {
+		if r.open {
+			out = append(out, discoItem{JID: r.jid.String(), Name: r.alias})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].JID < out[j].JID })
+	return out
+}
+
 // userJIDs returns the full JIDs of the XMPP occupants of r, in order.
 func (r *servedRoom) userJIDs() []jid.JID {
 	full := make([]string, 0, len(r.users))

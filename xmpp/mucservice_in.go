@@ -397,6 +397,8 @@ func (a *Adapter) handleServedMessage(ctx context.Context, w xmlstream.TokenWrit
 		},
 		Body: m.body(),
 	}
+	// A failure to post it goes to this resource (see outboundFailure).
+	a.senders.remember(evt.ID, from)
 	dctx, cancel := context.WithTimeout(ctx, dispatchTimeout)
 	err = a.host.Dispatch(dctx, evt)
 	cancel()

@@ -131,6 +131,10 @@ func TestServedRoom(t *testing.T) {
 		t.Fatalf("dispatched %+v, want alice's join", m)
 	}
 
+	// The service lists the room.
+	c.write(`<iq type="get" id="di" from="` + alice + `" to="matrix.localhost"><query xmlns="http://jabber.org/protocol/disco#items"/></iq>`)
+	wantStanza(t, c, "iq", "matrix.localhost", alice, `<item jid="`+room+`" name="`+servedAliasID+`">`)
+
 	// A Matrix member joins, then posts: alice sees both.
 	if _, err := a.Send(t.Context(), &event.Member{Header: event.Header{ID: "$j", From: xmppAddr(servedGhost), To: xmppAddr(room), Room: true}, Change: event.MemberJoined, Name: "Bob"}); err != nil {
 		t.Fatalf("Send member: %v", err)
@@ -177,6 +181,13 @@ func TestServedRoom(t *testing.T) {
 		t.Fatalf("alice's reflection: %+v", p)
 	}
 	wantStanza(t, c, "message", room+"/alice", carol, "hello Matrix", `id="`+sid+`"`)
+	// The Matrix room refused it: alice's client is told.
+	if _, err := a.Send(t.Context(), &event.Failure{Header: event.Header{ID: "f1", From: xmppAddr(room), To: xmppAddr("alice@localhost")}, EventID: m.ID, Reason: "the room refused it"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := wantStanza(t, c, "message", room, alice, "the room refused it"); p.attr("type") != "error" {
+		t.Fatalf("failure: %+v", p)
+	}
 
 	// A Matrix member whose name is an occupant's nick gets a suffix.
 	if _, err := a.Send(t.Context(), &event.Member{Header: event.Header{ID: "$j2", From: xmppAddr(servedGhost2), To: xmppAddr(room), Room: true}, Change: event.MemberJoined, Name: "alice"}); err != nil {
