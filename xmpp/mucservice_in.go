@@ -34,9 +34,10 @@ type servedPresence struct {
 }
 
 // servedHistoryRequest is the <history/> of a join (XEP-0045 §7.2.15).
-// maxchars is not honoured.
+// maxchars is honoured only as "0", no history.
 type servedHistoryRequest struct {
 	MaxStanzas string `xml:"maxstanzas,attr"`
+	MaxChars   string `xml:"maxchars,attr"`
 	Seconds    string `xml:"seconds,attr"`
 	Since      string `xml:"since,attr"`
 }
@@ -45,6 +46,9 @@ type servedHistoryRequest struct {
 func (h *servedHistoryRequest) pick(history []servedPost, now time.Time) []servedPost {
 	if h == nil {
 		return history
+	}
+	if h.MaxChars == "0" {
+		return nil
 	}
 	if n, err := strconv.Atoi(h.MaxStanzas); err == nil && n >= 0 && n < len(history) {
 		history = history[len(history)-n:]
@@ -120,15 +124,22 @@ func (a *Adapter) handleServedPresence(ctx context.Context, w xmlstream.TokenWri
 			"A nick may not hold control or formatting characters, begin or end with a space, or be longer than "+strconv.Itoa(maxNick)+" characters."))
 	}
 
+	// A room is kept in memory only once its portal is open: joins
+	// refused do not grow the service.
 	s := a.served
 	s.mu.Lock()
-	sr := s.roomLocked(room, alias)
-	old, inRoom := sr.users[from.String()]
-	if o, taken := sr.occupants[nick]; taken && !o.jid.Equal(from) {
-		s.mu.Unlock()
-		return refuse(servedError(stanza.Cancel, stanza.Conflict, "Someone in the room has that nick already."))
+	var (
+		old          string
+		inRoom, open bool
+	)
+	if sr := s.rooms[room.String()]; sr != nil {
+		old, inRoom = sr.users[from.String()]
+		if o, taken := sr.occupants[nick]; taken && !o.jid.Equal(from) {
+			s.mu.Unlock()
+			return refuse(servedError(stanza.Cancel, stanza.Conflict, "Someone in the room has that nick already."))
+		}
+		open = sr.open
 	}
-	open := sr.open
 	s.mu.Unlock()
 
 	switch {
@@ -191,6 +202,13 @@ func (a *Adapter) servedJoin(ctx context.Context, w xmlstream.TokenWriter, room 
 	s := a.served
 	s.mu.Lock()
 	sr := s.roomLocked(room, alias)
+	if o, taken := sr.occupants[nick]; taken && !o.jid.Equal(from) {
+		// A Matrix member took the nick while the portal opened.
+		s.mu.Unlock()
+		se := servedError(stanza.Cancel, stanza.Conflict, "Someone in the room has that nick already.")
+		occupant, _ := room.WithResource(nick)
+		return writeStanza(w, stanza.Presence{ID: presenceID, From: occupant, To: from, Type: stanza.ErrorPresence}.Wrap(se.TokenReader()))
+	}
 	sr.users[from.String()] = nick
 	sr.occupants[nick] = &servedOccupant{nick: nick, jid: from, user: true}
 	var out []xml.TokenReader

@@ -109,6 +109,12 @@ func TestServedRoom(t *testing.T) {
 		t.Fatalf("want an error presence answering j0, got %+v", p)
 	}
 
+	a.served.mu.Lock()
+	if n := len(a.served.rooms); n != 0 {
+		t.Errorf("%d rooms kept after a refused join", n)
+	}
+	a.served.mu.Unlock()
+
 	// Opened: alice joins; she gets her own presence and the (empty)
 	// subject, the core is told.
 	h.mu.Lock()
@@ -311,6 +317,7 @@ func TestServedHistoryRequest(t *testing.T) {
 		{"no request", nil, "abcde"},
 		{"maxstanzas", &servedHistoryRequest{MaxStanzas: "2"}, "de"},
 		{"none", &servedHistoryRequest{MaxStanzas: "0"}, ""},
+		{"no characters", &servedHistoryRequest{MaxChars: "0"}, ""},
 		{"seconds", &servedHistoryRequest{Seconds: "150"}, "de"},
 		{"since", &servedHistoryRequest{Since: testNow.Add(-3 * time.Minute).UTC().Format(time.RFC3339)}, "cde"},
 		{"garbage", &servedHistoryRequest{MaxStanzas: "-1", Seconds: "x", Since: "y"}, "abcde"},
