@@ -91,9 +91,9 @@ type servedRoom struct {
 	alias string // the Matrix room alias it serves
 	// open is set once the core opened the room's portal.
 	open bool
-	// occupants are all the occupants by nick; users maps the XMPP
-	// occupants' full JIDs to their nicks, members the Matrix members'
-	// ghost JIDs to theirs.
+	// occupants are all the occupants by nick; users maps the full JIDs
+	// of the XMPP clients in the room to their nicks, members the Matrix
+	// members' ghost JIDs to theirs.
 	occupants map[string]*servedOccupant
 	users     map[string]string
 	members   map[string]string
@@ -102,7 +102,8 @@ type servedRoom struct {
 }
 
 // servedOccupant is an occupant of a served room: an XMPP user (jid their
-// full JID) or a Matrix member (jid their ghost's bare JID).
+// bare JID; each of their clients that joined holds the nick) or a Matrix
+// member (jid their ghost's bare JID).
 type servedOccupant struct {
 	nick string
 	jid  jid.JID
@@ -170,6 +171,24 @@ func (r *servedRoom) hasUser(bare jid.JID, except string) bool {
 	for full := range r.users {
 		j, err := jid.Parse(full)
 		if err == nil && full != except && j.Bare().Equal(bare) {
+			return true
+		}
+	}
+	return false
+}
+
+// mayHold reports whether the XMPP user from may hold nick in r: nobody
+// holds it, or the same user (another of their clients: a multi-session
+// nick, XEP-0045 §7.2.9).
+func (r *servedRoom) mayHold(nick string, from jid.JID) bool {
+	o, taken := r.occupants[nick]
+	return !taken || (o.user && o.jid.Equal(from.Bare()))
+}
+
+// holds reports whether a client of an XMPP user holds nick in r.
+func (r *servedRoom) holds(nick string) bool {
+	for _, n := range r.users {
+		if n == nick {
 			return true
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"mellium.im/xmlstream"
+	"mellium.im/xmpp/jid"
 )
 
 // FuzzServedRoom feeds stanzas to the MUC service, in a room where alice
@@ -20,6 +21,8 @@ func FuzzServedRoom(f *testing.F) {
 		presenceFrom("carol@localhost/pc", room+"/carol", mucJoin, "id", "c1"),
 		presenceFrom("carol@localhost/pc", room+"/carol", `<x xmlns="http://jabber.org/protocol/muc"><history maxstanzas="3" seconds="60" since="2025-01-01T00:00:00Z"/></x>`),
 		presenceFrom("carol@localhost/pc", room+"/alice", mucJoin),
+		presenceFrom("alice@localhost/laptop", room+"/alice", mucJoin),
+		presenceFrom("alice@localhost/laptop", room+"/other", mucJoin),
 		presenceFrom(alice, room+"/Alicia", ""),
 		presenceFrom(alice, room+"/alice", "", "type", "unavailable"),
 		presenceFrom(alice, room, "", "type", "error"),
@@ -82,12 +85,20 @@ func FuzzServedRoom(f *testing.F) {
 		a.served.mu.Lock()
 		defer a.served.mu.Unlock()
 		for _, r := range a.served.rooms {
-			if len(r.users)+len(r.members) != len(r.occupants) {
-				t.Fatalf("room %s: %d users and %d members, %d occupants", r.jid, len(r.users), len(r.members), len(r.occupants))
-			}
 			for full, nick := range r.users {
-				if o := r.occupants[nick]; o == nil || !o.user || o.jid.String() != full {
+				j, _ := jid.Parse(full)
+				if o := r.occupants[nick]; o == nil || !o.user || !o.jid.Equal(j.Bare()) {
 					t.Fatalf("room %s: user %s as %q, occupant %+v", r.jid, full, nick, o)
+				}
+			}
+			for ghost, nick := range r.members {
+				if o := r.occupants[nick]; o == nil || o.user || o.jid.String() != ghost {
+					t.Fatalf("room %s: member %s as %q, occupant %+v", r.jid, ghost, nick, o)
+				}
+			}
+			for nick, o := range r.occupants {
+				if o.user && !r.holds(nick) || !o.user && r.members[o.jid.String()] != nick {
+					t.Fatalf("room %s: occupant %q %+v held by nobody", r.jid, nick, o)
 				}
 			}
 		}

@@ -134,7 +134,7 @@ func (a *Adapter) handleServedPresence(ctx context.Context, w xmlstream.TokenWri
 	)
 	if sr := s.rooms[room.String()]; sr != nil {
 		old, inRoom = sr.users[from.String()]
-		if o, taken := sr.occupants[nick]; taken && !o.jid.Equal(from) {
+		if !sr.mayHold(nick, from) {
 			s.mu.Unlock()
 			return refuse(servedError(stanza.Cancel, stanza.Conflict, "Someone in the room has that nick already."))
 		}
@@ -202,15 +202,19 @@ func (a *Adapter) servedJoin(ctx context.Context, w xmlstream.TokenWriter, room 
 	s := a.served
 	s.mu.Lock()
 	sr := s.roomLocked(room, alias)
-	if o, taken := sr.occupants[nick]; taken && !o.jid.Equal(from) {
+	if !sr.mayHold(nick, from) {
 		// A Matrix member took the nick while the portal opened.
 		s.mu.Unlock()
 		se := servedError(stanza.Cancel, stanza.Conflict, "Someone in the room has that nick already.")
 		occupant, _ := room.WithResource(nick)
 		return writeStanza(w, stanza.Presence{ID: presenceID, From: occupant, To: from, Type: stanza.ErrorPresence}.Wrap(se.TokenReader()))
 	}
+	// Another client of the same user may hold the nick already
+	// (multi-session nick): then the others see no one new.
+	_, shared := sr.occupants[nick]
+	shared = shared && !again
 	sr.users[from.String()] = nick
-	sr.occupants[nick] = &servedOccupant{nick: nick, jid: from, user: true}
+	sr.occupants[nick] = &servedOccupant{nick: nick, jid: from.Bare(), user: true}
 	var out []xml.TokenReader
 	nicks := make([]string, 0, len(sr.occupants))
 	for n := range sr.occupants {
@@ -223,7 +227,7 @@ func (a *Adapter) servedJoin(ctx context.Context, w xmlstream.TokenWriter, room 
 		}
 	}
 	for _, u := range sr.userJIDs() {
-		if !u.Equal(from) && !again {
+		if !u.Equal(from) && !again && !shared {
 			out = append(out, servedOccupantPresence(room, nick, u, "", nil))
 		}
 	}
@@ -240,7 +244,7 @@ func (a *Adapter) servedJoin(ctx context.Context, w xmlstream.TokenWriter, room 
 		}
 	}
 	a.log.Info("xmpp served room joined", "room", room.String(), "occupant", from.String(), "nick", nick)
-	if again {
+	if again || shared {
 		return nil
 	}
 	a.dispatchServedMember(ctx, room, from, nick, event.MemberJoined, presenceID)
@@ -248,8 +252,9 @@ func (a *Adapter) servedJoin(ctx context.Context, w xmlstream.TokenWriter, room 
 }
 
 // servedNickChange changes the nick of the XMPP occupant from of room from
-// old to nick (XEP-0045 §7.6): every XMPP occupant gets the unavailable
-// presence of old with status 303, then the presence of nick.
+// old to nick (XEP-0045 §7.6), for all the user's clients that share it:
+// every XMPP occupant gets the unavailable presence of old with status
+// 303, then the presence of nick.
 func (a *Adapter) servedNickChange(ctx context.Context, w xmlstream.TokenWriter, room, from jid.JID, old, nick, presenceID string) error {
 	s := a.served
 	s.mu.Lock()
@@ -259,14 +264,23 @@ func (a *Adapter) servedNickChange(ctx context.Context, w xmlstream.TokenWriter,
 		return nil
 	}
 	delete(sr.occupants, old)
-	sr.occupants[nick] = &servedOccupant{nick: nick, jid: from, user: true}
-	sr.users[from.String()] = nick
+	sr.occupants[nick] = &servedOccupant{nick: nick, jid: from.Bare(), user: true}
+	moved := map[string]bool{}
+	for full, n := range sr.users {
+		if j, err := jid.Parse(full); err == nil && n == old && j.Bare().Equal(from.Bare()) {
+			sr.users[full] = nick
+			moved[full] = true
+		}
+	}
 	var out []xml.TokenReader
 	for _, u := range sr.userJIDs() {
-		self := u.Equal(from)
+		self := moved[u.String()]
 		codes, id := []int{statusNickChange}, ""
 		if self {
-			codes, id = []int{statusNickChange, statusSelf}, presenceID
+			codes = []int{statusNickChange, statusSelf}
+		}
+		if u.Equal(from) {
+			id = presenceID
 		}
 		out = append(out, servedOccupantLeft(room, old, u, nick, codes))
 		codes = nil
@@ -303,10 +317,13 @@ func (a *Adapter) servedLeave(ctx context.Context, w xmlstream.TokenWriter, room
 		return nil
 	}
 	delete(sr.users, from.String())
-	delete(sr.occupants, nick)
 	var out []xml.TokenReader
-	for _, u := range sr.userJIDs() {
-		out = append(out, servedOccupantLeft(room, nick, u, "", nil))
+	if !sr.holds(nick) {
+		// Its last client that held the nick: the others see it go.
+		delete(sr.occupants, nick)
+		for _, u := range sr.userJIDs() {
+			out = append(out, servedOccupantLeft(room, nick, u, "", nil))
+		}
 	}
 	if tell {
 		out = append(out, servedOccupantLeft(room, nick, from, "", []int{statusSelf}))

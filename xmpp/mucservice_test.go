@@ -229,6 +229,23 @@ func TestServedRoom(t *testing.T) {
 		}
 	}
 
+	// alice's other client joins with her nick: it is told who is there
+	// and the history; nobody else sees anyone new, nor does the core.
+	// Leaving, it alone is told.
+	const laptop = "alice@localhost/laptop"
+	c.write(presenceFrom(laptop, room+"/Alicia", mucJoin, "id", "l1"))
+	for _, nick := range []string{"Bob", "alice 2", "carol"} {
+		wantStanza(t, c, "presence", room+"/"+nick, laptop)
+	}
+	wantStanza(t, c, "presence", room+"/Alicia", laptop, `code="110"`)
+	wantStanza(t, c, "message", room+"/Bob", laptop, "hi from Matrix", "urn:xmpp:delay")
+	wantStanza(t, c, "message", room+"/alice", laptop, "hello Matrix", "urn:xmpp:delay")
+	wantStanza(t, c, "message", room, laptop, "<subject")
+	c.write(presenceFrom(laptop, room+"/Alicia", "", "type", "unavailable"))
+	if p := wantStanza(t, c, "presence", room+"/Alicia", laptop, `code="110"`); p.attr("type") != "unavailable" {
+		t.Fatalf("laptop's leave: %+v", p)
+	}
+
 	// What the room does not take.
 	refused := []struct{ name, stanza, from, to, cond string }{
 		{"a private message", `<message type="chat" id="x" from="` + carol + `" to="` + room + `/Bob"><body>psst</body></message>`, room + "/Bob", carol, "feature-not-implemented"},
