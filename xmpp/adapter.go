@@ -92,7 +92,8 @@ type Adapter struct {
 	log           *slog.Logger
 	senders       *senders
 	presences     *presences
-	rooms         *rooms // the rooms Parley's occupants are in (see room.go)
+	rooms         *rooms       // the rooms Parley's occupants are in (see room.go)
+	served        *servedRooms // the rooms Parley serves (see mucservice.go)
 	// subscribeLimiter and probeLimiter bound the subscription requests
 	// and probes of each sender.
 	subscribeLimiter *ratelimit.Limiter[string]
@@ -152,6 +153,7 @@ func New(cfg Config, opts ...Option) (*Adapter, error) {
 		senders:          newSenders(sendersSize),
 		presences:        newPresences(presencePairs),
 		rooms:            newRooms(),
+		served:           newServedRooms(),
 		subscribeLimiter: ratelimit.New[string](subscribeRate, subscribeBurst, limitersSize),
 		probeLimiter:     ratelimit.New[string](probeRate, probeBurst, limitersSize),
 		dial: func(ctx context.Context, addr string) (net.Conn, error) {
@@ -253,6 +255,11 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		r      xml.TokenReader
 		err    error
 	)
+	if evt != nil && evt.Head().Room && evt.Kind() != event.KindFailure {
+		if room, alias, ok := a.servedRoom(evt.Head().To.ID); ok {
+			return a.sendServed(ctx, evt, room, alias)
+		}
+	}
 	switch e := evt.(type) {
 	case *event.Message:
 		to = e.To.ID

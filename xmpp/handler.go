@@ -11,6 +11,7 @@ import (
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/ping"
 	"mellium.im/xmpp/stanza"
 
 	"github.com/parleygw/parley/bridges"
@@ -34,6 +35,9 @@ const dispatchTimeout = 30 * time.Second
 func (a *Adapter) handler(ctx context.Context, out *replies) xmpp.Handler {
 	return xmpp.HandlerFunc(func(t xmlstream.TokenReadEncoder, start *xml.StartElement) error {
 		r := xmlstream.MultiReader(xmlstream.Token(*start), t)
+		if start.Name.Local != "iq" && a.isServed(servedBare(attrValue(start, "to"))) {
+			return a.handleServed(ctx, &replyBuffer{ctx: ctx, r: out}, r, start.Name.Local)
+		}
 		switch start.Name.Local {
 		case "message":
 			return a.handleMessage(ctx, &replyBuffer{ctx: ctx, r: out}, r)
@@ -151,6 +155,14 @@ func (a *Adapter) answerIQ(iq iqStanza, from, to jid.JID) (xml.TokenReader, *sta
 		return nil, &stanza.Error{Type: stanza.Modify, Condition: stanza.BadRequest}
 	}
 	p := iq.Payload[0]
+	if room, _, ok := a.servedRoom(to.String()); ok && to.Resourcepart() != "" {
+		if p.XMLName == (xml.Name{Space: ping.NS, Local: "ping"}) && iq.Type == string(stanza.GetIQ) {
+			if se := a.servedSelfPing(room, from, to.Resourcepart()); se != nil {
+				return nil, se
+			}
+			return xmlstream.MultiReader(), nil
+		}
+	}
 	if iq.Type != string(stanza.GetIQ) || p.XMLName.Local != "query" {
 		return nil, &stanza.Error{Type: stanza.Cancel, Condition: stanza.ServiceUnavailable}
 	}
@@ -164,7 +176,7 @@ func (a *Adapter) answerIQ(iq iqStanza, from, to jid.JID) (xml.TokenReader, *sta
 		if p.Node != "" {
 			return nil, &stanza.Error{Type: stanza.Cancel, Condition: stanza.ItemNotFound}
 		}
-		return discoItemsQuery(), nil
+		return discoItemsQuery(a.discoItems(to)...), nil
 	}
 	return nil, &stanza.Error{Type: stanza.Cancel, Condition: stanza.ServiceUnavailable}
 }

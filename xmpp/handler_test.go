@@ -219,17 +219,22 @@ func TestHandleIQ(t *testing.T) {
 		{
 			name: "disco#info of the gateway",
 			in:   iq("get", from, "matrix.localhost", info),
-			want: `<iq type="result" to="alice@localhost/phone" from="matrix.localhost" id="q1"><query xmlns="http://jabber.org/protocol/disco#info"><identity category="gateway" type="matrix" name="Parley"></identity><feature var="http://jabber.org/protocol/disco#info"></feature><feature var="http://jabber.org/protocol/disco#items"></feature><feature var="urn:xmpp:receipts"></feature></query></iq>`,
+			want: `<iq type="result" to="alice@localhost/phone" from="matrix.localhost" id="q1"><query xmlns="http://jabber.org/protocol/disco#info"><identity category="gateway" type="matrix" name="Parley"></identity><identity category="conference" type="text" name="Matrix rooms"></identity><feature var="http://jabber.org/protocol/disco#info"></feature><feature var="http://jabber.org/protocol/disco#items"></feature><feature var="http://jabber.org/protocol/muc"></feature><feature var="urn:xmpp:receipts"></feature></query></iq>`,
 		},
 		{
 			name: "disco#info from the server itself",
 			in:   iq("get", "localhost", "matrix.localhost", info),
-			want: `<iq type="result" to="localhost" from="matrix.localhost" id="q1"><query xmlns="http://jabber.org/protocol/disco#info"><identity category="gateway" type="matrix" name="Parley"></identity><feature var="http://jabber.org/protocol/disco#info"></feature><feature var="http://jabber.org/protocol/disco#items"></feature><feature var="urn:xmpp:receipts"></feature></query></iq>`,
+			want: `<iq type="result" to="localhost" from="matrix.localhost" id="q1"><query xmlns="http://jabber.org/protocol/disco#info"><identity category="gateway" type="matrix" name="Parley"></identity><identity category="conference" type="text" name="Matrix rooms"></identity><feature var="http://jabber.org/protocol/disco#info"></feature><feature var="http://jabber.org/protocol/disco#items"></feature><feature var="http://jabber.org/protocol/muc"></feature><feature var="urn:xmpp:receipts"></feature></query></iq>`,
 		},
 		{
 			name: "disco#info of a ghost",
 			in:   iq("get", from, ghost, info),
 			want: `<iq type="result" to="alice@localhost/phone" from="` + ghost + `" id="q1"><query xmlns="http://jabber.org/protocol/disco#info"><identity category="client" type="pc"></identity><feature var="http://jabber.org/protocol/disco#info"></feature><feature var="urn:xmpp:receipts"></feature></query></iq>`,
+		},
+		{
+			name: "disco#info of a served room",
+			in:   iq("get", from, "#team%localhost@matrix.localhost", info),
+			want: `<iq type="result" to="alice@localhost/phone" from="#team%localhost@matrix.localhost" id="q1"><query xmlns="http://jabber.org/protocol/disco#info"><identity category="conference" type="text" name="#team:localhost"></identity><feature var="http://jabber.org/protocol/disco#info"></feature><feature var="http://jabber.org/protocol/muc"></feature><feature var="urn:xmpp:sid:0"></feature><feature var="muc_open"></feature><feature var="muc_unmoderated"></feature><feature var="muc_semianonymous"></feature><feature var="muc_temporary"></feature></query></iq>`,
 		},
 		{
 			name: "disco#info of a node",

@@ -503,22 +503,34 @@ func (a *Adapter) joinListeners(ctx context.Context) {
 		return
 	}
 	for _, r := range rh.Rooms(event.XMPP) {
-		room, err := parseBare(r.ID)
-		if err != nil || room.Localpart() == "" {
-			a.log.Warn("xmpp portal room is not a room JID", "room", r.ID, "error", err)
-			continue
-		}
-		a.rooms.room(room.String())
-		nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
+		a.listen(ctx, r)
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
-			a.log.Warn("xmpp listener could not join room", "room", room.String(), "error", err)
-			continue
-		}
-		a.log.Info("xmpp listening in room", "room", room.String(), "nick", nick)
 	}
+}
+
+// listen has the listener join r, a portal's MUC, unless Parley serves
+// that room itself (see mucservice.go).
+func (a *Adapter) listen(ctx context.Context, r event.Address) {
+	room, err := parseBare(r.ID)
+	if err != nil || room.Localpart() == "" {
+		a.log.Warn("xmpp portal room is not a room JID", "room", r.ID, "error", err)
+		return
+	}
+	if a.isServed(r.ID) {
+		return
+	}
+	a.rooms.room(room.String())
+	nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		a.log.Warn("xmpp listener could not join room", "room", room.String(), "error", err)
+		return
+	}
+	a.log.Info("xmpp listening in room", "room", room.String(), "nick", nick)
 }
 
 // roomPresence is what the adapter reads of a presence from a room.

@@ -131,6 +131,20 @@ func (c *XMPPClient) JoinRoom(t TB, room, nick string) {
 	c.command(t, map[string]any{"cmd": "join", "room": room, "nick": nick})
 }
 
+// Quit ends the client's session without leaving its rooms first: the
+// server tells them it went offline.
+func (c *XMPPClient) Quit(t TB) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "quit"})
+}
+
+// JoinRoomWithHistory enters room as nick and asks for its last history
+// posts (XEP-0045 §7.2.15).
+func (c *XMPPClient) JoinRoomWithHistory(t TB, room, nick string, history int) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "join", "room": room, "nick": nick, "history": history})
+}
+
 // SendGroupchat posts body in room with the given stanza id.
 func (c *XMPPClient) SendGroupchat(t TB, room, id, body string) {
 	t.Helper()

@@ -9,7 +9,8 @@ Prints one JSON object per line on stdout:
   {"ev": "joined", "from": ..., "room": ..., "nick": ...}      (our own presence in a room, status 110)
   {"ev": "subject", "from": ..., "room": ..., "nick": ..., "body": subject, "delayed": bool}
   {"ev": "configured", "room": ...} or {"ev": "error", "from": room, "condition": ...}
-  {"ev": "error", "from": ..., "id": ..., "condition": ..., "text": ...}
+  {"ev": "error", "from": ..., "id": ..., "condition": ..., "text": ...}   (an error message)
+  {"ev": "presence-error", "from": ..., "id": ..., "condition": ..., "text": ...}   (a refused join, say)
   {"ev": "receipt", "from": ..., "id": ...}
   {"ev": "presence", "from": ..., "type": ..., "show": ..., "status": ...}
   {"ev": "disconnected"}
@@ -17,7 +18,7 @@ Reads commands from stdin:
   {"cmd": "send", "to": ..., "id": ..., "body": ..., "receipt": true}
   {"cmd": "presence", "show": "away", "status": "..."}   (show "" = available, "unavailable")
   {"cmd": "subscribe", "to": ...}
-  {"cmd": "join", "room": ..., "nick": ...}             (XEP-0045, no history)
+  {"cmd": "join", "room": ..., "nick": ..., "history": n} (XEP-0045, the last n posts; no history without n)
   {"cmd": "groupchat", "room": ..., "id": ..., "body": ...}
   {"cmd": "subject", "room": ..., "subject": ...}       (XEP-0045 §8.1: change the room's subject)
   {"cmd": "nick", "room": ..., "nick": ...}             (XEP-0045 §7.6: change nick in a room)
@@ -44,6 +45,20 @@ MUC_USER = MUC + "#user"
 MUC_OWNER = MUC + "#owner"
 DATA = "jabber:x:data"
 DELAY = "urn:xmpp:delay"
+
+
+def error_of(xml):
+    """Returns the condition and text of the <error/> in the stanza xml."""
+    cond, text = "", ""
+    err = xml.find("{jabber:client}error")
+    if err is not None:
+        for child in err:
+            tag = child.tag.split("}")[-1]
+            if child.tag.startswith("{" + STANZAS) and tag != "text":
+                cond = tag
+            elif tag == "text":
+                text = child.text or ""
+    return cond, text
 
 
 def emit(**kw):
@@ -75,15 +90,7 @@ class Client(slixmpp.ClientXMPP):
         xml = msg.xml
         frm = str(msg["from"])
         if msg["type"] == "error":
-            cond, text = "", ""
-            err = xml.find("{jabber:client}error")
-            if err is not None:
-                for child in err:
-                    tag = child.tag.split("}")[-1]
-                    if child.tag.startswith("{" + STANZAS) and tag != "text":
-                        cond = tag
-                    elif tag == "text":
-                        text = child.text or ""
+            cond, text = error_of(xml)
             emit(ev="error", **{"from": frm}, id=msg["id"], condition=cond, text=text)
             return
         if msg["type"] == "groupchat":
@@ -107,6 +114,9 @@ class Client(slixmpp.ClientXMPP):
                  nick=(nick.text if nick is not None else ""))
 
     def on_presence(self, pres):
+        if pres["type"] == "error":
+            cond, text = error_of(pres.xml)
+            emit(ev="presence-error", **{"from": str(pres["from"])}, id=pres["id"], condition=cond, text=text)
         x = pres.xml.find("{%s}x" % MUC_USER)
         if x is not None and pres["type"] != "unavailable" and any(
                 st.get("code") == "110" for st in x.findall("{%s}status" % MUC_USER)):
@@ -169,7 +179,7 @@ class Client(slixmpp.ClientXMPP):
             pres = self.make_presence(pto="%s/%s" % (cmd["room"], cmd["nick"]))
             x = ET.Element("{%s}x" % MUC)
             hist = ET.SubElement(x, "{%s}history" % MUC)
-            hist.set("maxstanzas", "0")
+            hist.set("maxstanzas", str(cmd.get("history", 0)))
             pres.append(x)
             pres.send()
             return
