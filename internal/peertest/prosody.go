@@ -30,7 +30,8 @@ type ProsodyOptions struct {
 //
 // It serves the VirtualHost Domain ("localhost") on C2SAddr without TLS (plain
 // SASL allowed), a MUC service "conference.localhost" (rooms are not locked on
-// creation) and the external component ComponentDomain on ComponentAddr.
+// creation; their messages are archived for MAM, XEP-0313, and carry the
+// room's stanza-id, XEP-0359) and the external component ComponentDomain on ComponentAddr.
 // s2s is disabled. All state lives in Dir.
 type Prosody struct {
 	Domain          string // "localhost"
@@ -126,6 +127,7 @@ component_ports = { %s }
 VirtualHost "localhost"
 
 Component %q "muc"
+	modules_enabled = { "muc_mam"; }
 	muc_room_locking = false
 	restrict_room_creation = false
 

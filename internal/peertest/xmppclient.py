@@ -5,7 +5,8 @@ Usage: python3 xmppclient.py JID PASSWORD HOST PORT
 Prints one JSON object per line on stdout:
   {"ev": "online"}
   {"ev": "message", "from": ..., "id": ..., "body": ..., "nick": ...}
-  {"ev": "groupchat", "from": ..., "room": ..., "nick": ..., "id": ..., "body": ..., "delayed": bool}
+  {"ev": "groupchat", "from": ..., "room": ..., "nick": ..., "id": ..., "sid": ..., "body": ..., "delayed": bool}
+      (sid: the room's stanza-id, XEP-0359, when the room gives one)
   {"ev": "joined", "from": ..., "room": ..., "nick": ...}      (our own presence in a room, status 110)
   {"ev": "configured", "room": ...} or {"ev": "error", "from": room, "condition": ...}
   {"ev": "error", "from": ..., "id": ..., "condition": ..., "text": ...}
@@ -16,11 +17,14 @@ Reads commands from stdin:
   {"cmd": "send", "to": ..., "id": ..., "body": ..., "receipt": true}
   {"cmd": "presence", "show": "away", "status": "..."}   (show "" = available, "unavailable")
   {"cmd": "subscribe", "to": ...}
-  {"cmd": "join", "room": ..., "nick": ...}             (XEP-0045, no history)
+  {"cmd": "join", "room": ..., "nick": ..., "since": ...} (XEP-0045; history since the
+                                                         XEP-0082 time, or none without)
   {"cmd": "groupchat", "room": ..., "id": ..., "body": ...}
   {"cmd": "nick", "room": ..., "nick": ...}             (XEP-0045 §7.6: change nick in a room)
   {"cmd": "leave", "room": ..., "nick": ..., "status": ...}
-  {"cmd": "configure", "room": ..., "whois": "anyone"}  (owner: real JIDs shown to all)
+  {"cmd": "configure", "room": ..., "whois": "anyone", "persistent": bool}
+                                                        (owner: real JIDs shown to all; kept
+                                                         across restarts)
 Subscription requests to this client are approved automatically.
   {"cmd": "quit"}
 """
@@ -41,6 +45,7 @@ MUC_USER = MUC + "#user"
 MUC_OWNER = MUC + "#owner"
 DATA = "jabber:x:data"
 DELAY = "urn:xmpp:delay"
+SID = "urn:xmpp:sid:0"
 
 
 def emit(**kw):
@@ -85,8 +90,12 @@ class Client(slixmpp.ClientXMPP):
             return
         if msg["type"] == "groupchat":
             if msg["body"]:
+                sid = ""
+                for s in xml.findall("{%s}stanza-id" % SID):
+                    if s.get("by") == msg["from"].bare:
+                        sid = s.get("id", "")
                 emit(ev="groupchat", **{"from": frm}, room=msg["from"].bare,
-                     nick=msg["from"].resource, id=msg["id"], body=msg["body"],
+                     nick=msg["from"].resource, id=msg["id"], sid=sid, body=msg["body"],
                      delayed=xml.find("{%s}delay" % DELAY) is not None)
             return
         received = xml.find("{%s}received" % RECEIPTS)
@@ -107,12 +116,15 @@ class Client(slixmpp.ClientXMPP):
         emit(ev="presence", **{"from": str(pres["from"])}, type=pres["type"],
              show=pres["show"], status=pres["status"])
 
-    async def configure(self, room, whois):
+    async def configure(self, room, whois, persistent):
         iq = self.make_iq_set(ito=room)
         query = ET.Element("{%s}query" % MUC_OWNER)
         form = ET.SubElement(query, "{%s}x" % DATA)
         form.set("type", "submit")
-        for var, value in (("FORM_TYPE", MUC + "#roomconfig"), ("muc#roomconfig_whois", whois)):
+        fields = [("FORM_TYPE", MUC + "#roomconfig"), ("muc#roomconfig_whois", whois)]
+        if persistent:
+            fields.append(("muc#roomconfig_persistentroom", "1"))
+        for var, value in fields:
             field = ET.SubElement(form, "{%s}field" % DATA)
             field.set("var", var)
             ET.SubElement(field, "{%s}value" % DATA).text = value
@@ -158,7 +170,10 @@ class Client(slixmpp.ClientXMPP):
             pres = self.make_presence(pto="%s/%s" % (cmd["room"], cmd["nick"]))
             x = ET.Element("{%s}x" % MUC)
             hist = ET.SubElement(x, "{%s}history" % MUC)
-            hist.set("maxstanzas", "0")
+            if cmd.get("since"):
+                hist.set("since", cmd["since"])
+            else:
+                hist.set("maxstanzas", "0")
             pres.append(x)
             pres.send()
             return
@@ -175,7 +190,8 @@ class Client(slixmpp.ClientXMPP):
             msg.send()
             return
         if cmd["cmd"] == "configure":
-            self.loop.create_task(self.configure(cmd["room"], cmd.get("whois", "anyone")))
+            self.loop.create_task(self.configure(cmd["room"], cmd.get("whois", "anyone"),
+                                                 cmd.get("persistent", False)))
             return
         if cmd["cmd"] == "subscribe":
             self.send_presence_subscription(pto=cmd["to"])
