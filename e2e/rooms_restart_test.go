@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -291,6 +293,11 @@ func TestRoomRestarts(t *testing.T) {
 	t.Logf("%d posts; %d lost, %d duplicated, %d from a wrong sender", len(posts), len(lost), len(dups), len(wrong))
 	if len(lost)+len(dups)+len(wrong) > 0 {
 		state, unsent, err := synapseUnsent(st)
+		if keep := os.Getenv("PARLEY_KEEP_LOGS"); keep != "" {
+			if b, err := os.ReadFile(filepath.Join(st.hs.Dir, "homeserver.log")); err == nil {
+				_ = os.WriteFile(filepath.Join(keep, t.Name()+".homeserver.log"), b, 0o644)
+			}
+		}
 		t.Logf("synapse: appservice state %q, %d events in transactions not acknowledged (err %v)", state, len(unsent), err)
 		t.Errorf("lost: %v\nduplicated: %v\nwrong sender: %v", lost, dups, wrong)
 	}

@@ -363,6 +363,8 @@ type pingWait struct {
 	sess *xmpp.Session
 	done chan struct{}
 	err  error
+	// answer is the answer, once done is closed with err nil.
+	answer iqStanza
 }
 
 // endPings fails the barriers still waiting on sess, which ended: their
@@ -379,15 +381,17 @@ func (a *Adapter) endPings(sess *xmpp.Session) {
 	}
 }
 
-// answerPing ends the barrier waiting for the answer to the ping id, if
-// any, and reports whether there was one. Any answer counts, an error too.
-func (a *Adapter) answerPing(id string) bool {
+// answerPing ends the barrier (or the request, see request) waiting for
+// the answer iq, if any, and reports whether there was one. Any answer
+// counts, an error too.
+func (a *Adapter) answerPing(iq iqStanza) bool {
 	a.pingsMu.Lock()
 	defer a.pingsMu.Unlock()
-	w, ok := a.pings[id]
+	w, ok := a.pings[iq.ID]
 	if ok {
+		w.answer = iq
 		close(w.done)
-		delete(a.pings, id)
+		delete(a.pings, iq.ID)
 	}
 	return ok
 }

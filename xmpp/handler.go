@@ -104,6 +104,10 @@ type iqStanza struct {
 		XMLName xml.Name
 		Node    string `xml:"node,attr"`
 	} `xml:",any"`
+	// Fin ends the answer to an archive query (XEP-0313 §4.3).
+	Fin *mamFin `xml:"urn:xmpp:mam:2 fin"`
+	// Error is the error of an error answer.
+	Error *stanza.Error `xml:"error"`
 }
 
 // handleIQ reads one <iq/> from r and answers it on w. Every get or set gets
@@ -117,7 +121,7 @@ func (a *Adapter) handleIQ(w xmlstream.TokenWriter, r xml.TokenReader) error {
 		return nil
 	}
 	if iq.Type != string(stanza.GetIQ) && iq.Type != string(stanza.SetIQ) {
-		a.answerPing(iq.ID) // the answer a delivery barrier waits for
+		a.answerPing(iq) // the answer a delivery barrier or a request waits for
 		return nil
 	}
 	from, err := jid.Parse(iq.From)

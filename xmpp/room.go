@@ -114,6 +114,9 @@ type rooms struct {
 	rooms map[string]*roomState // by the room's bare JID
 	// waits are the joins waiting for the room's answer.
 	waits map[joinKey]*joinWait
+	// queries are the archive queries in progress, by query ID (see
+	// mam.go).
+	queries map[string]*archiveQuery
 }
 
 type roomState struct {
@@ -148,6 +151,10 @@ type roomState struct {
 	// echoes are the IDs of Parley's own posts the listener got back in
 	// this session (see Adapter.delivered).
 	echoes map[string]bool
+	// caught are the IDs of the posts of the room's history dispatched
+	// in this session: the archive's copies of them are not dispatched
+	// again (see catchUpArchive).
+	caught map[string]bool
 	// joining is held by the one join in progress in the room.
 	joining sync.Mutex
 }
@@ -164,7 +171,7 @@ type joinWait struct {
 }
 
 func newRooms() *rooms {
-	return &rooms{rooms: make(map[string]*roomState), waits: make(map[joinKey]*joinWait)}
+	return &rooms{rooms: make(map[string]*roomState), waits: make(map[joinKey]*joinWait), queries: make(map[string]*archiveQuery)}
 }
 
 // room returns the state of room, creating it.
@@ -207,7 +214,7 @@ func (r *rooms) reset() {
 		clear(s.real)
 		clear(s.pending)
 		clear(s.present)
-		s.listening, s.history, s.echoes = false, false, nil
+		s.listening, s.history, s.echoes, s.caught = false, false, nil, nil
 		for who, c := range s.checks {
 			c.finish()
 			delete(s.checks, who)
@@ -525,6 +532,9 @@ func (a *Adapter) joinListeners(ctx context.Context) {
 			continue
 		}
 		a.rooms.room(room.String())
+		// The cursor before the join: the history the join brings
+		// moves it.
+		since, _, cursor := a.cursorOf(ctx, room.String())
 		nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
 		if ctx.Err() != nil {
 			return
@@ -534,6 +544,9 @@ func (a *Adapter) joinListeners(ctx context.Context) {
 			continue
 		}
 		a.log.Info("xmpp listening in room", "room", room.String(), "nick", nick)
+		if cursor {
+			a.catchUpArchive(ctx, room, since)
+		}
 	}
 }
 
@@ -635,7 +648,7 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 	case a.rooms.ours(roomID, nick) || a.ghostNick(roomID, nick) || parleyID(m):
 		in.reason = "reflection of Parley's own post"
 		a.rooms.echo(roomID, m)
-	case m.Delay != nil && !historyOn:
+	case m.Delay != nil && !historyOn && !m.archived:
 		in.reason = "history"
 	case m.body() == "":
 		in.reason = "no body"
@@ -672,6 +685,10 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 	sender := from.String()
 	if real, ok := a.rooms.realJID(roomID, nick); ok {
 		sender = real
+	} else if real, ok := m.X.realJID(); ok && m.archived {
+		// The room's archive says who posted (a room that shows
+		// real JIDs), though they left since.
+		sender = real.String()
 	}
 	if m.Delay != nil {
 		// From the history since the room's cursor (see catchup.go):
@@ -683,10 +700,13 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 		switch {
 		case err != nil:
 			in.reason = "history without a valid stamp"
-		case t.Before(historyFrom):
+		case t.Before(historyFrom) && !m.archived:
+			// An archive query asks from the cursor on itself.
 			in.reason = "history before the room's cursor"
 		case roomID+"/"+id == historyLast:
 			in.reason = "history: the post of the room's cursor"
+		case m.archived && a.rooms.wasCaught(roomID, roomID+"/"+id):
+			in.reason = "archive: dispatched from the history already"
 		}
 		if in.reason != "" {
 			return in
@@ -737,6 +757,9 @@ func (a *Adapter) ghostNick(room, nick string) bool {
 // room. A post the core does not accept is logged, never answered: an
 // error would go to the whole room.
 func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room jid.JID) error {
+	if m.Result != nil {
+		return a.handleArchived(ctx, m, room)
+	}
 	in := a.translateRoomMessage(m, room, a.now())
 	if in.action != dispatch {
 		a.log.Debug("xmpp room message ignored", "reason", in.reason, "from", m.From, "to", m.To, "id", m.ID)
@@ -750,6 +773,9 @@ func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room j
 		return nil
 	}
 	a.log.Debug("xmpp room message dispatched", "event", in.evt.ID, "room", room.String(), "from", m.From)
+	if m.Delay != nil && !m.archived {
+		a.rooms.catch(room.String(), in.evt.ID)
+	}
 	a.advanceCursor(ctx, room.String(), in.evt.Time, in.evt.ID)
 	return nil
 }
@@ -776,7 +802,7 @@ func (a *Adapter) outboundRoomMessage(ctx context.Context, m *event.Message) (st
 	if bridges.AttemptOf(ctx).Repeated() {
 		// An earlier attempt may have reached the room (see
 		// catchup.go).
-		done, err := a.delivered(ctx, room, from.Bare(), m.FromName, id)
+		done, err := a.delivered(ctx, room, from.Bare(), m.FromName, id, m.Time)
 		if err != nil {
 			return "", nil, err
 		}
