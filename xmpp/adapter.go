@@ -568,6 +568,10 @@ func (a *Adapter) connectAndServe(ctx context.Context) (time.Duration, error) {
 	listening := make(chan struct{})
 	defer func() { stopProbes(); <-listening }()
 	go func() { defer close(listening); a.joinListeners(pctx) }()
+	// Parley's occupants check that they are still in the rooms.
+	pinging := make(chan struct{})
+	defer func() { stopProbes(); <-pinging }()
+	go func() { defer close(pinging); a.selfPings(pctx) }()
 	a.log.Info("xmpp component connected", "server", a.cfg.Server, "domain", a.domain.String())
 	a.setState(bridges.Connected, nil)
 	connected := time.Now()

@@ -155,6 +155,8 @@ type roomState struct {
 	// in this session: the archive's copies of them are not dispatched
 	// again (see catchUpArchive).
 	caught map[string]bool
+	// heard is when a stanza last came from the room (see selfping.go).
+	heard time.Time
 	// joining is held by the one join in progress in the room.
 	joining sync.Mutex
 }
@@ -531,23 +533,33 @@ func (a *Adapter) joinListeners(ctx context.Context) {
 			a.log.Warn("xmpp portal room is not a room JID", "room", r.ID, "error", err)
 			continue
 		}
-		a.rooms.room(room.String())
-		// The cursor before the join: the history the join brings
-		// moves it.
-		since, _, cursor := a.cursorOf(ctx, room.String())
-		nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
+		err = a.listen(ctx, room)
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			a.log.Warn("xmpp listener could not join room", "room", room.String(), "error", err)
-			continue
-		}
-		a.log.Info("xmpp listening in room", "room", room.String(), "nick", nick)
-		if cursor {
-			a.catchUpArchive(ctx, room, since)
 		}
 	}
+}
+
+// listen has the listener join room, asking for the history since the
+// room's cursor, and then catch up from the room's archive (see
+// catchup.go).
+func (a *Adapter) listen(ctx context.Context, room jid.JID) error {
+	a.rooms.room(room.String())
+	// The cursor before the join: the history the join brings moves it.
+	since, _, cursor := a.cursorOf(ctx, room.String())
+	nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
+	if err != nil {
+		return err
+	}
+	a.rooms.hear(room.String(), a.now())
+	a.log.Info("xmpp listening in room", "room", room.String(), "nick", nick)
+	if cursor {
+		a.catchUpArchive(ctx, room, since)
+	}
+	return nil
 }
 
 // roomPresence is what the adapter reads of a presence from a room.
@@ -577,6 +589,7 @@ func (a *Adapter) handleRoomPresence(ctx context.Context, r xml.TokenReader, roo
 		return nil
 	}
 	roomID, who, nick := room.String(), to.Bare().String(), from.Resourcepart()
+	a.rooms.hear(roomID, a.now())
 	switch stanza.PresenceType(p.Type) {
 	case stanza.ErrorPresence:
 		se := stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
@@ -757,6 +770,7 @@ func (a *Adapter) ghostNick(room, nick string) bool {
 // room. A post the core does not accept is logged, never answered: an
 // error would go to the whole room.
 func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room jid.JID) error {
+	a.rooms.hear(room.String(), a.now())
 	if m.Result != nil {
 		return a.handleArchived(ctx, m, room)
 	}

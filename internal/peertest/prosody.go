@@ -191,3 +191,18 @@ func (p *Prosody) Pid() int {
 	}
 	return p.proc.cmd.Process.Pid
 }
+
+// Shell runs one command of Prosody's admin shell (mod_admin_shell, over its
+// socket in the data directory) on the running server and returns its
+// output; a line starting with ">" is Lua run inside the server. A failure
+// to run it fails the test.
+func (p *Prosody) Shell(t TB, command string) string {
+	t.Helper()
+	cmd := exec.Command("prosodyctl", "--config", p.config, "shell", command)
+	cmd.Dir = p.Dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("peertest: prosody shell %q: %v\n%s", command, err, out)
+	}
+	return string(out)
+}
