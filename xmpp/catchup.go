@@ -69,7 +69,21 @@ func (a *Adapter) cursorOf(ctx context.Context, room string) (time.Time, string,
 
 // advanceCursor moves room's cursor to the post id of time at, unless it
 // is further already.
+//
+// While the listener catches up in room (see holdCursor), the move waits
+// for the catch-up's end: a post dispatched live or from the history
+// before the archive gave what precedes it must not move the cursor past
+// posts not dispatched yet, which a crash would then lose.
 func (a *Adapter) advanceCursor(ctx context.Context, room string, at time.Time, id string) {
+	if a.rooms.heldCursor(room, at, id) {
+		return
+	}
+	a.putCursor(ctx, room, at, id)
+}
+
+// putCursor moves room's cursor to the post id of time at, unless it is
+// further already.
+func (a *Adapter) putCursor(ctx context.Context, room string, at time.Time, id string) {
 	if t, _, ok := a.cursorOf(ctx, room); ok && t.After(at) {
 		return
 	}
@@ -249,4 +263,46 @@ func (a *Adapter) delivered(ctx context.Context, room, ghost jid.JID, name, id s
 	found := c.ids[id]
 	a.rooms.mu.Unlock()
 	return found, nil
+}
+
+// cursorHold is a room's cursor held during a catch-up: the furthest post
+// dispatched meanwhile.
+type cursorHold struct {
+	at time.Time
+	id string
+}
+
+// holdCursor holds room's cursor until the returned release runs, which
+// moves it to the furthest post dispatched meanwhile.
+func (a *Adapter) holdCursor(room string) (release func(ctx context.Context)) {
+	a.rooms.mu.Lock()
+	s := a.rooms.roomLocked(room)
+	s.hold = &cursorHold{}
+	h := s.hold
+	a.rooms.mu.Unlock()
+	return func(ctx context.Context) {
+		a.rooms.mu.Lock()
+		if s.hold == h {
+			s.hold = nil
+		}
+		a.rooms.mu.Unlock()
+		if h.id != "" {
+			a.putCursor(ctx, room, h.at, h.id)
+		}
+	}
+}
+
+// heldCursor reports whether room's cursor is held, and then records the
+// post id of time at if it is the furthest yet.
+func (r *rooms) heldCursor(room string, at time.Time, id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.rooms[room]
+	if s == nil || s.hold == nil {
+		return false
+	}
+	if s.hold.id == "" || !s.hold.at.After(at) {
+		s.hold.at, s.hold.id = at, id
+	}
+	return true
 }

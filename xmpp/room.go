@@ -155,6 +155,9 @@ type roomState struct {
 	// in this session: the archive's copies of them are not dispatched
 	// again (see catchUpArchive).
 	caught map[string]bool
+	// hold, while the listener catches up, holds the room's cursor (see
+	// Adapter.advanceCursor).
+	hold *cursorHold
 	// heard is when a stanza last came from the room (see selfping.go).
 	heard time.Time
 	// joining is held by the one join in progress in the room.
@@ -548,8 +551,10 @@ func (a *Adapter) joinListeners(ctx context.Context) {
 // catchup.go).
 func (a *Adapter) listen(ctx context.Context, room jid.JID) error {
 	a.rooms.room(room.String())
-	// The cursor before the join: the history the join brings moves it.
+	// The cursor before the join, held until the catch-up ends.
 	since, _, cursor := a.cursorOf(ctx, room.String())
+	release := a.holdCursor(room.String())
+	defer release(context.WithoutCancel(ctx))
 	nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
 	if err != nil {
 		return err
