@@ -144,6 +144,13 @@ func (a *Adapter) handleIQ(w xmlstream.TokenWriter, r xml.TokenReader) error {
 // answerIQ returns the payload of the result of iq, a get or set from from to
 // to, or the error that answers it.
 func (a *Adapter) answerIQ(iq iqStanza, from, to jid.JID) (xml.TokenReader, *stanza.Error) {
+	if _, room := a.fromRoom(iq.From); room && iq.Type == string(stanza.GetIQ) && len(iq.Payload) == 1 &&
+		iq.Payload[0].XMLName == (xml.Name{Space: nsPing, Local: "ping"}) {
+		// A room that passes an occupant's self-ping on to it
+		// (XEP-0410 §3, where the server does not answer it itself):
+		// the occupant is there.
+		return nil, nil
+	}
 	if _, ok := a.serverDomains[from.Domainpart()]; !ok {
 		return nil, &stanza.Error{Type: stanza.Cancel, Condition: stanza.NotAllowed}
 	}

@@ -99,3 +99,23 @@ func TestStillJoined(t *testing.T) {
 		}
 	}
 }
+
+// A room that passes a self-ping on to Parley's occupant (a server that
+// does not answer it itself) gets a result: the occupant is there.
+func TestSelfPingPassedOn(t *testing.T) {
+	a, err := New(validConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.host = newFakeHost()
+	a.rooms.room(testRoom)
+	got := handle(t, a, `<iq xmlns="jabber:component:accept" type="get" id="sp1" from="`+testRoom+`/Parley" to="matrix.localhost"><ping xmlns="urn:xmpp:ping"/></iq>`)
+	if !strings.Contains(got, `type="result"`) || !strings.Contains(got, `id="sp1"`) {
+		t.Errorf("reply %s, want a result", got)
+	}
+	// Not from a room: refused as before.
+	got = handle(t, a, `<iq xmlns="jabber:component:accept" type="get" id="sp2" from="elsewhere.example/x" to="matrix.localhost"><ping xmlns="urn:xmpp:ping"/></iq>`)
+	if !strings.Contains(got, `type="error"`) {
+		t.Errorf("reply %s, want an error", got)
+	}
+}
