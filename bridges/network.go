@@ -80,11 +80,28 @@ type Host interface {
 // participant's appearance there (their ghost, or their identity's alias):
 // the adapter posts it as that participant, joining the room first when
 // needed.
+//
+// A portal's SIP room is no group chat but an address that phones write
+// to: the core sends a post to each phone in it instead, with Room set,
+// From the room, To the phone and FromName the speaker, and a phone's own
+// membership change (it joined by writing or asking, or left) as an
+// event.Member from the room to the phone.
 type RoomHost interface {
 	Host
 	// Rooms returns the rooms of network n that are in a portal, for the
 	// adapter to join and to listen in.
 	Rooms(n event.Network) []event.Address
+}
+
+// RosterHost is what an adapter may ask of the core to tell a user who is
+// in a room: the Host given to Start is one. Only a portal's SIP room has
+// a roster in the core (SIP has no group chat that would keep one).
+type RosterHost interface {
+	// RoomMembers returns who is in the portal of room, a portal's SIP
+	// address: the participants of its other rooms that Parley saw join or
+	// post (sorted by name), then the phones in the SIP room. It returns
+	// an error wrapping ErrNoRoute for any other room.
+	RoomMembers(ctx context.Context, room event.Address) ([]RoomMember, error)
 }
 
 // Links is a durable key-value map owned by one adapter.

@@ -56,6 +56,8 @@ type Router struct {
 	onPhone   map[event.Address]int
 	watchers  *watchers
 	addressed *addressed
+	phones    *roomPhones
+	people    *roomPeople
 	states    map[event.Network]Status
 	stopping  bool
 	drained   chan struct{} // closed when stopping and no queue is left
@@ -68,6 +70,9 @@ type Router struct {
 
 	callCfg CallConfig
 	calls   callTable
+
+	// opened are the portals opened at run time (portals.go).
+	opened openedPortals
 }
 
 var _ Host = (*Router)(nil)
@@ -107,6 +112,8 @@ func NewRouter(st store.Store, m *mapping.Map, opts ...Option) *Router {
 	}
 	r.watchers = newWatchers(st)
 	r.addressed = newAddressed(st)
+	r.phones = newRoomPhones(st)
+	r.people = newRoomPeople(st)
 	r.mapping.Store(m)
 	for _, o := range opts {
 		o(r)
@@ -136,6 +143,9 @@ func (r *Router) Start(ctx context.Context) error {
 	}
 	if len(pending) > 0 {
 		r.log.Info("resuming outbox", "events", len(pending))
+	}
+	if err := r.loadPortals(ctx); err != nil {
+		return fmt.Errorf("start router: %w", err)
 	}
 	// resumedThrough is read by the workers that push starts: set it first.
 	for _, e := range pending {
@@ -214,6 +224,10 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 		if !e.Change.Valid() {
 			return fmt.Errorf("dispatch from %s: membership change %d", h.From, e.Change)
 		}
+	case *event.Topic:
+		if !h.Room {
+			return fmt.Errorf("dispatch from %s: a topic is a room's", h.From)
+		}
 	case *event.Presence:
 		return r.dispatchPresence(ctx, e, r.mapping.Load())
 	case *event.Subscription:
@@ -249,35 +263,32 @@ func (r *Router) Dispatch(ctx context.Context, evt event.Event) error {
 	return r.accept(ctx, origin, evt)
 }
 
-// dispatchRoom accepts a post or a membership change in a room: it goes to
-// the portal's room on the other network, from the participant's appearance
-// there. An event from an address Parley serves is a ghost's own coming back
-// (the adapter should not have dispatched it) and is refused.
+// dispatchRoom accepts a post, a membership change or a topic in a room:
+// it goes to each other room of the portal, from the participant's
+// appearance there. When the portal has a SIP room, a post also goes to
+// each phone in it (see roomPhones) but the poster, each its own outbox
+// entry and queue, from the SIP room and with the speaker's name in
+// FromName. A phone that posts without being in the room joins it first;
+// a phone's membership change is also sent to the phone itself, as a
+// confirmation. An event from an address Parley serves is a ghost's own
+// coming back (the adapter should not have dispatched it) and is refused.
 func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.Map) error {
 	h := evt.Head()
 	origin := *h
-	others, ok := m.Portal(h.To)
+	others, ok := r.portal(m, h.To)
 	if !ok {
 		return fmt.Errorf("%w: %s is in no portal", ErrNoRoute, h.To)
 	}
 	if m.Serves(h.From) {
 		return fmt.Errorf("%w: %s: %w", ErrRefused, h.From, mapping.ErrLoop)
 	}
-	if len(others) != 1 {
-		return fmt.Errorf("%w: the portal of %s joins %d rooms; one other is supported", ErrNoRoute, h.To, len(others))
-	}
-	to := others[0]
-	from, err := m.Appearance(h.From, to.Network)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNoRoute, err)
-	}
-	h.From, h.To = from, to
 	if name := m.DisplayName(origin.From); name != "" {
 		h.FromName = name
 	} else if h.FromName == "" {
 		h.FromName = origin.From.ID
 	}
-	if mb, ok := evt.(*event.Member); ok && mb.Change != event.MemberLeft {
+	mb, isMember := evt.(*event.Member)
+	if isMember && mb.Change != event.MemberLeft {
 		// A YAML identity shows its own name everywhere; anyone else the
 		// name they chose in the room.
 		if name := m.DisplayName(origin.From); name != "" {
@@ -289,14 +300,128 @@ func (r *Router) dispatchRoom(ctx context.Context, evt event.Event, m *mapping.M
 	if h.Time.IsZero() {
 		h.Time = r.now()
 	}
-	return r.accept(ctx, origin, evt)
+
+	_, isPost := evt.(*event.Message)
+	sipRoom := origin.To
+	if sipRoom.Network != event.SIP {
+		sipRoom = event.Address{}
+		for _, other := range others {
+			if other.Network == event.SIP {
+				sipRoom = other
+			}
+		}
+	}
+	// A phone's membership: change is what it becomes, fanOut whether the
+	// other rooms see that.
+	var change event.MemberChange
+	fanOut := true
+	if origin.To.Network == event.SIP {
+		in, err := r.phones.isMember(ctx, m, sipRoom, origin.From)
+		if err != nil {
+			return err
+		}
+		switch {
+		case isPost:
+			if !in {
+				change = event.MemberJoined
+			}
+		case !isMember || mb.Change == event.MemberRenamed:
+			return fmt.Errorf("%w: a phone may post, join or leave in %s, not send a %s", ErrRefused, sipRoom.ID, evt.Kind())
+		default:
+			change = mb.Change
+			fanOut = in != (change == event.MemberJoined)
+		}
+	}
+
+	var out []event.Event
+	add := func(e event.Event, from, to event.Address) {
+		e = cloneRoomEvent(e)
+		eh := e.Head()
+		eh.From, eh.To, eh.Room = from, to, true
+		out = append(out, e)
+	}
+	var joined *event.Member
+	if change == event.MemberJoined && isPost {
+		joined = &event.Member{Header: *h, Change: event.MemberJoined, Name: h.FromName}
+		joined.ID = origin.ID + "/joined"
+	}
+	if fanOut {
+		for _, other := range others {
+			if other.Network == event.SIP {
+				continue // its phones follow
+			}
+			from, err := m.Appearance(origin.From, other.Network)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrNoRoute, err)
+			}
+			if joined != nil {
+				add(joined, from, other)
+			}
+			add(evt, from, other)
+		}
+	}
+	if isPost && !sipRoom.IsZero() {
+		phones, err := r.phones.members(ctx, m, sipRoom)
+		if err != nil {
+			return err
+		}
+		for _, phone := range phones {
+			if phone != origin.From {
+				add(evt, sipRoom, phone)
+			}
+		}
+	}
+	if change != 0 {
+		// The phone hears of its own change: it is how it learns of
+		// /leave and /join.
+		self := &event.Member{Header: *h, Change: change, Name: h.FromName}
+		self.ID = origin.ID + "/" + change.String()
+		add(self, sipRoom, origin.From)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	if err := r.accept(ctx, origin, out...); err != nil {
+		return err
+	}
+	if change != 0 {
+		if err := r.phones.set(ctx, sipRoom, origin.From, change == event.MemberJoined); err != nil {
+			return err
+		}
+	}
+	r.notePresent(ctx, sipRoom, origin.From, evt)
+	return nil
 }
 
-// accept stores evt, already translated, in the outbox and queues it; a
-// duplicate of an event accepted before is counted and dropped.
-func (r *Router) accept(ctx context.Context, origin event.Header, evt event.Event) error {
-	e := store.Entry{Origin: origin, Event: evt, Accepted: r.now()}
-	dup, err := r.store.Enqueue(ctx, &e)
+// cloneRoomEvent returns a copy of e, an event in a room, that can be
+// addressed on its own.
+func cloneRoomEvent(e event.Event) event.Event {
+	switch e := e.(type) {
+	case *event.Message:
+		c := *e
+		return &c
+	case *event.Member:
+		c := *e
+		return &c
+	case *event.Topic:
+		c := *e
+		return &c
+	}
+	return e
+}
+
+// accept stores evts, the translations of one event for each of its
+// destinations, in the outbox under one duplicate record and queues them;
+// a duplicate of an event accepted before is counted and dropped.
+func (r *Router) accept(ctx context.Context, origin event.Header, evts ...event.Event) error {
+	now := r.now()
+	entries := make([]store.Entry, len(evts))
+	ptrs := make([]*store.Entry, len(evts))
+	for i, evt := range evts {
+		entries[i] = store.Entry{Origin: origin, Event: evt, Accepted: now}
+		ptrs[i] = &entries[i]
+	}
+	dup, err := r.store.Enqueue(ctx, ptrs...)
 	if err != nil {
 		return fmt.Errorf("accept event %s from %s: %w", origin.ID, origin.From, err)
 	}
@@ -304,13 +429,15 @@ func (r *Router) accept(ctx context.Context, origin event.Header, evt event.Even
 		r.metrics.Duplicate(origin.From.Network)
 		return nil
 	}
-	r.metrics.Received(origin.From.Network, evt.Kind())
-	r.push(e)
+	r.metrics.Received(origin.From.Network, evts[0].Kind())
+	for _, e := range entries {
+		r.push(e)
+	}
 	return nil
 }
 
 // Rooms implements RoomHost.
-func (r *Router) Rooms(n event.Network) []event.Address { return r.mapping.Load().Rooms(n) }
+func (r *Router) Rooms(n event.Network) []event.Address { return r.rooms(r.mapping.Load(), n) }
 
 func (r *Router) isStopping() bool {
 	r.mu.Lock()
@@ -381,10 +508,10 @@ func (r *Router) deliver(e store.Entry, wake <-chan struct{}) bool {
 	}
 	resumed := r.resumedThrough > 0 && e.Seq <= r.resumedThrough
 	for attempt := 0; ; attempt++ {
-		_, err := dst.Send(WithAttempt(ctx, Attempt{Retry: attempt, Resumed: resumed}), e.Event)
+		id, err := dst.Send(WithAttempt(ctx, Attempt{Retry: attempt, Resumed: resumed}), e.Event)
 		if err == nil {
 			r.metrics.Delivered(h.To.Network, e.Event.Kind(), r.now().Sub(e.Accepted))
-			r.done(ctx, e)
+			r.done(ctx, e, deliveredAs(e, id)...)
 			return true
 		}
 		if ctx.Err() != nil {
@@ -410,9 +537,25 @@ func (r *Router) deliver(e store.Entry, wake <-chan struct{}) bool {
 	}
 }
 
-// done removes a delivered or failed entry from the outbox.
-func (r *Router) done(ctx context.Context, e store.Entry) {
-	if err := r.store.Done(ctx, e.Seq); err != nil {
+// deliveredAs returns the link between the source ID of e, a message, and
+// the ID its destination gave its copy, when both are known: the
+// durable map of message IDs (see MessageIDHost).
+func deliveredAs(e store.Entry, id string) []store.Same {
+	if _, ok := e.Event.(*event.Message); !ok || id == "" || e.Origin.ID == "" {
+		return nil
+	}
+	src := store.MessageRef{Network: e.Origin.From.Network, ID: e.Origin.ID}
+	dst := store.MessageRef{Network: e.Event.Head().To.Network, ID: id}
+	if src == dst {
+		return nil
+	}
+	return []store.Same{{A: src, B: dst}}
+}
+
+// done removes a delivered or failed entry from the outbox, and records the
+// message IDs same links.
+func (r *Router) done(ctx context.Context, e store.Entry, same ...store.Same) {
+	if err := r.store.Done(ctx, e.Seq, same...); err != nil {
 		// The event was delivered; it will be sent again after a restart,
 		// which adapters make idempotent where their protocol allows.
 		r.log.Error("remove delivered event from outbox", "seq", e.Seq, "err", err)
@@ -428,6 +571,12 @@ func (r *Router) fail(ctx context.Context, e store.Entry, cause error) {
 	r.done(ctx, e)
 	if _, isMessage := e.Event.(*event.Message); !isMessage {
 		return // only a message has a sender waiting to hear of it
+	}
+	if h.Room && h.To.Network == event.SIP {
+		// A post for one phone of a portal's SIP room: the post reached
+		// the room, and its author is not told of each phone that is
+		// unreachable.
+		return
 	}
 	f := &event.Failure{
 		Header: event.Header{

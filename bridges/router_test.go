@@ -422,4 +422,18 @@ func TestRoomMembershipCrossesThePortal(t *testing.T) {
 	if err == nil {
 		t.Error("a membership change outside a room was accepted")
 	}
+
+	// A topic crosses the same way, after the changes before it.
+	topic := &event.Topic{Header: event.Header{ID: "6", From: event.Address{Network: event.XMPP, ID: "alice@example.org"}, To: muc, Room: true}, Text: "Plans for May"}
+	if err := h.router.Dispatch(context.Background(), topic); err != nil {
+		t.Fatal(err)
+	}
+	sent = h.matrix.WaitSent(waitCtx(t), 5)
+	if tp, ok := sent[len(sent)-1].(*event.Topic); !ok || !tp.Room || tp.To.ID != "!team:hs.example" || tp.From.ID != "_xmpp_alice_example.org@hs.example" || tp.Text != "Plans for May" {
+		t.Errorf("the topic went out as %#v", sent[len(sent)-1])
+	}
+	topic = &event.Topic{Header: event.Header{ID: "7", From: event.Address{Network: event.XMPP, ID: "alice@example.org"}, To: muc}, Text: "x"}
+	if err := h.router.Dispatch(context.Background(), topic); err == nil {
+		t.Error("a topic outside a room was accepted")
+	}
 }

@@ -195,7 +195,8 @@ func nextXMPP(t testing.TB, c *peertest.XMPPClient, what string, match func(peer
 // Who is in a portal shows on both sides: an XMPP user in the MUC is a
 // member of the Matrix room under their nick, and follows their nick
 // changes and their leaving; a Matrix user who joins the room is an
-// occupant of the MUC under their display name, and leaves it with them.
+// occupant of the MUC under their display name, changes nick when they
+// change it, and leaves it with them.
 func TestRoomMembership(t *testing.T) {
 	const (
 		alias = "#crew:localhost"
@@ -231,11 +232,18 @@ func TestRoomMembership(t *testing.T) {
 	nextXMPP(t, xa, "Mira in the MUC", func(e peertest.XMPPEvent) bool {
 		return e.Ev == "presence" && e.From == muc+"/Mira M" && e.Type != "unavailable" && e.Type != "error"
 	})
+	// She changes her display name: her occupant changes its nick.
+	if err := mx.SetDisplayName(ctx, "Mira Moon"); err != nil {
+		t.Fatal(err)
+	}
+	nextXMPP(t, xa, "Mira's new nick in the MUC", func(e peertest.XMPPEvent) bool {
+		return e.Ev == "presence" && e.From == muc+"/Mira Moon" && e.Type != "unavailable" && e.Type != "error"
+	})
 	if _, err := mx.LeaveRoom(ctx, room); err != nil {
 		t.Fatal(err)
 	}
 	nextXMPP(t, xa, "Mira leaving the MUC", func(e peertest.XMPPEvent) bool {
-		return e.Ev == "presence" && e.From == muc+"/Mira M" && e.Type == "unavailable"
+		return e.Ev == "presence" && e.From == muc+"/Mira Moon" && e.Type == "unavailable"
 	})
 
 	// xa leaves: so does the ghost.

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,6 +98,18 @@ type stackSettings struct {
 	mediaPorts, callsPerUser int
 	// portals join Matrix rooms and MUCs: {matrix room or alias, MUC JID}.
 	portals [][2]string
+	// mapping, when set, is more of the mapping section, indented by two
+	// spaces (portals_on_demand, say).
+	mapping string
+	// sipPortals are portals with a SIP address too.
+	sipPortals []sipPortal
+}
+
+// sipPortal is a portal of three rooms, and the phones the YAML makes
+// members of its SIP address.
+type sipPortal struct {
+	matrix, xmpp, sip string
+	phones            []string
 }
 
 // The SIP side: parley serves parley.localhost, where these users may
@@ -243,12 +256,20 @@ mapping:
 		sipDomain, st.sipAddr, st.sipAddr, sipUsers["1001"], sipUsers["1002"], sipUsers["1003"], peer,
 		mediaPortMin, mediaPortMin+cmp.Or(st.settings.mediaPorts, 1000)-1, mediaTimeout, st.settings.callsPerUser,
 		sipDomain, sipDomain, sipDomain, sipDomain)
-	if len(st.settings.portals) > 0 {
+	if len(st.settings.portals)+len(st.settings.sipPortals) > 0 {
 		cfg += "  portals:\n"
 		for _, p := range st.settings.portals {
 			cfg += fmt.Sprintf("    - {matrix: %q, xmpp: %q}\n", p[0], p[1])
 		}
+		for _, p := range st.settings.sipPortals {
+			phones := make([]string, len(p.phones))
+			for i, ph := range p.phones {
+				phones[i] = strconv.Quote(ph)
+			}
+			cfg += fmt.Sprintf("    - {matrix: %q, xmpp: %q, sip: %q, phones: [%s]}\n", p.matrix, p.xmpp, p.sip, strings.Join(phones, ", "))
+		}
 	}
+	cfg += st.settings.mapping
 	if err := os.WriteFile(st.config, []byte(cfg), 0o600); err != nil {
 		st.t.Fatal(err)
 	}

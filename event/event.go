@@ -18,20 +18,21 @@ const (
 	KindCallHangup
 	KindCallUpdate
 	KindMember
+	KindTopic
 )
 
 var kindNames = [...]string{
 	KindMessage: "message", KindFailure: "failure", KindPresence: "presence", KindSubscription: "subscription",
 	KindCallInvite: "call-invite", KindCallRinging: "call-ringing", KindCallAnswer: "call-answer", KindCallHangup: "call-hangup",
 	KindCallUpdate: "call-update",
-	KindMember:     "member",
+	KindMember:     "member", KindTopic: "topic",
 }
 
 // Kinds lists every Kind, for metrics and exhaustive tests.
 var Kinds = []Kind{
 	KindMessage, KindFailure, KindPresence, KindSubscription,
 	KindCallInvite, KindCallRinging, KindCallAnswer, KindCallHangup, KindCallUpdate,
-	KindMember,
+	KindMember, KindTopic,
 }
 
 // String returns the lowercase name of k, as used in metrics and the store.
@@ -80,7 +81,9 @@ type Header struct {
 	// multi-user chat) rather than a person: From is the participant who
 	// wrote in it. The routing core carries such events through the portal
 	// that joins the room with its counterparts on the other networks, and
-	// rewrites From to the participant's appearance there.
+	// rewrites From to the participant's appearance there. SIP has no group
+	// chats: an event the core sends to a phone in a portal's SIP room has
+	// Room set, From the room, To the phone and FromName the speaker.
 	Room bool
 	// Time is when the source network says the event happened.
 	Time time.Time

@@ -19,6 +19,19 @@ type Member struct {
 // Kind implements Event.
 func (*Member) Kind() Kind { return KindMember }
 
+// Topic is a change of a room's topic (a Matrix room's m.room.topic, a
+// MUC's subject): Header.Room is set, To is the room and From the
+// participant who changed it. The routing core carries it through the
+// room's portal like a post, in the room's order.
+type Topic struct {
+	Header
+	// Text is the new topic; empty when it was cleared.
+	Text string
+}
+
+// Kind implements Event.
+func (*Topic) Kind() Kind { return KindTopic }
+
 // MemberChange is the closed set of membership changes.
 type MemberChange uint8
 

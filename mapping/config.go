@@ -32,19 +32,47 @@ type Config struct {
 	// conversation: each participant on one side appears on the other as a
 	// participant of their own.
 	Portals []Portal `yaml:"portals"`
+	// OnDemand lets people open portals at run time (see OnDemand); nil,
+	// nobody may.
+	OnDemand *OnDemand `yaml:"portals_on_demand"`
 }
 
-// Portal is one group chat seen from two networks: a Matrix room (its ID,
-// !id:server, or an alias, #name:server) and an XMPP multi-user chat (the
-// room's bare JID).
+// Portal is one group chat seen from several networks: a Matrix room (its
+// ID, !id:server, or an alias, #name:server), an XMPP multi-user chat (the
+// room's bare JID) and, optionally, a SIP address under Parley's own SIP
+// domain that phones write to. SIP has no group chats: the members of the
+// SIP side are phones, those Phones lists and those that wrote to the
+// address (until they leave), and the routing core sends each of them the
+// room's posts.
 type Portal struct {
 	Matrix string `yaml:"matrix"`
 	XMPP   string `yaml:"xmpp"`
+	// SIP is the portal's SIP URI, "sip:team@<Parley's SIP domain>".
+	SIP string `yaml:"sip"`
+	// Phones are SIP addresses of record that are members of the SIP side
+	// from the start.
+	Phones []string `yaml:"phones"`
 }
 
-// rooms returns the portal's rooms, one per network.
+// rooms returns the portal's rooms, one per network; the SIP room only
+// when the portal has one.
 func (p Portal) rooms() []event.Address {
-	return []event.Address{{Network: event.Matrix, ID: p.Matrix}, {Network: event.XMPP, ID: p.XMPP}}
+	out := []event.Address{{Network: event.Matrix, ID: p.Matrix}, {Network: event.XMPP, ID: p.XMPP}}
+	if p.SIP != "" {
+		out = append(out, event.Address{Network: event.SIP, ID: p.SIP})
+	}
+	return out
+}
+
+// validSIP checks the form of a SIP address of record, "sip:user@host";
+// the SIP codec checks the rest (mapping.New).
+func validSIP(id string) error {
+	user, host, ok := strings.Cut(strings.TrimPrefix(id, "sip:"), "@")
+	if !strings.HasPrefix(id, "sip:") || !ok || user == "" || host == "" || strings.ContainsAny(host, "@;?") ||
+		strings.ContainsAny(id, " \t\r\n<>\"") {
+		return fmt.Errorf("%q is not a SIP address of record (sip:user@host)", id)
+	}
+	return nil
 }
 
 // validRoom checks the form of a room's address on its network.
@@ -67,6 +95,8 @@ func validRoom(a event.Address) error {
 		if !ok {
 			return fmt.Errorf("%q is not a Matrix room ID (!id or !id:server) or alias (#name:server)", a.ID)
 		}
+	case event.SIP:
+		return validSIP(a.ID)
 	case event.XMPP:
 		local, domain, ok := strings.Cut(a.ID, "@")
 		if !ok || local == "" || domain == "" || strings.ContainsAny(domain, "@") || strings.ContainsAny(a.ID, "/ \t\r\n") {
@@ -156,6 +186,27 @@ func (c *Config) Validate() error {
 			}
 			inPortal[room] = i
 		}
+		if len(p.Phones) > 0 && p.SIP == "" {
+			errs = append(errs, fmt.Errorf("mapping.portals[%d].phones: phones are members of the portal's SIP address: set sip too", i))
+		}
+		phones := map[string]bool{}
+		for j, ph := range p.Phones {
+			where := fmt.Sprintf("mapping.portals[%d].phones[%d]", i, j)
+			if err := validSIP(ph); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", where, err))
+				continue
+			}
+			if ph == p.SIP {
+				errs = append(errs, fmt.Errorf("%s: %s is the portal's own address", where, ph))
+			}
+			if phones[ph] {
+				errs = append(errs, fmt.Errorf("%s: %s is listed twice", where, ph))
+			}
+			phones[ph] = true
+		}
+	}
+	if c.OnDemand != nil {
+		errs = append(errs, c.OnDemand.validate()...)
 	}
 	return errors.Join(errs...)
 }

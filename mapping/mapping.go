@@ -31,6 +31,8 @@ type Map struct {
 	aliases    map[event.Network]template
 	watch      []WatchRule
 	portals    map[event.Address][]event.Address // a room → the portal's rooms on the other networks
+	phones     map[event.Address][]event.Address // a portal's SIP room → the phones the YAML makes members
+	onDemand   *OnDemand
 }
 
 type identity struct {
@@ -58,7 +60,9 @@ func New(cfg Config, codecs map[event.Network]Codec) (*Map, error) {
 		ghosts:    map[event.Network][]ghost{},
 		aliases:   map[event.Network]template{},
 		watch:     cfg.Watch,
+		onDemand:  cfg.OnDemand,
 		portals:   map[event.Address][]event.Address{},
+		phones:    map[event.Address][]event.Address{},
 	}
 	var errs []error
 	for i, c := range cfg.Identities {
@@ -96,8 +100,32 @@ func New(cfg Config, codecs map[event.Network]Codec) (*Map, error) {
 	for i, p := range cfg.Portals {
 		rooms := p.rooms()
 		for _, room := range rooms {
-			if _, ok := codecs[room.Network]; !ok {
+			codec, ok := codecs[room.Network]
+			if !ok {
 				errs = append(errs, fmt.Errorf("mapping.portals[%d].%s: network %s is not enabled", i, room.Network, room.Network))
+				continue
+			}
+			if room.Network != event.SIP {
+				continue
+			}
+			// The portal's SIP address is an address of Parley's; its
+			// phones are real users.
+			if _, _, err := codec.Split(room.ID); err != nil {
+				errs = append(errs, fmt.Errorf("mapping.portals[%d].sip: %w", i, err))
+			} else if m.Serves(room) {
+				errs = append(errs, fmt.Errorf("mapping.portals[%d].sip: %s is also the address of a ghost or an alias", i, room.ID))
+			}
+			for j, raw := range p.Phones {
+				phone := event.Address{Network: event.SIP, ID: raw}
+				if _, _, err := codec.Split(raw); err != nil {
+					errs = append(errs, fmt.Errorf("mapping.portals[%d].phones[%d]: %w", i, j, err))
+					continue
+				}
+				if m.Serves(phone) {
+					errs = append(errs, fmt.Errorf("mapping.portals[%d].phones[%d]: %s is the address of a ghost or an alias, not a phone", i, j, raw))
+					continue
+				}
+				m.phones[room] = append(m.phones[room], phone)
 			}
 		}
 		for _, room := range rooms {
@@ -340,6 +368,10 @@ func (m *Map) Portal(room event.Address) ([]event.Address, bool) {
 	others, ok := m.portals[room]
 	return others, ok
 }
+
+// Phones returns the phones that the YAML makes members of room, a
+// portal's SIP address, in the YAML's order; nil for any other room.
+func (m *Map) Phones(room event.Address) []event.Address { return m.phones[room] }
 
 // Rooms returns the rooms of network on that are in a portal, sorted.
 func (m *Map) Rooms(on event.Network) []event.Address {

@@ -117,6 +117,28 @@ func TestConfigErrors(t *testing.T) {
 		{"room in two portals", func(c *mapping.Config) {
 			c.Portals = []mapping.Portal{{Matrix: "#r:hs.example", XMPP: "a@muc.example.org"}, {Matrix: "#r:hs.example", XMPP: "b@muc.example.org"}}
 		}, "portals[1].matrix: #r:hs.example is in portal 0 already"},
+		{"portal SIP address not a SIP URI", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "#r:hs.example", XMPP: "a@muc.example.org", SIP: "team@pbx.example"}}
+		}, "portals[0].sip"},
+		{"phones without a SIP address", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "#r:hs.example", XMPP: "a@muc.example.org", Phones: []string{"sip:1001@pbx.example"}}}
+		}, "portals[0].phones: phones are members of the portal's SIP address"},
+		{"phone not a SIP URI", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "#r:hs.example", XMPP: "a@muc.example.org", SIP: "sip:team@pbx.example",
+				Phones: []string{"sip:1001@pbx.example", "1002"}}}
+		}, "portals[0].phones[1]"},
+		{"phone twice", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "#r:hs.example", XMPP: "a@muc.example.org", SIP: "sip:team@pbx.example",
+				Phones: []string{"sip:1001@pbx.example", "sip:1001@pbx.example"}}}
+		}, "portals[0].phones[1]: sip:1001@pbx.example is listed twice"},
+		{"SIP address in two portals", func(c *mapping.Config) {
+			c.Portals = []mapping.Portal{{Matrix: "#r:hs.example", XMPP: "a@muc.example.org", SIP: "sip:team@pbx.example"},
+				{Matrix: "#s:hs.example", XMPP: "b@muc.example.org", SIP: "sip:team@pbx.example"}}
+		}, "portals[1].sip: sip:team@pbx.example is in portal 0 already"},
+		{"SIP address of a ghost", func(c *mapping.Config) {
+			c.Ghosts[event.SIP] = map[event.Network]string{event.XMPP: "sip:x_{user}_{domain}@pbx.example"}
+			c.Portals = []mapping.Portal{{Matrix: "#r:hs.example", XMPP: "a@muc.example.org", SIP: "sip:x_team_muc@pbx.example"}}
+		}, "portals[0].sip: sip:x_team_muc@pbx.example is also the address of a ghost"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -208,5 +230,36 @@ func TestPortals(t *testing.T) {
 	rooms := m.Rooms(event.Matrix)
 	if len(rooms) != 3 || rooms[0].ID != "!v12RoomWithoutServer" || rooms[1].ID != "!x:hs.example" || rooms[2].ID != "#team:hs.example" {
 		t.Errorf("Rooms(matrix) = %v", rooms)
+	}
+}
+
+// A portal with a SIP address joins three rooms; its phones are members
+// of the SIP one.
+func TestPortalWithSIP(t *testing.T) {
+	c := testConfig()
+	c.Portals = []mapping.Portal{{Matrix: "#team:hs.example", XMPP: "team@muc.example.org", SIP: "sip:team@pbx.example",
+		Phones: []string{"sip:1002@pbx.example", "sip:1001@pbx.example"}}}
+	m, err := mapping.New(c, codecs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sipRoom := event.Address{Network: event.SIP, ID: "sip:team@pbx.example"}
+	others, ok := m.Portal(sipRoom)
+	if !ok || len(others) != 2 || others[0].Network != event.Matrix || others[1].Network != event.XMPP {
+		t.Errorf("Portal(SIP room) = %v, %v", others, ok)
+	}
+	others, _ = m.Portal(event.Address{Network: event.XMPP, ID: "team@muc.example.org"})
+	if len(others) != 2 || others[1] != sipRoom {
+		t.Errorf("Portal(MUC) = %v, want the Matrix room and %v", others, sipRoom)
+	}
+	if rooms := m.Rooms(event.SIP); len(rooms) != 1 || rooms[0] != sipRoom {
+		t.Errorf("Rooms(sip) = %v", rooms)
+	}
+	phones := m.Phones(sipRoom)
+	if len(phones) != 2 || phones[0].ID != "sip:1002@pbx.example" || phones[1].ID != "sip:1001@pbx.example" {
+		t.Errorf("Phones = %v", phones)
+	}
+	if p := m.Phones(event.Address{Network: event.XMPP, ID: "team@muc.example.org"}); p != nil {
+		t.Errorf("Phones(MUC) = %v", p)
 	}
 }

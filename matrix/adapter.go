@@ -35,6 +35,7 @@ import (
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
 	"github.com/parleygw/parley/internal/keylock"
+	"github.com/parleygw/parley/internal/names"
 )
 
 var _ bridges.Network = (*Adapter)(nil)
@@ -236,7 +237,7 @@ func (a *Adapter) Stop(ctx context.Context) error {
 // sent as the ghost, which joins the room first (portal.go); a Failure
 // from a portal room becomes the bot's m.notice in it. It returns the Matrix
 // event ID. A Member joins a ghost to a portal room, names it there or has
-// it leave (member.go). A Presence sets the ghost's own presence (presence.go); a
+// it leave (member.go), a Topic sets a portal room's topic (topic.go). A Presence sets the ghost's own presence (presence.go); a
 // Subscription does nothing, as Matrix has no subscription handshake.
 // Errors that retrying cannot fix are marked bridges.Permanent.
 func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
@@ -250,6 +251,12 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 			return "", bridges.Permanent(fmt.Errorf("send to matrix: kind %s with type %T", evt.Kind(), evt))
 		}
 		return a.sendMessage(ctx, msg)
+	case event.KindTopic:
+		t, ok := evt.(*event.Topic)
+		if !ok {
+			return "", bridges.Permanent(fmt.Errorf("send to matrix: kind %s with type %T", evt.Kind(), evt))
+		}
+		return a.sendTopic(ctx, t)
 	case event.KindFailure:
 		f, ok := evt.(*event.Failure)
 		if !ok {
@@ -470,6 +477,7 @@ func (a *Adapter) register(ctx context.Context, user id.UserID) error {
 // and differs from the one last set (Links "name:"+mxid). Failures are
 // logged, not returned: a stale name must not hold a message back.
 func (a *Adapter) ensureDisplayName(ctx context.Context, ghost id.UserID, name string) {
+	name = displayName(name)
 	if name == "" {
 		return
 	}
@@ -488,6 +496,14 @@ func (a *Adapter) ensureDisplayName(ctx context.Context, ghost id.UserID, name s
 		a.log.Warn("store ghost display name", "ghost", ghost.String(), "err", err)
 	}
 }
+
+// maxDisplayName bounds a ghost's display name, in characters: Synapse
+// refuses longer ones.
+const maxDisplayName = 256
+
+// displayName returns name as a ghost shows it: without control and
+// formatting characters, and at most maxDisplayName characters.
+func displayName(name string) string { return names.Clean(name, maxDisplayName) }
 
 // connect checks that the homeserver accepts the as_token (registering the
 // bot, then whoami as the bot) and reports the result as state, retrying

@@ -257,6 +257,7 @@ var errGhostOut = errors.New("the ghost is not in the room")
 // member events, or read from its state). A ghost the state shows out of
 // the room is forgotten as joined, and the error is errGhostOut.
 func (a *Adapter) setRoomName(ctx context.Context, name string, room id.RoomID, ghost id.UserID, display string) (string, error) {
+	display = displayName(display)
 	if display == "" {
 		return "", nil
 	}

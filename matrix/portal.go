@@ -375,13 +375,25 @@ func (a *Adapter) sendToPortal(ctx context.Context, msg *event.Message) (string,
 	if err != nil {
 		err = fmt.Errorf("send as %s in portal room %s: %w", ghost, name, err)
 		if errors.Is(err, mautrix.MForbidden) {
-			// Kicked or banned since it joined: the next try joins again.
-			a.setGhostIn(room, ghost, false)
-			return "", err
+			return "", a.forbiddenPost(ctx, room, ghost, err)
 		}
 		return "", a.classify(err)
 	}
 	return resp.EventID.String(), nil
+}
+
+// forbiddenPost classifies err, the homeserver's refusal of ghost's post in
+// room. A ghost still joined may not post there (the room's power levels
+// ask more of it): that is final, and its poster is told. A ghost kicked or
+// banned since it joined is tried again: the next try joins first, or finds
+// that it may not.
+func (a *Adapter) forbiddenPost(ctx context.Context, room id.RoomID, ghost id.UserID, err error) error {
+	content, found, serr := a.memberState(ctx, room, ghost)
+	if serr == nil && found && content.Membership == mevent.MembershipJoin {
+		return bridges.Permanent(err)
+	}
+	a.setGhostIn(room, ghost, false)
+	return err
 }
 
 // portalFailure tells user, in the portal room name, that their post there

@@ -463,19 +463,23 @@ func TestPortalSendGhostRemoved(t *testing.T) {
 		t.Errorf("requests %v", reqs)
 	}
 
-	// Kicked unseen: the send is refused, the error is retried, and the
-	// next try joins again.
+	// Joined, but the room's power levels let it not post: final.
 	hs.setOverride(func(r hsRequest) (int, string, bool) {
 		if r.Method == http.MethodPut && strings.Contains(r.Path, "/send/") {
-			return http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"not in the room"}`, true
+			return http.StatusForbidden, `{"errcode":"M_FORBIDDEN","error":"user_level (0) < send_level (50)"}`, true
 		}
 		return 0, "", false
 	})
+	if _, err := a.Send(ctx, roomMessage("r3", testGhost, "Bob", teamAlias, "three")); !bridges.IsPermanent(err) {
+		t.Errorf("send refused to a member: %v, want a permanent error", err)
+	}
+	// Kicked unseen: the send is refused, the error is retried, and the
+	// next try joins again.
+	hs.kick(teamRoom, testGhost)
 	if _, err := a.Send(ctx, roomMessage("r3", testGhost, "Bob", teamAlias, "three")); err == nil || bridges.IsPermanent(err) {
 		t.Errorf("refused send: %v, want a retryable error", err)
 	}
 	hs.setOverride(nil)
-	hs.kick(teamRoom, testGhost)
 	hs.reset()
 	if _, err := a.Send(ctx, roomMessage("r3", testGhost, "Bob", teamAlias, "three")); err != nil {
 		t.Fatal(err)

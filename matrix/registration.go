@@ -9,8 +9,10 @@ import (
 
 // Registration returns the application service registration file (YAML) that
 // the homeserver must load for cfg (Matrix spec, Application Service API,
-// "Registration"): the tokens, the bot as sender_localpart, and an exclusive
-// user namespace for every Config.Namespaces entry and for the bot. It asks
+// "Registration"): the tokens, the bot as sender_localpart, an exclusive
+// user namespace for every Config.Namespaces entry and for the bot, and an
+// exclusive alias namespace for the aliases that name MUCs (portals on
+// demand, ondemand.go). It asks
 // the homeserver for ephemeral events (typing, receipts, presence: MSC2409)
 // and not to rate-limit the ghosts. `parley gen-registration` writes it.
 func Registration(cfg Config) ([]byte, error) {
@@ -34,6 +36,10 @@ func Registration(cfg Config) ([]byte, error) {
 	}
 	reg.Namespaces.UserIDs = append(reg.Namespaces.UserIDs, appservice.Namespace{
 		Regex:     "^" + regexp.QuoteMeta(botID(cfg).String()) + "$",
+		Exclusive: true,
+	})
+	reg.Namespaces.RoomAliases = append(reg.Namespaces.RoomAliases, appservice.Namespace{
+		Regex:     mucAliasNamespace(cfg.ServerName),
 		Exclusive: true,
 	})
 	out, err := reg.YAML()

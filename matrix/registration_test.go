@@ -59,7 +59,9 @@ func TestRegistrationGolden(t *testing.T) {
 			t.Errorf("namespace %d = %+v, want exclusive %q", i, ns, wantNS[i])
 		}
 	}
-	if len(reg.Namespaces.RoomAliases) != 0 || len(reg.Namespaces.RoomIDs) != 0 {
+	// The aliases that name MUCs (portals on demand) are the appservice's.
+	if len(reg.Namespaces.RoomAliases) != 1 || reg.Namespaces.RoomAliases[0].Regex != `^#_xmpp_.*:example\.org$` ||
+		!reg.Namespaces.RoomAliases[0].Exclusive || len(reg.Namespaces.RoomIDs) != 0 {
 		t.Errorf("alias/room namespaces: %+v", reg.Namespaces)
 	}
 }

@@ -261,12 +261,6 @@ func (a *Adapter) getUser(w http.ResponseWriter, r *http.Request) {
 	writeEmpty(w)
 }
 
-// getRoom handles GET /_matrix/app/v1/rooms/{roomAlias}: Parley owns no
-// aliases.
-func (a *Adapter) getRoom(w http.ResponseWriter, r *http.Request) {
-	writeError(w, http.StatusNotFound, "M_NOT_FOUND", "no such room alias")
-}
-
 // postPing handles POST /_matrix/app/v1/ping.
 func (a *Adapter) postPing(w http.ResponseWriter, r *http.Request) {
 	writeEmpty(w)
@@ -304,6 +298,8 @@ func (a *Adapter) handleEvent(ctx context.Context, evt *mevent.Event) error {
 		return a.handleMember(ctx, evt)
 	case mevent.EventMessage.Type, mevent.EventEncrypted.Type, mevent.EventSticker.Type:
 		return a.handleMessage(ctx, evt)
+	case mevent.StateTopic.Type:
+		return a.handleTopic(ctx, evt)
 	}
 	if isCallEvent(evt.Type.Type) {
 		return a.handleCall(ctx, evt)
@@ -327,6 +323,12 @@ func (a *Adapter) handleMember(ctx context.Context, evt *mevent.Event) error {
 	}
 	if name, ok := a.portalOf(evt.RoomID); ok {
 		return a.handlePortalMember(ctx, evt, name, target, &content)
+	}
+	if muc, ok, err := a.onDemandOf(ctx, evt.RoomID); err != nil || ok {
+		if err != nil {
+			return err
+		}
+		return a.handleOnDemandMember(ctx, evt, muc, target, &content)
 	}
 	if content.Membership == mevent.MembershipInvite && target == a.bot && !a.owns(evt.Sender) {
 		if name, ok := a.portalOfInvite(ctx, evt.RoomID); ok {

@@ -411,7 +411,10 @@ func (a *Adapter) Stop(ctx context.Context) error {
 // with evt.FromName as display name. A *event.Failure becomes a MESSAGE to
 // the original sender, "Message not delivered: <reason>". A
 // *event.Presence becomes NOTIFYs in the watcher's subscription dialogs
-// (see sendPresence); a *event.Subscription is accepted and ignored.
+// (see sendPresence); a *event.Subscription is accepted and ignored. A
+// post in a room (Room set) goes to the phone To from the room's address
+// From, with the speaker's name, and a *event.Member tells the phone To of
+// its own membership change in the room From (see room.go).
 //
 // To a user of the domain, the MESSAGE goes to each registered contact at
 // once; one 2xx is success. Without a contact, Send fails with an error that
@@ -433,6 +436,9 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		if m.Body == "" {
 			return "", bridges.Permanent(fmt.Errorf("send MESSAGE to %s: message has no body", m.To.ID))
 		}
+		if m.Room {
+			return a.deliver(ctx, &m.Header, roomMessage(m))
+		}
 		return a.deliver(ctx, &m.Header, outboundMessage{
 			from: m.From.ID, to: m.To.ID, fromName: m.FromName, body: m.Body, sourceID: m.ID,
 		})
@@ -448,6 +454,12 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		return a.deliver(ctx, &f.Header, outboundMessage{
 			from: f.From.ID, to: f.To.ID, fromName: f.FromName, body: failureText(f), sourceID: sourceID,
 		})
+	case event.KindMember:
+		mb, ok := evt.(*event.Member)
+		if !ok || !mb.Room || !mb.Change.Valid() {
+			return "", bridges.Permanent(fmt.Errorf("send SIP event: kind %s with type %T outside a room or without a change", evt.Kind(), evt))
+		}
+		return a.deliver(ctx, &mb.Header, memberMessage(mb))
 	case event.KindPresence:
 		p, ok := evt.(*event.Presence)
 		if !ok {

@@ -33,6 +33,10 @@ type fakeHost struct {
 	dispatchErr func(evt event.Event) error
 	states      []stateChange
 	reachable   []event.Address
+	// rooms are the portals' SIP addresses Rooms returns, members what
+	// RoomMembers returns for any of them.
+	rooms   []event.Address
+	members []bridges.RoomMember
 
 	stateCh     chan stateChange
 	dispatchCh  chan event.Event
@@ -90,6 +94,28 @@ func (h *fakeHost) Links(n event.Network) bridges.Links {
 }
 
 func (h *fakeHost) Profile(event.Address) string { return "" }
+
+// RoomMembers implements bridges.RosterHost.
+func (h *fakeHost) RoomMembers(_ context.Context, room event.Address) ([]bridges.RoomMember, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.rooms {
+		if r == room {
+			return h.members, nil
+		}
+	}
+	return nil, bridges.ErrNoRoute
+}
+
+// Rooms implements bridges.RoomHost.
+func (h *fakeHost) Rooms(n event.Network) []event.Address {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n != event.SIP {
+		return nil
+	}
+	return h.rooms
+}
 
 func (h *fakeHost) Reachable(addr event.Address) {
 	h.mu.Lock()

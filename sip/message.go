@@ -20,23 +20,31 @@ import (
 )
 
 // onMessage handles an inbound MESSAGE (RFC 3428): it checks the request and
-// its sender, translates it to an event.Message and hands that to the
-// routing core. It answers 202 once the core has stored the event, and the
+// its sender, translates it to an event.Message (a post in a room, or a
+// room command, when it is addressed to a portal's SIP address: see
+// room.go) and hands that to the routing core. It answers 202 once the core has stored the event, and the
 // core's refusals with 404 (no such recipient), 403 (refused) or 503 with
 // Retry-After (not stored; the sender may try again).
 func (a *Adapter) onMessage(req *sip.Request, src netip.Addr, p *peer) *reply {
-	evt, r := a.inboundMessage(req, src, p, a.now())
+	msg, r := a.inboundMessage(req, src, p, a.now())
 	if r != nil {
 		return r
 	}
 	host, _, _, _ := a.stack()
+	var evt event.Event = msg
+	if isRoom(host, msg.To.ID) {
+		if parseRoomCommand(msg.Body) == who {
+			return a.answerWho(host, msg)
+		}
+		evt = roomEvent(msg)
+	}
 	ctx, cancel := context.WithTimeout(a.dispatchCtx, dispatchTimeout)
 	defer cancel()
 	err := host.Dispatch(ctx, evt)
 	if err != nil {
-		a.log.Info("sip message not accepted", "id", evt.ID, "from", evt.From.ID, "to", evt.To.ID, "err", err)
+		a.log.Info("sip message not accepted", "id", msg.ID, "from", msg.From.ID, "to", msg.To.ID, "kind", evt.Kind(), "err", err)
 	} else {
-		a.log.Debug("sip message accepted", "id", evt.ID, "from", evt.From.ID, "to", evt.To.ID)
+		a.log.Debug("sip message accepted", "id", msg.ID, "from", msg.From.ID, "to", msg.To.ID, "kind", evt.Kind())
 	}
 	return dispatchReply(err)
 }

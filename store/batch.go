@@ -33,6 +33,9 @@ const batchTimeout = 30 * time.Second
 // errClosed is returned by writes after Close.
 var errClosed = errors.New("store is closed")
 
+// errNoEntries is returned by Enqueue without entries.
+var errNoEntries = errors.New("enqueue: no entries")
+
 // write states: a write is waiting until a commit takes it, or until its
 // caller gives up (its context ended first), whichever comes first.
 const (
@@ -46,13 +49,15 @@ type write struct {
 	state atomic.Int32
 	done  chan struct{} // closed once dup, seq and err are set
 
-	// Enqueue: the encoded entry (the duplicate record and the outbox row).
+	// Enqueue: the duplicate record (network, id, accepted) and the
+	// encoded entries, whose seq the commit sets.
 	// Done: remove is true and seq is the entry to remove.
-	remove          bool
-	network, id     string
-	origin, payload []byte
-	kind            string
-	accepted        int64
+	// Done and LinkIDs: links are the message IDs to link.
+	remove      bool
+	links       []Same
+	network, id string
+	accepted    int64
+	rows        []outboxRow
 
 	// Results.
 	seq int64
@@ -60,12 +65,20 @@ type write struct {
 	err error
 }
 
+// outboxRow is one entry of an Enqueue, encoded.
+type outboxRow struct {
+	origin, payload []byte
+	kind            string
+	accepted        int64
+	seq             int64 // set by the commit
+}
+
 // writer runs the writes of the outbox in shared transactions.
 type writer struct {
 	db      *sql.DB
 	bounded bool // transactions time out after batchTimeout
 
-	insertSeen, insertOutbox, deleteOutbox *sql.Stmt
+	insertSeen, insertOutbox, deleteOutbox, insertID *sql.Stmt
 
 	mu      sync.Mutex
 	idle    *sync.Cond // signalled when leading ends
@@ -85,6 +98,7 @@ func newWriter(ctx context.Context, db *sql.DB, bounded bool) (*writer, error) {
 		{&w.insertSeen, `INSERT INTO seen (network, event_id, accepted_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`},
 		{&w.insertOutbox, `INSERT INTO outbox (origin, kind, payload, accepted_at) VALUES ($1, $2, $3, $4) RETURNING seq`},
 		{&w.deleteOutbox, `DELETE FROM outbox WHERE seq = $1`},
+		{&w.insertID, `INSERT INTO message_ids (network, id, other_network, other_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`},
 	} {
 		stmt, err := db.PrepareContext(ctx, p.query)
 		if err != nil {
@@ -187,7 +201,7 @@ func (w *writer) close() {
 }
 
 func (w *writer) closeStatements() {
-	for _, s := range []*sql.Stmt{w.insertSeen, w.insertOutbox, w.deleteOutbox} {
+	for _, s := range []*sql.Stmt{w.insertSeen, w.insertOutbox, w.deleteOutbox, w.insertID} {
 		if s != nil {
 			_ = s.Close()
 		}
@@ -219,7 +233,7 @@ func (w *writer) inTransaction(batch []*write) (err error) {
 		ctx, cancel = context.WithTimeout(ctx, batchTimeout)
 		defer cancel()
 	}
-	if len(batch) == 1 && batch[0].remove {
+	if len(batch) == 1 && batch[0].remove && len(batch[0].links) == 0 {
 		// One statement commits alone.
 		if _, err := w.deleteOutbox.ExecContext(ctx, batch[0].seq); err != nil {
 			return fmt.Errorf("remove outbox entry %d: %w", batch[0].seq, err)
@@ -236,7 +250,7 @@ func (w *writer) inTransaction(batch []*write) (err error) {
 		}
 	}()
 	// The statements, bound to the transaction when first needed.
-	var insertSeen, insertOutbox, deleteOutbox *sql.Stmt
+	var insertSeen, insertOutbox, deleteOutbox, insertID *sql.Stmt
 	bind := func(s **sql.Stmt, prepared *sql.Stmt) *sql.Stmt {
 		if *s == nil {
 			*s = tx.StmtContext(ctx, prepared)
@@ -244,6 +258,16 @@ func (w *writer) inTransaction(batch []*write) (err error) {
 		return *s
 	}
 	for _, wr := range batch {
+		for _, l := range wr.links {
+			for _, p := range [][2]MessageRef{{l.A, l.B}, {l.B, l.A}} {
+				if _, err := bind(&insertID, w.insertID).ExecContext(ctx, string(p[0].Network), p[0].ID, string(p[1].Network), p[1].ID); err != nil {
+					return fmt.Errorf("link message IDs %v and %v: %w", l.A, l.B, err)
+				}
+			}
+		}
+		if !wr.remove && len(wr.rows) == 0 {
+			continue // links only
+		}
 		if wr.remove {
 			if _, err := bind(&deleteOutbox, w.deleteOutbox).ExecContext(ctx, wr.seq); err != nil {
 				return fmt.Errorf("remove outbox entry %d: %w", wr.seq, err)
@@ -261,8 +285,11 @@ func (w *writer) inTransaction(batch []*write) (err error) {
 		if wr.dup = n == 0; wr.dup {
 			continue
 		}
-		if err := bind(&insertOutbox, w.insertOutbox).QueryRowContext(ctx, wr.origin, wr.kind, wr.payload, wr.accepted).Scan(&wr.seq); err != nil {
-			return fmt.Errorf("store %s event %s: %w", wr.network, wr.id, err)
+		for i := range wr.rows {
+			row := &wr.rows[i]
+			if err := bind(&insertOutbox, w.insertOutbox).QueryRowContext(ctx, row.origin, row.kind, row.payload, row.accepted).Scan(&row.seq); err != nil {
+				return fmt.Errorf("store %s event %s: %w", wr.network, wr.id, err)
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {

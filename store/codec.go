@@ -35,6 +35,8 @@ func decodeEvent(kind string, payload []byte) (event.Event, error) {
 		evt = new(event.Subscription)
 	case event.KindMember:
 		evt = new(event.Member)
+	case event.KindTopic:
+		evt = new(event.Topic)
 	default:
 		return nil, fmt.Errorf("decode event: kind %q has no decoder", kind)
 	}

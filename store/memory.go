@@ -18,6 +18,7 @@ type Memory struct {
 	pending map[int64]Entry
 	seen    map[seenKey]time.Time
 	links   map[[2]string]string
+	ids     map[MessageRef]map[MessageRef]bool
 }
 
 type seenKey struct {
@@ -37,24 +38,38 @@ func NewMemory() *Memory {
 }
 
 // Enqueue implements Outbox.
-func (m *Memory) Enqueue(_ context.Context, e *Entry) (bool, error) {
-	k := seenKey{e.Origin.From.Network, e.Origin.ID}
+func (m *Memory) Enqueue(_ context.Context, entries ...*Entry) (bool, error) {
+	if len(entries) == 0 {
+		return false, errNoEntries
+	}
+	first := entries[0]
+	k := seenKey{first.Origin.From.Network, first.Origin.ID}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, dup := m.seen[k]; dup {
 		return true, nil
 	}
-	m.seen[k] = e.Accepted
-	m.seq++
-	e.Seq = m.seq
-	m.pending[e.Seq] = *e
+	m.seen[k] = first.Accepted
+	for _, e := range entries {
+		m.seq++
+		e.Seq = m.seq
+		m.pending[e.Seq] = *e
+	}
 	return false, nil
 }
 
 // Done implements Outbox.
-func (m *Memory) Done(_ context.Context, seq int64) error {
+func (m *Memory) Done(_ context.Context, seq int64, same ...Same) error {
+	for _, l := range same {
+		if err := l.valid(); err != nil {
+			return err
+		}
+	}
 	m.mu.Lock()
 	delete(m.pending, seq)
+	for _, l := range same {
+		m.link(l)
+	}
 	m.mu.Unlock()
 	return nil
 }

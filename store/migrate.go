@@ -57,6 +57,24 @@ CREATE TABLE links (
 	PRIMARY KEY (ns, key)
 );`,
 	},
+	2: {
+		sqlite: `
+CREATE TABLE message_ids (
+	network       TEXT NOT NULL,
+	id            TEXT NOT NULL,
+	other_network TEXT NOT NULL,
+	other_id      TEXT NOT NULL,
+	PRIMARY KEY (network, id, other_network, other_id)
+);`,
+		postgres: `
+CREATE TABLE message_ids (
+	network       TEXT NOT NULL,
+	id            TEXT NOT NULL,
+	other_network TEXT NOT NULL,
+	other_id      TEXT NOT NULL,
+	PRIMARY KEY (network, id, other_network, other_id)
+);`,
+	},
 }
 
 // migrate brings the schema to the newest version. The version lives in a

@@ -82,34 +82,48 @@ func (s *SQL) Close() error {
 	return s.db.Close()
 }
 
-// Enqueue implements Outbox. The duplicate record and the entry are written in
-// one transaction, which may hold the writes of other callers too (group
-// commit); Enqueue returns once it has committed. When ctx ends first,
-// Enqueue returns ctx's error only if the entry was not written.
-func (s *SQL) Enqueue(ctx context.Context, e *Entry) (dup bool, err error) {
-	kind, payload, err := encodeEvent(e.Event)
-	if err != nil {
-		return false, err
+// Enqueue implements Outbox. The duplicate record and the entries are
+// written in one transaction, which may hold the writes of other callers
+// too (group commit); Enqueue returns once it has committed. When ctx ends
+// first, Enqueue returns ctx's error only if nothing was written.
+func (s *SQL) Enqueue(ctx context.Context, entries ...*Entry) (dup bool, err error) {
+	if len(entries) == 0 {
+		return false, errNoEntries
 	}
-	origin, err := json.Marshal(e.Origin)
-	if err != nil {
-		return false, fmt.Errorf("enqueue: encode origin: %w", err)
+	first := entries[0]
+	wr := &write{network: string(first.Origin.From.Network), id: first.Origin.ID, rows: make([]outboxRow, len(entries))}
+	for i, e := range entries {
+		kind, payload, err := encodeEvent(e.Event)
+		if err != nil {
+			return false, err
+		}
+		origin, err := json.Marshal(e.Origin)
+		if err != nil {
+			return false, fmt.Errorf("enqueue: encode origin: %w", err)
+		}
+		wr.rows[i] = outboxRow{origin: origin, kind: kind, payload: payload, accepted: e.Accepted.UnixMilli()}
 	}
-	wr := &write{network: string(e.Origin.From.Network), id: e.Origin.ID, origin: origin, kind: kind, payload: payload,
-		accepted: e.Accepted.UnixMilli()}
+	wr.accepted = wr.rows[0].accepted
 	if err := s.w.do(ctx, wr); err != nil {
-		return false, fmt.Errorf("enqueue %s event %s: %w", e.Origin.From.Network, e.Origin.ID, err)
+		return false, fmt.Errorf("enqueue %s event %s: %w", first.Origin.From.Network, first.Origin.ID, err)
 	}
 	if !wr.dup {
-		e.Seq = wr.seq
+		for i, e := range entries {
+			e.Seq = wr.rows[i].seq
+		}
 	}
 	return wr.dup, nil
 }
 
 // Done implements Outbox. Like Enqueue, it shares its transaction with
 // other writes and returns once the removal has committed.
-func (s *SQL) Done(ctx context.Context, seq int64) error {
-	if err := s.w.do(ctx, &write{remove: true, seq: seq}); err != nil {
+func (s *SQL) Done(ctx context.Context, seq int64, same ...Same) error {
+	for _, l := range same {
+		if err := l.valid(); err != nil {
+			return err
+		}
+	}
+	if err := s.w.do(ctx, &write{remove: true, seq: seq, links: same}); err != nil {
 		return fmt.Errorf("remove outbox entry %d: %w", seq, err)
 	}
 	return nil

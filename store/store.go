@@ -19,6 +19,7 @@ import (
 type Store interface {
 	Outbox
 	Links
+	MessageIDs
 	// Close releases the store.
 	Close() error
 }
@@ -38,12 +39,19 @@ type Entry struct {
 
 // Outbox holds accepted events until their destination takes them.
 type Outbox interface {
-	// Enqueue stores e and sets e.Seq, unless an event with the same origin
-	// network and ID was accepted before (within the retention of the
-	// duplicate record): then it stores nothing and returns dup = true.
-	Enqueue(ctx context.Context, e *Entry) (dup bool, err error)
-	// Done removes the entry seq; removing an absent entry is not an error.
-	Done(ctx context.Context, seq int64) error
+	// Enqueue stores the entries of one accepted event, in order, under
+	// one duplicate record, and sets their Seq; all of them or none are
+	// stored. The first entry's origin network and ID identify the event
+	// (an event going to several destinations, say the rooms of a portal
+	// and each member phone, is one entry per destination). If an event
+	// with that network and ID was accepted before (within the retention
+	// of the duplicate record), Enqueue stores nothing and returns dup =
+	// true. Enqueue without entries is an error.
+	Enqueue(ctx context.Context, entries ...*Entry) (dup bool, err error)
+	// Done removes the entry seq, and records the message IDs same links
+	// (the delivered copy of a message, say) in the same write; removing
+	// an absent entry is not an error.
+	Done(ctx context.Context, seq int64, same ...Same) error
 	// Pending returns every entry still in the outbox, in Seq order.
 	Pending(ctx context.Context) ([]Entry, error)
 	// ForgetBefore drops duplicate records older than t.

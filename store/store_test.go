@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -175,6 +176,125 @@ func TestOutboxKeepsRoomEvents(t *testing.T) {
 		}
 		if mb, ok := got[1].Event.(*event.Member); !ok || !mb.Room || mb.Change != event.MemberRenamed || mb.Name != "Alice W." || mb.Reason != "new nick" {
 			t.Errorf("membership change came back as %#v", got[1].Event)
+		}
+	})
+}
+
+// An event going to several destinations is several entries under one
+// duplicate record: stored together, in order, and recognised as a
+// duplicate together; none stored when one cannot be.
+func TestOutboxSeveralEntries(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func() store.Store) {
+		ctx := context.Background()
+		s := open()
+		now := time.UnixMilli(time.Now().UnixMilli())
+		fanOut := func(id string, to ...string) []*store.Entry {
+			var out []*store.Entry
+			for _, a := range to {
+				e := entry(id, "to "+a, now)
+				e.Event.Head().To = event.Address{Network: event.SIP, ID: a}
+				out = append(out, e)
+			}
+			return out
+		}
+		if _, err := s.Enqueue(ctx); err == nil {
+			t.Error("Enqueue without entries succeeded")
+		}
+		first := fanOut("p1", "sip:1001@pbx", "sip:1002@pbx", "sip:1003@pbx")
+		if dup, err := s.Enqueue(ctx, first...); err != nil || dup {
+			t.Fatalf("Enqueue of three entries: dup=%v err=%v", dup, err)
+		}
+		for i := 1; i < len(first); i++ {
+			if first[i].Seq <= first[i-1].Seq {
+				t.Errorf("seqs %d then %d: not in order", first[i-1].Seq, first[i].Seq)
+			}
+		}
+		again := fanOut("p1", "sip:1004@pbx", "sip:1005@pbx")
+		if dup, err := s.Enqueue(ctx, again...); err != nil || !dup {
+			t.Fatalf("second Enqueue of p1: dup=%v err=%v, want a duplicate", dup, err)
+		}
+		// An entry that cannot be encoded (only the SQL stores encode):
+		// nothing of the event is stored, and it is no duplicate when it
+		// comes again.
+		if _, encodes := s.(*store.SQL); encodes {
+			bad := fanOut("p2", "sip:1001@pbx", "sip:1002@pbx")
+			bad[1].Event = &event.Member{Header: *bad[1].Event.Head(), Change: 99}
+			if _, err := s.Enqueue(ctx, bad...); err == nil {
+				t.Error("Enqueue of an entry that cannot be encoded succeeded")
+			}
+		}
+		if dup, err := s.Enqueue(ctx, fanOut("p2", "sip:1001@pbx")...); err != nil || dup {
+			t.Errorf("p2: dup=%v err=%v", dup, err)
+		}
+		if err := s.Done(ctx, first[1].Seq); err != nil {
+			t.Fatal(err)
+		}
+		got, err := open().Pending(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var to []string
+		for _, e := range got {
+			to = append(to, e.Origin.ID+" "+e.Event.Head().To.ID)
+		}
+		want := []string{"p1 sip:1001@pbx", "p1 sip:1003@pbx", "p2 sip:1001@pbx"}
+		if fmt.Sprint(to) != fmt.Sprint(want) {
+			t.Errorf("pending %q, want %q", to, want)
+		}
+	})
+}
+
+// A message's IDs on the networks it crossed are linked when its delivery
+// is done, and found from any of them: directly, or through an ID both are
+// linked with; they outlive a reopening of the store.
+func TestMessageIDs(t *testing.T) {
+	eachStore(t, func(t *testing.T, open func() store.Store) {
+		ctx := context.Background()
+		s := open()
+		matrixPost := store.MessageRef{Network: event.Matrix, ID: "$e1"}
+		posted := store.MessageRef{Network: event.XMPP, ID: "parley-1"}
+		stanzaID := store.MessageRef{Network: event.XMPP, ID: "team@muc.example.org/sid-1"}
+		phone := store.MessageRef{Network: event.SIP, ID: "call-1"}
+		e := store.Entry{Origin: event.Header{ID: "$e1", From: event.Address{Network: event.Matrix, ID: "@a:hs"}},
+			Event: &event.Message{Header: event.Header{ID: "$e1"}, Body: "hi"}, Accepted: time.Now()}
+		if _, err := s.Enqueue(ctx, &e); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Done(ctx, e.Seq, store.Same{A: matrixPost, B: posted}, store.Same{A: matrixPost, B: phone}); err != nil {
+			t.Fatal(err)
+		}
+		if pending, _ := s.Pending(ctx); len(pending) != 0 {
+			t.Fatalf("Done left %d entries", len(pending))
+		}
+		if err := s.LinkIDs(ctx, store.Same{A: stanzaID, B: posted}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.LinkIDs(ctx, store.Same{A: stanzaID, B: posted}); err != nil {
+			t.Fatalf("linking again: %v", err)
+		}
+		if err := s.LinkIDs(ctx, store.Same{A: stanzaID, B: stanzaID}); err == nil {
+			t.Error("a message linked with itself")
+		}
+		for _, tc := range []struct {
+			ref  store.MessageRef
+			on   event.Network
+			want string
+		}{
+			{matrixPost, event.XMPP, "parley-1"},
+			{posted, event.Matrix, "$e1"},
+			{posted, event.XMPP, "team@muc.example.org/sid-1"},
+			{stanzaID, event.Matrix, "$e1"},
+			{stanzaID, event.SIP, "call-1"},
+			{phone, event.XMPP, "parley-1"},
+			{matrixPost, event.SIP, "call-1"},
+		} {
+			got, ok, err := s.MessageID(ctx, tc.ref, tc.on)
+			if err != nil || !ok || got != tc.want {
+				t.Errorf("MessageID(%v, %s) = %q, %v, %v; want %q", tc.ref, tc.on, got, ok, err, tc.want)
+			}
+		}
+		if got, ok, err := s.MessageID(ctx, store.MessageRef{Network: event.Matrix, ID: "$unknown"}, event.XMPP); ok || err != nil {
+			t.Errorf("an unknown message: %q, %v, %v", got, ok, err)
 		}
 	})
 }

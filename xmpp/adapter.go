@@ -261,6 +261,9 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		} else {
 			id, r, err = a.outboundMessage(e)
 		}
+	case *event.Topic:
+		to = e.To.ID
+		id, r, err = a.outboundTopic(ctx, e)
 	case *event.Member:
 		id, err := a.sendMember(ctx, e)
 		if err != nil {
@@ -269,7 +272,11 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 		return id, nil
 	case *event.Failure:
 		to = e.To.ID
-		id, r, err = a.outboundFailure(e)
+		if room, ok := a.fromRoom(e.From.ID); ok && e.From.ID == room.String() {
+			id, r, err = a.roomFailure(e, room)
+		} else {
+			id, r, err = a.outboundFailure(e)
+		}
 	case *event.Presence:
 		to = e.To.ID
 		id, r, err = a.outboundPresence(e)

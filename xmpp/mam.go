@@ -211,7 +211,8 @@ func (a *Adapter) handleArchived(ctx context.Context, m messageStanza, room jid.
 		ID string `xml:"id,attr"`
 		By string `xml:"by,attr"`
 	}{{ID: res.ID, By: room.String()}}, p.StanzaIDs...)
-	p.Result, p.archived = nil, true
+	// A subject of the archive is not the room's now: the join gave that.
+	p.Result, p.Subject, p.archived = nil, nil, true
 	return a.handleRoomMessage(ctx, p, room)
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
@@ -66,6 +67,23 @@ func (a *Adapter) recordGhostNick(ctx context.Context, room, nick, who string) {
 	if err := a.host.Links(event.XMPP).Put(ctx, ghostNickKey(room, nick), who); err != nil {
 		a.log.Warn("xmpp room nick not recorded", "room", room, "nick", nick, "error", err)
 	}
+}
+
+// recordedGhostNick returns the nick that who, one of Parley's, was
+// recorded to hold in room (by this session or an earlier one).
+func (a *Adapter) recordedGhostNick(ctx context.Context, room, who string) (string, bool) {
+	prefix := ghostNickKey(room, "")
+	held, err := a.host.Links(event.XMPP).List(ctx, prefix)
+	if err != nil {
+		a.log.Warn("xmpp room nicks not read", "room", room, "error", err)
+		return "", false
+	}
+	for key, holder := range held {
+		if holder == who {
+			return strings.TrimPrefix(key, prefix), true
+		}
+	}
+	return "", false
 }
 
 // forgetGhostNick forgets that one of Parley's holds nick in room.
@@ -329,7 +347,11 @@ func (a *Adapter) sendMember(ctx context.Context, m *event.Member) (string, erro
 		return id, a.changeNick(ctx, room, ghost, name)
 	default: // MemberLeft
 		if !joined {
-			return id, nil
+			// An occupant since an earlier session, if the links
+			// hold its nick: the room still has it.
+			if nick, joined = a.recordedGhostNick(ctx, roomID, ghost.String()); !joined {
+				return id, nil
+			}
 		}
 		occupant, err := room.WithResource(nick)
 		if err != nil {

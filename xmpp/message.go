@@ -54,7 +54,9 @@ type messageStanza struct {
 	} `xml:"urn:xmpp:delay delay"`
 	// Subject is a room's subject, which a room sends after the history
 	// at each join (XEP-0045 §7.2.15).
-	Subject *struct{} `xml:"subject"`
+	Subject *struct {
+		Text string `xml:",chardata"`
+	} `xml:"subject"`
 	// Result is a post from a room's archive that the room sends in
 	// answer to an archive query (XEP-0313 §4.2).
 	Result *mamResult `xml:"urn:xmpp:mam:2 result"`

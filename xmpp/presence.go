@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/names"
 	"github.com/parleygw/parley/internal/ratelimit"
 )
 
@@ -99,22 +99,7 @@ func (p presenceStanza) status() string {
 			text, found = s.Text, true
 		}
 	}
-	return truncate(strings.TrimSpace(text), maxStatus)
-}
-
-// truncate returns s cut to at most n characters, on a character boundary.
-func truncate(s string, n int) string {
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	i := 0
-	for j := range s {
-		if i == n {
-			return s[:j]
-		}
-		i++
-	}
-	return s
+	return names.Truncate(strings.TrimSpace(text), maxStatus)
 }
 
 // showState maps an RFC 6121 <show/> value to a presence state; ok is false

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/names"
 )
 
 // Multi-user chats (XEP-0045): the rooms of the portals.
@@ -68,6 +67,7 @@ type mucUser struct {
 	Items []struct {
 		JID    string `xml:"jid,attr"`
 		Nick   string `xml:"nick,attr"`
+		Role   string `xml:"role,attr"`
 		Reason string `xml:"http://jabber.org/protocol/muc#user reason"`
 	} `xml:"http://jabber.org/protocol/muc#user item"`
 	Statuses []struct {
@@ -136,6 +136,9 @@ type roomState struct {
 	// present maps the nicks of the other occupants the listener sees to
 	// their participant addresses (see participant).
 	present map[string]string
+	// moderator is set when the listener is a moderator of the room
+	// (it made the room, say): it may change the subject.
+	moderator bool
 	// listening is set once the listener's own presence came: the
 	// presences before it are the room's list of who is there.
 	listening bool
@@ -219,7 +222,7 @@ func (r *rooms) reset() {
 		clear(s.real)
 		clear(s.pending)
 		clear(s.present)
-		s.listening, s.history, s.echoes, s.caught = false, false, nil, nil
+		s.listening, s.history, s.echoes, s.caught, s.moderator = false, false, nil, nil, false
 		for who, c := range s.checks {
 			c.finish()
 			delete(s.checks, who)
@@ -370,26 +373,7 @@ func (a *Adapter) fromRoom(rawFrom string) (jid.JID, bool) {
 // cleanNick turns a display name into a nick: control and bidirectional
 // formatting characters removed, spaces collapsed and trimmed, at most
 // maxNick characters. It returns "" when nothing is left.
-func cleanNick(name string) string {
-	var b strings.Builder
-	space := false
-	for _, r := range name {
-		switch {
-		case r == utf8.RuneError, unicode.Is(unicode.Bidi_Control, r), unicode.IsControl(r) && !unicode.IsSpace(r),
-			unicode.Is(unicode.Cf, r):
-			continue
-		case unicode.IsSpace(r):
-			space = b.Len() > 0
-			continue
-		}
-		if space {
-			b.WriteByte(' ')
-			space = false
-		}
-		b.WriteRune(r)
-	}
-	return strings.TrimSpace(truncate(b.String(), maxNick))
-}
+func cleanNick(name string) string { return names.Clean(name, maxNick) }
 
 // nickCandidate returns the nick to ask for at the attempt-th try (from 0):
 // base, then "base 2", "base 3"..., each at most maxNick characters.
@@ -398,7 +382,7 @@ func nickCandidate(base string, attempt int) string {
 		return base
 	}
 	suffix := " " + strconv.Itoa(attempt+1)
-	return strings.TrimSpace(truncate(base, maxNick-len(suffix))) + suffix
+	return strings.TrimSpace(names.Truncate(base, maxNick-len(suffix))) + suffix
 }
 
 // baseNick returns the nick a ghost asks for in room: its display name
@@ -608,6 +592,7 @@ func (a *Adapter) handleRoomPresence(ctx context.Context, r xml.TokenReader, roo
 		if p.X.has(statusSelf) {
 			a.rooms.answer(roomID, who, nick, nil)
 			if who == a.domain.String() {
+				a.rooms.setListenerModerator(roomID, p.X.role() == "moderator")
 				a.listenerIn(ctx, room)
 			}
 			return nil
@@ -676,15 +661,7 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 	}
 	in.from, in.to = from, to
 
-	id := ""
-	for _, s := range m.StanzaIDs {
-		// Only the room's own ID is the same in every copy, and only
-		// the room may be trusted to have set it (XEP-0359 §5).
-		if by, err := jid.Parse(s.By); err == nil && by.Equal(room) && s.ID != "" {
-			id = s.ID
-			break
-		}
-	}
+	id := roomStanzaID(m, room)
 	if id == "" {
 		id = m.ID
 	}
@@ -780,6 +757,10 @@ func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room j
 		return a.handleArchived(ctx, m, room)
 	}
 	in := a.translateRoomMessage(m, room, a.now())
+	if m.Subject != nil && m.body() == "" && messageType(m.Type) == stanza.GroupChatMessage && m.To == a.domain.String() {
+		a.handleRoomSubject(ctx, m, room)
+	}
+	a.linkReflection(ctx, m, room)
 	if in.action != dispatch {
 		a.log.Debug("xmpp room message ignored", "reason", in.reason, "from", m.From, "to", m.To, "id", m.ID)
 		return nil

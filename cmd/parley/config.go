@@ -215,7 +215,43 @@ func (c *Config) validate() error {
 		errs = append(errs, c.Calls.validate())
 	}
 	errs = append(errs, c.Mapping.Validate())
+	errs = append(errs, c.validatePortalSIP()...)
 	return errors.Join(errs...)
+}
+
+// validatePortalSIP checks the SIP side of the portals against the sip
+// section: a portal's SIP address is an address of Parley's own domain
+// that is not a user who registers, and its phones are SIP addresses of
+// record in their canonical form.
+func (c *Config) validatePortalSIP() []error {
+	var errs []error
+	codec := sip.AddressCodec{}
+	for i, p := range c.Mapping.Portals {
+		if p.SIP == "" {
+			continue
+		}
+		key := fmt.Sprintf("mapping.portals[%d].sip", i)
+		if c.SIP == nil {
+			errs = append(errs, fmt.Errorf("%s: the sip section is missing: a portal's SIP address is one of Parley's SIP domain", key))
+			continue
+		}
+		user, host, err := codec.Split(p.SIP)
+		_, isUser := c.SIP.Users[user]
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+		case host != strings.ToLower(c.SIP.Domain):
+			errs = append(errs, fmt.Errorf("%s: %s is not in Parley's SIP domain %s (sip.domain)", key, p.SIP, c.SIP.Domain))
+		case isUser:
+			errs = append(errs, fmt.Errorf("%s: %s is a SIP user (sip.users.%s), not a room", key, p.SIP, user))
+		}
+		for j, phone := range p.Phones {
+			if _, _, err := codec.Split(phone); err != nil {
+				errs = append(errs, fmt.Errorf("mapping.portals[%d].phones[%d]: %w", i, j, err))
+			}
+		}
+	}
+	return errs
 }
 
 // checkKeys walks the YAML tree beside the Go type it decodes into and

@@ -80,6 +80,54 @@ func TestConfigErrorsNameFileLineAndKey(t *testing.T) {
 	}
 }
 
+// A portal's SIP address is checked against the sip section, with the
+// line of its key.
+func TestPortalSIPErrors(t *testing.T) {
+	example, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PARLEY_XMPP_SECRET", "s3cret")
+	t.Setenv("PARLEY_AS_TOKEN", "as")
+	t.Setenv("PARLEY_HS_TOKEN", "hs")
+	t.Setenv("PARLEY_SIP_1001", "phone-password")
+	const anchor = "  # portals:\n"
+	tests := []struct{ name, sip, phones, want string }{
+		{"fine", "sip:team@parley.example.org", `["sip:1001@parley.example.org", "sip:2001@pbx.example.org"]`, ""},
+		{"another domain", "sip:team@pbx.example.org", "[]", "parley.yaml:LINE: mapping.portals[0].sip: sip:team@pbx.example.org is not in Parley's SIP domain parley.example.org"},
+		{"a user", "sip:1001@parley.example.org", "[]", "parley.yaml:LINE: mapping.portals[0].sip: sip:1001@parley.example.org is a SIP user"},
+		{"not canonical", "sip:team@Parley.example.org", "[]", "parley.yaml:LINE: mapping.portals[0].sip"},
+		{"bad phone", "sip:team@parley.example.org", `["sip:1001@parley.example.org", "tel:+1234"]`, "parley.yaml:LINE2: mapping.portals[0].phones[1]"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if !bytes.Contains(example, []byte(anchor)) {
+				t.Fatalf("example has no %q", anchor)
+			}
+			portal := "  portals:\n    - matrix: \"#team:example.org\"\n      xmpp: team@conference.example.org\n" +
+				"      sip: \"" + tc.sip + "\"\n      phones: " + tc.phones + "\n"
+			before, _, _ := bytes.Cut(example, []byte(anchor))
+			line := 1 + bytes.Count(before, []byte("\n"))
+			path := filepath.Join(t.TempDir(), "parley.yaml")
+			if err := os.WriteFile(path, []byte(strings.Replace(string(example), anchor, portal, 1)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := setup(path)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want := strings.Replace(tc.want, "LINE2", strconv.Itoa(line+4), 1)
+			want = strings.Replace(want, "LINE", strconv.Itoa(line+3), 1)
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("error = %v\nwant it to contain %q", err, want)
+			}
+		})
+	}
+}
+
 func TestCheckConfigCommand(t *testing.T) {
 	t.Setenv("PARLEY_XMPP_SECRET", "s3cret")
 	t.Setenv("PARLEY_AS_TOKEN", "as")

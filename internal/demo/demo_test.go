@@ -43,6 +43,7 @@ func TestDemoCrossesEveryDirection(t *testing.T) {
 	cmd := exec.CommandContext(ctx, demo, "-parley", parley, "-keep-going=false", "-dir", filepath.Join(dir, "scratch"))
 	cmd.Env = append(os.Environ(), "PARLEY_PEERS="+peertest.Dir())
 	out, err := cmd.CombinedOutput()
+	t.Logf("demo transcript:\n%s", out)
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
@@ -63,6 +64,10 @@ func TestDemoCrossesEveryDirection(t *testing.T) {
 	for _, re := range []*regexp.Regexp{
 		regexp.MustCompile(`\n  \[matrix\] @_xmpp_\S+:localhost \(Alice\) in #lobby:localhost: Hello everyone in the lobby, Alice here on XMPP\.`),
 		regexp.MustCompile(`\n  \[xmpp\]   lobby@conference\.localhost/Bob Matrix → lobby@conference\.localhost: Hi Alice! Bob from Matrix, in the same room\.`),
+		// bob's topic as the MUC's subject; the phone's post in both rooms.
+		regexp.MustCompile(`\n  \[xmpp\]   lobby@conference\.localhost/\S+ set the subject of lobby@conference\.localhost: Plans for the week`),
+		regexp.MustCompile(`\n  \[xmpp\]   lobby@conference\.localhost/1001 → lobby@conference\.localhost: Hello lobby, extension 1001 writing from a SIP phone\.`),
+		regexp.MustCompile(`\n  \[matrix\] @_sip_1001_parley\.localhost:localhost in #lobby:localhost: Hello lobby, extension 1001 writing from a SIP phone\.`),
 	} {
 		if !re.MatchString(string(out)) {
 			t.Errorf("the transcript of the group chat lacks a line matching %s", re)

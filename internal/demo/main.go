@@ -175,6 +175,8 @@ type demo struct {
 	asPort  int
 	sipAddr string // 127.0.0.1:port of parley's SIP listeners (UDP and TCP)
 
+	lobby id.RoomID // the Matrix room of the demo's portal
+
 	timings []timing
 }
 
@@ -286,13 +288,13 @@ mapping:
       display_name: Bob Matrix
       accounts: ["matrix:%s"]
   portals:
-    - {matrix: %q, xmpp: %q}
+    - {matrix: %q, xmpp: %q, sip: %q}
 `, filepath.Join(d.dir, "parley.db"), adminPort,
 		d.prosody.ComponentAddr, componentDomain, d.prosody.ComponentSecret, xmppDomain,
 		hsURL, serverName, d.asPort, asToken, hsToken,
 		sipDomain, d.sipAddr, d.sipAddr, phoneUser, phonePassword, softphoneUser, softphonePassword, mediaPorts,
 		serverName, serverName, componentDomain, componentDomain, sipDomain, sipDomain,
-		componentDomain, sipDomain, bobMXID, roomAlias, roomMUC)
+		componentDomain, sipDomain, bobMXID, roomAlias, roomMUC, roomSIP)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		d.r.Fatalf("write %s: %v", d.config, err)
 	}

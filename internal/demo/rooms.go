@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/parleygw/parley/internal/peertest"
@@ -17,13 +18,16 @@ const (
 	roomAliasName = "lobby"
 	roomAlias     = "#" + roomAliasName + ":" + serverName
 	roomMUC       = "lobby@" + peertest.MUCDomain
-	botMXID       = "@parley:" + serverName // the appservice's bot
+	roomSIP       = "sip:lobby@" + sipDomain // phones write here to post in the room
+	botMXID       = "@parley:" + serverName  // the appservice's bot
 )
 
 // room is the group chat part of the scripted conversation. bob makes the
 // public room #lobby and invites Parley's bot, which joins it; alice enters
 // the MUC, where Parley's listener already is. Each writes once, and each
-// reads the other's post from a participant of its own.
+// reads the other's post from a participant of its own; then bob changes
+// the room's topic, and the MUC's subject follows. (The phone posts in the
+// room later, in phoneCall.)
 func (d *demo) room(clients *runner, alice *peertest.XMPPClient, inbox *xmppInbox, bob *peertest.MatrixClient) {
 	fmt.Printf("\ntranscript, continued: the group chat %s ↔ %s (a portal in the YAML)\n", roomAlias, roomMUC)
 	t0 := time.Now()
@@ -36,6 +40,7 @@ func (d *demo) room(clients *runner, alice *peertest.XMPPClient, inbox *xmppInbo
 		d.fail("bob could not create %s: %v", roomAlias, err)
 	}
 	say("matrix", "%s created %s (%s) and invited Parley's bot %s", bob.UserID, roomAlias, resp.RoomID, botMXID)
+	d.lobby = resp.RoomID
 	d.waitJoined(bob, resp.RoomID, botMXID)
 	say("matrix", "%s joined %s", botMXID, roomAlias)
 
@@ -67,5 +72,18 @@ func (d *demo) room(clients *runner, alice *peertest.XMPPClient, inbox *xmppInbo
 		return e.Ev == "groupchat" && e.Room == roomMUC && e.Body == body
 	})
 	say("xmpp", "%s/%s → %s: %s  [%s]", roomMUC, e.Nick, roomMUC, e.Body, round(time.Since(sent)))
+
+	// bob sets the room's topic: it becomes the MUC's subject (set by
+	// Parley's listener, a moderator of the MUC it made).
+	topic := "Plans for the week"
+	sent = time.Now()
+	if _, err := bob.SendStateEvent(ctx, resp.RoomID, event.StateTopic, "", &event.TopicEventContent{Topic: topic}); err != nil {
+		d.fail("bob could not set the topic of %s: %v", roomAlias, err)
+	}
+	say("matrix", "%s set the topic of %s: %s", bob.UserID, roomAlias, topic)
+	e = inbox.wait(d, fmt.Sprintf("the subject %q", topic), func(e peertest.XMPPEvent) bool {
+		return e.Ev == "subject" && e.Room == roomMUC && e.Body == topic
+	})
+	say("xmpp", "%s/%s set the subject of %s: %s  [%s]", roomMUC, e.Nick, roomMUC, e.Body, round(time.Since(sent)))
 	d.timings = append(d.timings, timing{"room", time.Since(t0)})
 }

@@ -127,6 +127,8 @@ func (d *demo) phoneCall(clients *runner, alice *peertest.XMPPClient, inbox *xmp
 	}
 	say("matrix", "%s%s → %s: %s  [%s]", m.Sender, name, bob.UserID, m.Body, round(time.Since(sent)))
 
+	d.phoneInLobby(quiet, inbox, bob)
+
 	res = d.runSipp(quiet, "the phone's unregistration", peertest.SippOptions{
 		Scenario: "uac_register_auth.xml", Target: d.sipAddr, Service: phoneUser,
 		AuthUser: phoneUser, AuthPassword: phonePassword, LocalPort: phone.Port,
@@ -273,4 +275,40 @@ func udpTCPFree(port int) bool {
 	}
 	_ = u.Close()
 	return true
+}
+
+// phoneInLobby has the phone post in the group chat by writing to the
+// portal's SIP address: alice reads it in the MUC and bob in #lobby, each
+// from the phone's participant there. The phone then leaves the room with
+// /leave, before it unregisters.
+func (d *demo) phoneInLobby(quiet *runner, inbox *xmppInbox, bob *peertest.MatrixClient) {
+	body := "Hello lobby, extension 1001 writing from a SIP phone."
+	say("sip", "%s → %s: %s", phoneURI, roomSIP, body)
+	sent := time.Now()
+	res := d.runSipp(quiet, "the phone's post in the lobby", peertest.SippOptions{
+		Scenario: "uac_message.xml", Target: d.sipAddr, Service: "lobby",
+		AuthUser: phoneUser, AuthPassword: phonePassword,
+		Vars: map[string]string{"domain": sipDomain, "from": phoneURI, "body": body},
+		Name: "phone-" + phoneUser + "-lobby",
+	})
+	say("sip", "Parley → %s: %s", phoneURI, statusLines(res.Messages(), "MESSAGE"))
+	e := inbox.wait(d, fmt.Sprintf("the phone's post %q", body), func(e peertest.XMPPEvent) bool {
+		return e.Ev == "groupchat" && e.Room == roomMUC && e.Body == body
+	})
+	say("xmpp", "%s/%s → %s: %s  [%s]", roomMUC, e.Nick, roomMUC, e.Body, round(time.Since(sent)))
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	m, ok := bob.NextMessage(ctx, func(m peertest.MatrixMessage) bool { return m.Room == d.lobby && m.Body == body })
+	if !ok {
+		d.fail("bob did not see the phone's post %q in %s within %s", body, roomAlias, waitTimeout)
+	}
+	say("matrix", "%s in %s: %s  [%s]", m.Sender, roomAlias, m.Body, round(time.Since(sent)))
+
+	res = d.runSipp(quiet, "the phone's /leave", peertest.SippOptions{
+		Scenario: "uac_message.xml", Target: d.sipAddr, Service: "lobby",
+		AuthUser: phoneUser, AuthPassword: phonePassword,
+		Vars: map[string]string{"domain": sipDomain, "from": phoneURI, "body": "/leave"},
+		Name: "phone-" + phoneUser + "-lobby-leave",
+	})
+	say("sip", "%s → %s: /leave (%s); its participants leave the MUC and #lobby", phoneURI, roomSIP, statusLines(res.Messages(), "MESSAGE"))
 }

@@ -148,6 +148,13 @@ func (c *XMPPClient) SendGroupchat(t TB, room, id, body string) {
 	c.command(t, map[string]any{"cmd": "groupchat", "room": room, "id": id, "body": body})
 }
 
+// SetSubject changes the subject of room, which the client joined (XEP-0045
+// §8.1); the room tells every occupant, or answers with an error.
+func (c *XMPPClient) SetSubject(t TB, room, subject string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "subject", "room": room, "subject": subject})
+}
+
 // ChangeNick changes the client's nick in room, which it joined, to nick
 // (XEP-0045 §7.6).
 func (c *XMPPClient) ChangeNick(t TB, room, nick string) {
@@ -159,6 +166,14 @@ func (c *XMPPClient) ChangeNick(t TB, room, nick string) {
 func (c *XMPPClient) LeaveRoom(t TB, room, nick, status string) {
 	t.Helper()
 	c.command(t, map[string]any{"cmd": "leave", "room": room, "nick": nick, "status": status})
+}
+
+// LetOccupantsChangeSubject configures room, as its owner, so that every
+// occupant may change its subject (muc#roomconfig_changesubject), with
+// whois as in ConfigureRoom. A "configured" event follows, or an "error".
+func (c *XMPPClient) LetOccupantsChangeSubject(t TB, room, whois string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "configure", "room": room, "whois": whois, "changesubject": true})
 }
 
 // ConfigureRoom sets, as the room's owner, who may see the occupants' real

@@ -8,6 +8,7 @@ Prints one JSON object per line on stdout:
   {"ev": "groupchat", "from": ..., "room": ..., "nick": ..., "id": ..., "sid": ..., "body": ..., "delayed": bool}
       (sid: the room's stanza-id, XEP-0359, when the room gives one)
   {"ev": "joined", "from": ..., "room": ..., "nick": ...}      (our own presence in a room, status 110)
+  {"ev": "subject", "from": ..., "room": ..., "nick": ..., "body": subject, "delayed": bool}
   {"ev": "configured", "room": ...} or {"ev": "error", "from": room, "condition": ...}
   {"ev": "error", "from": ..., "id": ..., "condition": ..., "text": ...}
   {"ev": "receipt", "from": ..., "id": ...}
@@ -20,11 +21,12 @@ Reads commands from stdin:
   {"cmd": "join", "room": ..., "nick": ..., "since": ...} (XEP-0045; history since the
                                                          XEP-0082 time, or none without)
   {"cmd": "groupchat", "room": ..., "id": ..., "body": ...}
+  {"cmd": "subject", "room": ..., "subject": ...}       (XEP-0045 §8.1: change the room's subject)
   {"cmd": "nick", "room": ..., "nick": ...}             (XEP-0045 §7.6: change nick in a room)
   {"cmd": "leave", "room": ..., "nick": ..., "status": ...}
-  {"cmd": "configure", "room": ..., "whois": "anyone", "persistent": bool}
-                                                        (owner: real JIDs shown to all; kept
-                                                         across restarts)
+  {"cmd": "configure", "room": ..., "whois": "anyone", "changesubject": true, "persistent": true}
+                                                        (owner: real JIDs shown to all; occupants may change the
+                                                         subject; the room kept across restarts)
 Subscription requests to this client are approved automatically.
   {"cmd": "quit"}
 """
@@ -89,6 +91,11 @@ class Client(slixmpp.ClientXMPP):
             emit(ev="error", **{"from": frm}, id=msg["id"], condition=cond, text=text)
             return
         if msg["type"] == "groupchat":
+            subject = xml.find("{jabber:client}subject")
+            if subject is not None and not msg["body"]:
+                emit(ev="subject", **{"from": frm}, room=msg["from"].bare,
+                     nick=msg["from"].resource, body=subject.text or "",
+                     delayed=xml.find("{%s}delay" % DELAY) is not None)
             if msg["body"]:
                 sid = ""
                 for s in xml.findall("{%s}stanza-id" % SID):
@@ -116,12 +123,14 @@ class Client(slixmpp.ClientXMPP):
         emit(ev="presence", **{"from": str(pres["from"])}, type=pres["type"],
              show=pres["show"], status=pres["status"])
 
-    async def configure(self, room, whois, persistent):
+    async def configure(self, room, whois, changesubject=None, persistent=False):
         iq = self.make_iq_set(ito=room)
         query = ET.Element("{%s}query" % MUC_OWNER)
         form = ET.SubElement(query, "{%s}x" % DATA)
         form.set("type", "submit")
         fields = [("FORM_TYPE", MUC + "#roomconfig"), ("muc#roomconfig_whois", whois)]
+        if changesubject is not None:
+            fields.append(("muc#roomconfig_changesubject", "1" if changesubject else "0"))
         if persistent:
             fields.append(("muc#roomconfig_persistentroom", "1"))
         for var, value in fields:
@@ -189,8 +198,13 @@ class Client(slixmpp.ClientXMPP):
             msg["id"] = cmd["id"]
             msg.send()
             return
+        if cmd["cmd"] == "subject":
+            msg = self.make_message(mto=cmd["room"], mtype="groupchat")
+            ET.SubElement(msg.xml, "{jabber:client}subject").text = cmd["subject"]
+            msg.send()
+            return
         if cmd["cmd"] == "configure":
-            self.loop.create_task(self.configure(cmd["room"], cmd.get("whois", "anyone"),
+            self.loop.create_task(self.configure(cmd["room"], cmd.get("whois", "anyone"), cmd.get("changesubject"),
                                                  cmd.get("persistent", False)))
             return
         if cmd["cmd"] == "subscribe":
