@@ -310,7 +310,7 @@ func TestTransactionPresenceDispatchError(t *testing.T) {
 	if status, code := putTxn(t, a, "pe", body); status != 200 {
 		t.Fatalf("presence dispatch errors failed the transaction: %d %s", status, code)
 	}
-	if _, ok := host.links.Value("txn:pe"); !ok {
+	if _, ok := txnRecorded(host.links, "pe"); !ok {
 		t.Error("transaction not recorded")
 	}
 	if evts := host.events(); len(evts) != 1 || evts[0].Kind() != event.KindMessage {

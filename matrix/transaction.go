@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -153,8 +154,8 @@ func (a *Adapter) authenticate(next http.Handler) http.Handler {
 
 // putTransaction handles PUT /_matrix/app/v1/transactions/{txnId}. It
 // answers 200 only once every event was handled, and remembers the
-// transaction ID in Links ("txn:"+id) so that a retry after that is answered
-// 200 at once. Transactions are handled one at a time, in arrival order. A
+// transaction in Links (see transactionKey) so that a retry after that is
+// answered 200 at once. Transactions are handled one at a time, in arrival order. A
 // failure to store (in Dispatch or Links) answers 500: the homeserver sends
 // the transaction again, and events already dispatched are recognised as
 // duplicates by the routing core. Presence is dispatched after the room
@@ -190,7 +191,7 @@ func (a *Adapter) putTransaction(w http.ResponseWriter, r *http.Request) {
 	a.txnMu.Lock()
 	defer a.txnMu.Unlock()
 	_, links := a.started()
-	key := "txn:" + txnID
+	key := transactionKey(txnID, txn, body)
 	if _, done, err := links.Get(ctx, key); err != nil {
 		log.Error("read transaction link", "err", err)
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "storage error")
@@ -224,6 +225,24 @@ func (a *Adapter) putTransaction(w http.ResponseWriter, r *http.Request) {
 		log.Debug("transaction done", "events", len(txn.Events), "event_ids", ids, "presence", len(txn.Presence))
 	}
 	writeEmpty(w)
+}
+
+// transactionKey returns the key in Links of the transaction txnID: its ID
+// and a digest of its event IDs (of its body, when it has no events). A
+// homeserver may give a transaction ID again to other events: Synapse on
+// SQLite counts its transaction IDs from 1 again after a restart, and a key
+// of the ID alone answered those transactions as duplicates, losing their
+// events. A retry has the same events, so the same key.
+func transactionKey(txnID string, txn *transaction, body []byte) string {
+	h := sha256.New()
+	if len(txn.Events) == 0 {
+		h.Write(body)
+	}
+	for _, evt := range txn.Events {
+		h.Write([]byte(evt.ID.String()))
+		h.Write([]byte{0})
+	}
+	return "txn:" + txnID + ":" + hex.EncodeToString(h.Sum(nil)[:12])
 }
 
 // getUser handles GET /_matrix/app/v1/users/{userId}: a user in Parley's

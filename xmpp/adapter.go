@@ -377,6 +377,8 @@ type pingWait struct {
 	sess *xmpp.Session
 	done chan struct{}
 	err  error
+	// answer is the answer, once done is closed with err nil.
+	answer iqStanza
 }
 
 // endPings fails the barriers still waiting on sess, which ended: their
@@ -393,15 +395,17 @@ func (a *Adapter) endPings(sess *xmpp.Session) {
 	}
 }
 
-// answerPing ends the barrier waiting for the answer to the ping id, if
-// any, and reports whether there was one. Any answer counts, an error too.
-func (a *Adapter) answerPing(id string) bool {
+// answerPing ends the barrier (or the request, see request) waiting for
+// the answer iq, if any, and reports whether there was one. Any answer
+// counts, an error too.
+func (a *Adapter) answerPing(iq iqStanza) bool {
 	a.pingsMu.Lock()
 	defer a.pingsMu.Unlock()
-	w, ok := a.pings[id]
+	w, ok := a.pings[iq.ID]
 	if ok {
+		w.answer = iq
 		close(w.done)
-		delete(a.pings, id)
+		delete(a.pings, iq.ID)
 	}
 	return ok
 }
@@ -578,6 +582,10 @@ func (a *Adapter) connectAndServe(ctx context.Context) (time.Duration, error) {
 	listening := make(chan struct{})
 	defer func() { stopProbes(); <-listening }()
 	go func() { defer close(listening); a.joinListeners(pctx) }()
+	// Parley's occupants check that they are still in the rooms.
+	pinging := make(chan struct{})
+	defer func() { stopProbes(); <-pinging }()
+	go func() { defer close(pinging); a.selfPings(pctx) }()
 	a.log.Info("xmpp component connected", "server", a.cfg.Server, "domain", a.domain.String())
 	a.setState(bridges.Connected, nil)
 	connected := time.Now()

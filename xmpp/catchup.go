@@ -25,12 +25,19 @@ import (
 // without a cursor (a new portal) gives no history: Parley does not bridge
 // what was said before the portal existed.
 //
+// Where the room keeps an archive (XEP-0313; Prosody's mod_muc_mam), the
+// listener also asks it, once joined, for every post since the cursor
+// (less cursorSlack), page after page (see mam.go): the history a join
+// brings is bounded (Prosody gives at most 20 messages), the archive is
+// not. The archive's posts carry the room's stanza-id, so they have the
+// same IDs as live and as history, and the core drops those it has.
+//
 // Outbound: a room post whose Send may repeat an earlier one that reached
-// the room (bridges.Attempt.Repeated) is looked for first (see delivered).
-// That only sees what the room keeps as history, which is the MUC's own
-// (Prosody keeps the last 20 messages by default): a post that was
-// followed by more than that before the retry is not found, and is posted
-// again. A post has its id attribute and origin-id from its event's ID
+// the room (bridges.Attempt.Repeated) is looked for first (see delivered):
+// in the room's archive, from the event's time on, where there is one;
+// else in what the room keeps as history (Prosody keeps the last 20
+// messages by default), where a post that was followed by more than that
+// before the retry is not found, and is posted again. A post has its id attribute and origin-id from its event's ID
 // (stableID), so clients that dedupe on them still show it once.
 
 const (
@@ -62,7 +69,21 @@ func (a *Adapter) cursorOf(ctx context.Context, room string) (time.Time, string,
 
 // advanceCursor moves room's cursor to the post id of time at, unless it
 // is further already.
+//
+// While the listener catches up in room (see holdCursor), the move waits
+// for the catch-up's end: a post dispatched live or from the history
+// before the archive gave what precedes it must not move the cursor past
+// posts not dispatched yet, which a crash would then lose.
 func (a *Adapter) advanceCursor(ctx context.Context, room string, at time.Time, id string) {
+	if a.rooms.heldCursor(room, at, id) {
+		return
+	}
+	a.putCursor(ctx, room, at, id)
+}
+
+// putCursor moves room's cursor to the post id of time at, unless it is
+// further already.
+func (a *Adapter) putCursor(ctx context.Context, room string, at time.Time, id string) {
 	if t, _, ok := a.cursorOf(ctx, room); ok && t.After(at) {
 		return
 	}
@@ -193,10 +214,14 @@ func ownIDs(m messageStanza) []string {
 	return ids
 }
 
-// delivered reports whether the post id of the ghost is in room already:
-// an earlier attempt of the same Send reached it. A ghost that is an
-// occupant in this session is checked against the posts the listener got
-// back; otherwise the ghost joins, asking for the last
+// delivered reports whether the post id of the ghost, an event of the
+// time since, is in room already: an earlier attempt of the same Send
+// reached it. The posts the listener got back in this session are looked
+// at first; then the room's archive from since (less cursorSlack) on,
+// when the room has one Parley may read (see mam.go), which sees every
+// earlier attempt however many posts followed it. In a room without an
+// archive, a ghost that is an occupant in this session is not looked for
+// further; otherwise the ghost joins, asking for the last
 // historyCheckStanzas of history, and looks for the post in it. It
 // leaves the ghost an occupant.
 //
@@ -205,10 +230,19 @@ func ownIDs(m messageStanza) []string {
 // the room's copy of a post that reached it comes back to the listener. A
 // post whose copy is slower than that, or a room where the listener is not,
 // is posted again.
-func (a *Adapter) delivered(ctx context.Context, room, ghost jid.JID, name, id string) (bool, error) {
+func (a *Adapter) delivered(ctx context.Context, room, ghost jid.JID, name, id string, since time.Time) (bool, error) {
 	roomID, who := room.String(), ghost.String()
+	if a.rooms.echoed(roomID, id) {
+		return true, nil
+	}
+	if !since.IsZero() {
+		since = since.Add(-cursorSlack)
+	}
+	if found, ok, err := a.archived(ctx, room, since, id); err != nil || ok {
+		return found, err
+	}
 	if _, ok := a.rooms.nick(roomID, who); ok {
-		return a.rooms.echoed(roomID, id), nil
+		return false, nil
 	}
 	c := a.rooms.check(roomID, who)
 	defer a.rooms.uncheck(roomID, who, c)
@@ -229,4 +263,46 @@ func (a *Adapter) delivered(ctx context.Context, room, ghost jid.JID, name, id s
 	found := c.ids[id]
 	a.rooms.mu.Unlock()
 	return found, nil
+}
+
+// cursorHold is a room's cursor held during a catch-up: the furthest post
+// dispatched meanwhile.
+type cursorHold struct {
+	at time.Time
+	id string
+}
+
+// holdCursor holds room's cursor until the returned release runs, which
+// moves it to the furthest post dispatched meanwhile.
+func (a *Adapter) holdCursor(room string) (release func(ctx context.Context)) {
+	a.rooms.mu.Lock()
+	s := a.rooms.roomLocked(room)
+	s.hold = &cursorHold{}
+	h := s.hold
+	a.rooms.mu.Unlock()
+	return func(ctx context.Context) {
+		a.rooms.mu.Lock()
+		if s.hold == h {
+			s.hold = nil
+		}
+		a.rooms.mu.Unlock()
+		if h.id != "" {
+			a.putCursor(ctx, room, h.at, h.id)
+		}
+	}
+}
+
+// heldCursor reports whether room's cursor is held, and then records the
+// post id of time at if it is the furthest yet.
+func (r *rooms) heldCursor(room string, at time.Time, id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.rooms[room]
+	if s == nil || s.hold == nil {
+		return false
+	}
+	if s.hold.id == "" || !s.hold.at.After(at) {
+		s.hold.at, s.hold.id = at, id
+	}
+	return true
 }

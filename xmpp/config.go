@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"mellium.im/xmpp/jid"
 )
@@ -36,6 +37,21 @@ type Config struct {
 	// GatewayType is the type of the XEP-0030 "gateway" identity the
 	// component advertises; DefaultGatewayType when empty.
 	GatewayType string `yaml:"gateway_type"`
+	// SelfPing is how long a portal room may stay silent before Parley's
+	// occupants there check that they are still in it (XEP-0410);
+	// DefaultSelfPing when zero. The check runs every fifth of it.
+	SelfPing time.Duration `yaml:"self_ping"`
+}
+
+// DefaultSelfPing is the SelfPing of a Config that sets none.
+const DefaultSelfPing = 5 * time.Minute
+
+// selfPing returns the configured SelfPing, or its default.
+func (c Config) selfPing() time.Duration {
+	if c.SelfPing <= 0 {
+		return DefaultSelfPing
+	}
+	return c.SelfPing
 }
 
 // Validate checks c and reports every problem it finds, each prefixed with
@@ -85,6 +101,9 @@ func (c Config) Validate() error {
 		}
 	}
 
+	if c.SelfPing < 0 || (c.SelfPing > 0 && c.SelfPing < time.Second) {
+		add("self_ping", "%s: want a duration of a second or more, e.g. 5m", c.SelfPing)
+	}
 	if c.GatewayType != "" && !validGatewayType(c.GatewayType) {
 		add("gateway_type", "%q: want lowercase letters, digits and '-' (an XEP-0030 identity type such as matrix)", c.GatewayType)
 	}

@@ -108,6 +108,10 @@ type iqStanza struct {
 		XMLName xml.Name
 		Node    string `xml:"node,attr"`
 	} `xml:",any"`
+	// Fin ends the answer to an archive query (XEP-0313 §4.3).
+	Fin *mamFin `xml:"urn:xmpp:mam:2 fin"`
+	// Error is the error of an error answer.
+	Error *stanza.Error `xml:"error"`
 }
 
 // handleIQ reads one <iq/> from r and answers it on w. Every get or set gets
@@ -121,7 +125,7 @@ func (a *Adapter) handleIQ(w xmlstream.TokenWriter, r xml.TokenReader) error {
 		return nil
 	}
 	if iq.Type != string(stanza.GetIQ) && iq.Type != string(stanza.SetIQ) {
-		a.answerPing(iq.ID) // the answer a delivery barrier waits for
+		a.answerPing(iq) // the answer a delivery barrier or a request waits for
 		return nil
 	}
 	from, err := jid.Parse(iq.From)
@@ -144,6 +148,13 @@ func (a *Adapter) handleIQ(w xmlstream.TokenWriter, r xml.TokenReader) error {
 // answerIQ returns the payload of the result of iq, a get or set from from to
 // to, or the error that answers it.
 func (a *Adapter) answerIQ(iq iqStanza, from, to jid.JID) (xml.TokenReader, *stanza.Error) {
+	if _, room := a.fromRoom(iq.From); room && iq.Type == string(stanza.GetIQ) && len(iq.Payload) == 1 &&
+		iq.Payload[0].XMLName == (xml.Name{Space: nsPing, Local: "ping"}) {
+		// A room that passes an occupant's self-ping on to it
+		// (XEP-0410 §3, where the server does not answer it itself):
+		// the occupant is there.
+		return nil, nil
+	}
 	if _, ok := a.serverDomains[from.Domainpart()]; !ok {
 		return nil, &stanza.Error{Type: stanza.Cancel, Condition: stanza.NotAllowed}
 	}

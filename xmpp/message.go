@@ -57,6 +57,15 @@ type messageStanza struct {
 	Subject *struct {
 		Text string `xml:",chardata"`
 	} `xml:"subject"`
+	// Result is a post from a room's archive that the room sends in
+	// answer to an archive query (XEP-0313 §4.2).
+	Result *mamResult `xml:"urn:xmpp:mam:2 result"`
+	// X is what a room says of the occupant who posted: in its archive of
+	// a room that shows real JIDs, their real JID.
+	X *mucUser `xml:"http://jabber.org/protocol/muc#user x"`
+	// archived is set on a post taken out of an archive result: the
+	// room's own copy, history since the room's cursor.
+	archived bool
 }
 
 // langText is a child element with text in one language, such as <body/>.

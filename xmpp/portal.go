@@ -22,6 +22,6 @@ func (a *Adapter) PortalOpened(ctx context.Context, r event.Address) {
 	connected := a.sess != nil
 	a.mu.Unlock()
 	if connected {
-		a.listen(ctx, r)
+		a.listenTo(ctx, r)
 	}
 }

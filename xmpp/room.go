@@ -114,6 +114,9 @@ type rooms struct {
 	rooms map[string]*roomState // by the room's bare JID
 	// waits are the joins waiting for the room's answer.
 	waits map[joinKey]*joinWait
+	// queries are the archive queries in progress, by query ID (see
+	// mam.go).
+	queries map[string]*archiveQuery
 }
 
 type roomState struct {
@@ -151,6 +154,15 @@ type roomState struct {
 	// echoes are the IDs of Parley's own posts the listener got back in
 	// this session (see Adapter.delivered).
 	echoes map[string]bool
+	// caught are the IDs of the posts of the room's history dispatched
+	// in this session: the archive's copies of them are not dispatched
+	// again (see catchUpArchive).
+	caught map[string]bool
+	// hold, while the listener catches up, holds the room's cursor (see
+	// Adapter.advanceCursor).
+	hold *cursorHold
+	// heard is when a stanza last came from the room (see selfping.go).
+	heard time.Time
 	// joining is held by the one join in progress in the room.
 	joining sync.Mutex
 }
@@ -167,7 +179,7 @@ type joinWait struct {
 }
 
 func newRooms() *rooms {
-	return &rooms{rooms: make(map[string]*roomState), waits: make(map[joinKey]*joinWait)}
+	return &rooms{rooms: make(map[string]*roomState), waits: make(map[joinKey]*joinWait), queries: make(map[string]*archiveQuery)}
 }
 
 // room returns the state of room, creating it.
@@ -210,7 +222,7 @@ func (r *rooms) reset() {
 		clear(s.real)
 		clear(s.pending)
 		clear(s.present)
-		s.listening, s.history, s.echoes, s.moderator = false, false, nil, false
+		s.listening, s.history, s.echoes, s.caught, s.moderator = false, false, nil, nil, false
 		for who, c := range s.checks {
 			c.finish()
 			delete(s.checks, who)
@@ -503,16 +515,16 @@ func (a *Adapter) joinListeners(ctx context.Context) {
 		return
 	}
 	for _, r := range rh.Rooms(event.XMPP) {
-		a.listen(ctx, r)
+		a.listenTo(ctx, r)
 		if ctx.Err() != nil {
 			return
 		}
 	}
 }
 
-// listen has the listener join r, a portal's MUC, unless Parley serves
-// that room itself (see mucservice.go).
-func (a *Adapter) listen(ctx context.Context, r event.Address) {
+// listenTo has the listener join r, a portal's MUC (see listen), unless
+// Parley serves that room itself (see mucservice.go).
+func (a *Adapter) listenTo(ctx context.Context, r event.Address) {
 	room, err := parseBare(r.ID)
 	if err != nil || room.Localpart() == "" {
 		a.log.Warn("xmpp portal room is not a room JID", "room", r.ID, "error", err)
@@ -521,16 +533,30 @@ func (a *Adapter) listen(ctx context.Context, r event.Address) {
 	if a.isServed(r.ID) {
 		return
 	}
-	a.rooms.room(room.String())
-	nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
-	if ctx.Err() != nil {
-		return
-	}
-	if err != nil {
+	if err := a.listen(ctx, room); err != nil && ctx.Err() == nil {
 		a.log.Warn("xmpp listener could not join room", "room", room.String(), "error", err)
-		return
 	}
+}
+
+// listen has the listener join room, asking for the history since the
+// room's cursor, and then catch up from the room's archive (see
+// catchup.go).
+func (a *Adapter) listen(ctx context.Context, room jid.JID) error {
+	a.rooms.room(room.String())
+	// The cursor before the join, held until the catch-up ends.
+	since, _, cursor := a.cursorOf(ctx, room.String())
+	release := a.holdCursor(room.String())
+	defer release(context.WithoutCancel(ctx))
+	nick, err := a.joinRoomWith(ctx, room, a.domain, listenerNick, a.listenerHistory(ctx, room.String()))
+	if err != nil {
+		return err
+	}
+	a.rooms.hear(room.String(), a.now())
 	a.log.Info("xmpp listening in room", "room", room.String(), "nick", nick)
+	if cursor {
+		a.catchUpArchive(ctx, room, since)
+	}
+	return nil
 }
 
 // roomPresence is what the adapter reads of a presence from a room.
@@ -560,6 +586,7 @@ func (a *Adapter) handleRoomPresence(ctx context.Context, r xml.TokenReader, roo
 		return nil
 	}
 	roomID, who, nick := room.String(), to.Bare().String(), from.Resourcepart()
+	a.rooms.hear(roomID, a.now())
 	switch stanza.PresenceType(p.Type) {
 	case stanza.ErrorPresence:
 		se := stanza.Error{Type: stanza.Cancel, Condition: stanza.UndefinedCondition}
@@ -632,7 +659,7 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 	case a.rooms.ours(roomID, nick) || a.ghostNick(roomID, nick) || parleyID(m):
 		in.reason = "reflection of Parley's own post"
 		a.rooms.echo(roomID, m)
-	case m.Delay != nil && !historyOn:
+	case m.Delay != nil && !historyOn && !m.archived:
 		in.reason = "history"
 	case m.body() == "":
 		in.reason = "no body"
@@ -661,6 +688,10 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 	sender := from.String()
 	if real, ok := a.rooms.realJID(roomID, nick); ok {
 		sender = real
+	} else if real, ok := m.X.realJID(); ok && m.archived {
+		// The room's archive says who posted (a room that shows
+		// real JIDs), though they left since.
+		sender = real.String()
 	}
 	if m.Delay != nil {
 		// From the history since the room's cursor (see catchup.go):
@@ -672,10 +703,13 @@ func (a *Adapter) translateRoomMessage(m messageStanza, room jid.JID, now time.T
 		switch {
 		case err != nil:
 			in.reason = "history without a valid stamp"
-		case t.Before(historyFrom):
+		case t.Before(historyFrom) && !m.archived:
+			// An archive query asks from the cursor on itself.
 			in.reason = "history before the room's cursor"
 		case roomID+"/"+id == historyLast:
 			in.reason = "history: the post of the room's cursor"
+		case m.archived && a.rooms.wasCaught(roomID, roomID+"/"+id):
+			in.reason = "archive: dispatched from the history already"
 		}
 		if in.reason != "" {
 			return in
@@ -726,6 +760,10 @@ func (a *Adapter) ghostNick(room, nick string) bool {
 // room. A post the core does not accept is logged, never answered: an
 // error would go to the whole room.
 func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room jid.JID) error {
+	a.rooms.hear(room.String(), a.now())
+	if m.Result != nil {
+		return a.handleArchived(ctx, m, room)
+	}
 	in := a.translateRoomMessage(m, room, a.now())
 	if m.Subject != nil && m.body() == "" && messageType(m.Type) == stanza.GroupChatMessage && m.To == a.domain.String() {
 		a.handleRoomSubject(ctx, m, room)
@@ -743,6 +781,9 @@ func (a *Adapter) handleRoomMessage(ctx context.Context, m messageStanza, room j
 		return nil
 	}
 	a.log.Debug("xmpp room message dispatched", "event", in.evt.ID, "room", room.String(), "from", m.From)
+	if m.Delay != nil && !m.archived {
+		a.rooms.catch(room.String(), in.evt.ID)
+	}
 	a.advanceCursor(ctx, room.String(), in.evt.Time, in.evt.ID)
 	return nil
 }
@@ -769,7 +810,7 @@ func (a *Adapter) outboundRoomMessage(ctx context.Context, m *event.Message) (st
 	if bridges.AttemptOf(ctx).Repeated() {
 		// An earlier attempt may have reached the room (see
 		// catchup.go).
-		done, err := a.delivered(ctx, room, from.Bare(), m.FromName, id)
+		done, err := a.delivered(ctx, room, from.Bare(), m.FromName, id, m.Time)
 		if err != nil {
 			return "", nil, err
 		}

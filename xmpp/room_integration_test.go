@@ -2,6 +2,7 @@ package xmpp
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -345,5 +346,37 @@ func TestProsodyRoomCatchUp(t *testing.T) {
 	})
 	if got.Body != other.Body {
 		t.Fatalf("alice got %q, want %q only once before it", got.Body, other.Body)
+	}
+
+	// (c) A ghost's post reached the room, then more posts than the
+	// room's history keeps (Prosody gives 20): the resumed Send still
+	// finds it, in the room's archive.
+	buried := roomPost("$buried", roomGhost, "Bob (Matrix)", "buried")
+	buried.To = xmppAddr(room)
+	if _, err := a.Send(t.Context(), buried); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	next(t, alice, "the buried post", func(e peertest.XMPPEvent) bool { return e.Ev == "groupchat" && e.Body == "buried" })
+	stop(a)
+	for i := range 25 {
+		alice.SendGroupchat(t, room, fmt.Sprintf("b%d", i), fmt.Sprintf("after the buried post %d", i))
+	}
+	next(t, alice, "alice's last post", func(e peertest.XMPPEvent) bool {
+		return e.Ev == "groupchat" && e.Body == "after the buried post 24"
+	})
+	a, _ = restart()
+	if _, err := a.Send(resumed, buried); err != nil {
+		t.Fatalf("resumed Send: %v", err)
+	}
+	last := roomPost("$last", roomGhost, "Bob (Matrix)", "last")
+	last.To = xmppAddr(room)
+	if _, err := a.Send(t.Context(), last); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	got = next(t, alice, "the ghost's last post", func(e peertest.XMPPEvent) bool {
+		return e.Ev == "groupchat" && e.Nick != "Alice" && !e.Delayed
+	})
+	if got.Body != "last" {
+		t.Fatalf("alice got %q, want %q: the buried post was posted again", got.Body, "last")
 	}
 }

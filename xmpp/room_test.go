@@ -269,6 +269,8 @@ func TestAdapterRoom(t *testing.T) {
 	// since then.
 	wantJoinWith(t, c, "matrix.localhost", listenerNick, `since="`)
 	c.write(selfPresence(listenerNick, "matrix.localhost"))
+	// It asks the room's archive too; this room keeps none.
+	answerNoArchive(t, c)
 	done = sendAsync(t, a, roomPost("$e4", roomGhost, "Bob", "back"))
 	wantJoin(t, c, roomGhost, "Bob")
 	c.write(selfPresence("Bob", roomGhost))
@@ -610,4 +612,16 @@ func TestTranslateRoomHistory(t *testing.T) {
 			}
 		})
 	}
+}
+
+// answerNoArchive reads the listener's archive query (XEP-0313) and answers
+// it as a room without an archive does.
+func answerNoArchive(t *testing.T, c *fakeConn) {
+	t.Helper()
+	q := c.recv(t)
+	if q.XMLName.Local != "iq" || q.attr("type") != "set" || !strings.Contains(q.Inner, `xmlns="urn:xmpp:mam:2"`) {
+		t.Fatalf("want an archive query, got %+v", q)
+	}
+	c.write(`<iq type="error" id="` + q.attr("id") + `" from="` + testRoom + `" to="matrix.localhost"><error type="cancel">` +
+		`<feature-not-implemented xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error></iq>`)
 }

@@ -30,6 +30,10 @@ type Homeserver struct {
 	SharedSecret string
 
 	proc *process
+	// argv, logPath and startWait start the server again (Start).
+	argv      []string
+	logPath   string
+	startWait time.Duration
 }
 
 // HomeserverOptions configure StartSynapse and StartDendrite.
@@ -146,10 +150,10 @@ func StartSynapse(t TB, opts HomeserverOptions) *Homeserver {
 	cfgPath := filepath.Join(dir, "homeserver.yaml")
 	writeJSONConfig(t, cfgPath, cfg) // JSON is valid YAML
 
-	h.proc = startProcess(t, "synapse", dir, filepath.Join(dir, "homeserver.log"), syscall.SIGTERM, nil, nil,
-		python, "-m", "synapse.app.homeserver", "--config-path", cfgPath)
-	t.Cleanup(h.proc.stop)
-	h.proc.waitReady(t, startTimeout(90*time.Second), h.versionsOK)
+	h.argv = []string{python, "-m", "synapse.app.homeserver", "--config-path", cfgPath}
+	h.logPath, h.startWait = filepath.Join(dir, "homeserver.log"), 90*time.Second
+	t.Cleanup(func() { h.Stop(t) })
+	h.Start(t)
 	return h
 }
 
@@ -234,12 +238,33 @@ func StartDendrite(t TB, opts HomeserverOptions) *Homeserver {
 	cfgPath := filepath.Join(dir, "dendrite.yaml")
 	writeJSONConfig(t, cfgPath, cfg)
 
-	h.proc = startProcess(t, "dendrite", dir, filepath.Join(dir, "dendrite.log"), syscall.SIGTERM, nil, nil,
-		bin, "--config", cfgPath, "--http-bind-address", "127.0.0.1:"+strconv.Itoa(port),
-		"--really-enable-open-registration")
-	t.Cleanup(h.proc.stop)
-	h.proc.waitReady(t, startTimeout(30*time.Second), h.versionsOK)
+	h.argv = []string{bin, "--config", cfgPath, "--http-bind-address", "127.0.0.1:" + strconv.Itoa(port),
+		"--really-enable-open-registration"}
+	h.logPath, h.startWait = filepath.Join(dir, "dendrite.log"), 30*time.Second
+	t.Cleanup(func() { h.Stop(t) })
+	h.Start(t)
 	return h
+}
+
+// Start starts the homeserver again after Stop, with the same configuration,
+// data and port, and waits until it answers. StartSynapse and StartDendrite
+// call it; calling it while the server runs fails the test.
+func (h *Homeserver) Start(t TB) {
+	t.Helper()
+	if h.proc != nil && !h.proc.exited() {
+		t.Fatalf("peertest: %s already running", h.Kind)
+	}
+	h.proc = startProcess(t, h.Kind, h.Dir, h.logPath, syscall.SIGTERM, nil, nil, h.argv...)
+	h.proc.waitReady(t, startTimeout(h.startWait), h.versionsOK)
+}
+
+// Stop stops the homeserver (SIGTERM to its process group) and waits for it
+// to exit. Start brings it back. Stopping a stopped server does nothing.
+func (h *Homeserver) Stop(t TB) {
+	t.Helper()
+	if h.proc != nil {
+		h.proc.stop()
+	}
 }
 
 func writeJSONConfig(t TB, path string, cfg any) {

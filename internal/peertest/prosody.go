@@ -30,7 +30,8 @@ type ProsodyOptions struct {
 //
 // It serves the VirtualHost Domain ("localhost") on C2SAddr without TLS (plain
 // SASL allowed), a MUC service "conference.localhost" (rooms are not locked on
-// creation) and the external component ComponentDomain on ComponentAddr.
+// creation; their messages are archived for MAM, XEP-0313, and carry the
+// room's stanza-id, XEP-0359) and the external component ComponentDomain on ComponentAddr.
 // s2s is disabled. All state lives in Dir.
 type Prosody struct {
 	Domain          string // "localhost"
@@ -126,6 +127,7 @@ component_ports = { %s }
 VirtualHost "localhost"
 
 Component %q "muc"
+	modules_enabled = { "muc_mam"; }
 	muc_room_locking = false
 	restrict_room_creation = false
 
@@ -188,4 +190,19 @@ func (p *Prosody) Pid() int {
 		return 0
 	}
 	return p.proc.cmd.Process.Pid
+}
+
+// Shell runs one command of Prosody's admin shell (mod_admin_shell, over its
+// socket in the data directory) on the running server and returns its
+// output; a line starting with ">" is Lua run inside the server. A failure
+// to run it fails the test.
+func (p *Prosody) Shell(t TB, command string) string {
+	t.Helper()
+	cmd := exec.Command("prosodyctl", "--config", p.config, "shell", command)
+	cmd.Dir = p.Dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("peertest: prosody shell %q: %v\n%s", command, err, out)
+	}
+	return string(out)
 }

@@ -39,6 +39,9 @@ type XMPPEvent struct {
 	// configured event; Nick is then the occupant's nick in it.
 	Room    string `json:"room"`
 	Delayed bool   `json:"delayed"` // a groupchat from the room's history
+	// SID is a groupchat's stanza-id given by the room (XEP-0359), when
+	// the room gives one: the same in every copy, history included.
+	SID string `json:"sid"`
 }
 
 // XMPPClient is a real XMPP client, slixmpp from Debian's python3-slixmpp,
@@ -145,6 +148,14 @@ func (c *XMPPClient) JoinRoomWithHistory(t TB, room, nick string, history int) {
 	c.command(t, map[string]any{"cmd": "join", "room": room, "nick": nick, "history": history})
 }
 
+// RejoinRoom enters room as nick asking for the history since the time
+// since (what the client missed while it was away); a "joined" event
+// follows.
+func (c *XMPPClient) RejoinRoom(t TB, room, nick string, since time.Time) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "join", "room": room, "nick": nick, "since": since.UTC().Format("2006-01-02T15:04:05Z")})
+}
+
 // SendGroupchat posts body in room with the given stanza id.
 func (c *XMPPClient) SendGroupchat(t TB, room, id, body string) {
 	t.Helper()
@@ -185,6 +196,13 @@ func (c *XMPPClient) LetOccupantsChangeSubject(t TB, room, whois string) {
 func (c *XMPPClient) ConfigureRoom(t TB, room, whois string) {
 	t.Helper()
 	c.command(t, map[string]any{"cmd": "configure", "room": room, "whois": whois})
+}
+
+// ConfigurePersistentRoom is ConfigureRoom, and makes the room persistent:
+// it outlives its occupants and a restart of the server.
+func (c *XMPPClient) ConfigurePersistentRoom(t TB, room, whois string) {
+	t.Helper()
+	c.command(t, map[string]any{"cmd": "configure", "room": room, "whois": whois, "persistent": true})
 }
 
 func (c *XMPPClient) command(t TB, cmd map[string]any) {

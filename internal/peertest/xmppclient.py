@@ -5,7 +5,8 @@ Usage: python3 xmppclient.py JID PASSWORD HOST PORT
 Prints one JSON object per line on stdout:
   {"ev": "online"}
   {"ev": "message", "from": ..., "id": ..., "body": ..., "nick": ...}
-  {"ev": "groupchat", "from": ..., "room": ..., "nick": ..., "id": ..., "body": ..., "delayed": bool}
+  {"ev": "groupchat", "from": ..., "room": ..., "nick": ..., "id": ..., "sid": ..., "body": ..., "delayed": bool}
+      (sid: the room's stanza-id, XEP-0359, when the room gives one)
   {"ev": "joined", "from": ..., "room": ..., "nick": ...}      (our own presence in a room, status 110)
   {"ev": "subject", "from": ..., "room": ..., "nick": ..., "body": subject, "delayed": bool}
   {"ev": "configured", "room": ...} or {"ev": "error", "from": room, "condition": ...}
@@ -19,12 +20,14 @@ Reads commands from stdin:
   {"cmd": "presence", "show": "away", "status": "..."}   (show "" = available, "unavailable")
   {"cmd": "subscribe", "to": ...}
   {"cmd": "join", "room": ..., "nick": ..., "history": n} (XEP-0045, the last n posts; no history without n)
+  {"cmd": "join", "room": ..., "nick": ..., "since": ...} (XEP-0045; history since the XEP-0082 time)
   {"cmd": "groupchat", "room": ..., "id": ..., "body": ...}
   {"cmd": "subject", "room": ..., "subject": ...}       (XEP-0045 §8.1: change the room's subject)
   {"cmd": "nick", "room": ..., "nick": ...}             (XEP-0045 §7.6: change nick in a room)
   {"cmd": "leave", "room": ..., "nick": ..., "status": ...}
-  {"cmd": "configure", "room": ..., "whois": "anyone", "changesubject": true}
-                                                        (owner: real JIDs shown to all; occupants may change the subject)
+  {"cmd": "configure", "room": ..., "whois": "anyone", "changesubject": true, "persistent": true}
+                                                        (owner: real JIDs shown to all; occupants may change the
+                                                         subject; the room kept across restarts)
 Subscription requests to this client are approved automatically.
   {"cmd": "quit"}
 """
@@ -45,6 +48,7 @@ MUC_USER = MUC + "#user"
 MUC_OWNER = MUC + "#owner"
 DATA = "jabber:x:data"
 DELAY = "urn:xmpp:delay"
+SID = "urn:xmpp:sid:0"
 
 
 def error_of(xml):
@@ -100,8 +104,12 @@ class Client(slixmpp.ClientXMPP):
                      nick=msg["from"].resource, body=subject.text or "",
                      delayed=xml.find("{%s}delay" % DELAY) is not None)
             if msg["body"]:
+                sid = ""
+                for s in xml.findall("{%s}stanza-id" % SID):
+                    if s.get("by") == msg["from"].bare:
+                        sid = s.get("id", "")
                 emit(ev="groupchat", **{"from": frm}, room=msg["from"].bare,
-                     nick=msg["from"].resource, id=msg["id"], body=msg["body"],
+                     nick=msg["from"].resource, id=msg["id"], sid=sid, body=msg["body"],
                      delayed=xml.find("{%s}delay" % DELAY) is not None)
             return
         received = xml.find("{%s}received" % RECEIPTS)
@@ -125,7 +133,7 @@ class Client(slixmpp.ClientXMPP):
         emit(ev="presence", **{"from": str(pres["from"])}, type=pres["type"],
              show=pres["show"], status=pres["status"])
 
-    async def configure(self, room, whois, changesubject=None):
+    async def configure(self, room, whois, changesubject=None, persistent=False):
         iq = self.make_iq_set(ito=room)
         query = ET.Element("{%s}query" % MUC_OWNER)
         form = ET.SubElement(query, "{%s}x" % DATA)
@@ -133,6 +141,8 @@ class Client(slixmpp.ClientXMPP):
         fields = [("FORM_TYPE", MUC + "#roomconfig"), ("muc#roomconfig_whois", whois)]
         if changesubject is not None:
             fields.append(("muc#roomconfig_changesubject", "1" if changesubject else "0"))
+        if persistent:
+            fields.append(("muc#roomconfig_persistentroom", "1"))
         for var, value in fields:
             field = ET.SubElement(form, "{%s}field" % DATA)
             field.set("var", var)
@@ -179,7 +189,10 @@ class Client(slixmpp.ClientXMPP):
             pres = self.make_presence(pto="%s/%s" % (cmd["room"], cmd["nick"]))
             x = ET.Element("{%s}x" % MUC)
             hist = ET.SubElement(x, "{%s}history" % MUC)
-            hist.set("maxstanzas", str(cmd.get("history", 0)))
+            if cmd.get("since"):
+                hist.set("since", cmd["since"])
+            else:
+                hist.set("maxstanzas", str(cmd.get("history", 0)))
             pres.append(x)
             pres.send()
             return
@@ -201,7 +214,8 @@ class Client(slixmpp.ClientXMPP):
             msg.send()
             return
         if cmd["cmd"] == "configure":
-            self.loop.create_task(self.configure(cmd["room"], cmd.get("whois", "anyone"), cmd.get("changesubject")))
+            self.loop.create_task(self.configure(cmd["room"], cmd.get("whois", "anyone"), cmd.get("changesubject"),
+                                                 cmd.get("persistent", False)))
             return
         if cmd["cmd"] == "subscribe":
             self.send_presence_subscription(pto=cmd["to"])
