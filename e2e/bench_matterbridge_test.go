@@ -21,7 +21,7 @@ import (
 	"github.com/parleygw/parley/internal/peertest"
 )
 
-// BenchmarkRoomsVersusMatterbridge measures, in one run on the same Prosody
+// BenchmarkVersusMatterbridge measures, in one run on the same Prosody
 // and Synapse, matterbridge (one bot account per side, built by
 // scripts/matterbridge.sh) and Parley relaying posts from MUCs into Matrix
 // rooms, and native Matrix posts as the baseline:
@@ -46,11 +46,11 @@ import (
 // not take.
 //
 //	scripts/matterbridge.sh
-//	go test ./e2e -run '^$' -bench RoomsVersusMatterbridge -benchtime 1x
+//	go test ./e2e -run '^$' -bench VersusMatterbridge -benchtime 1x
 //
 // matterbridge's binary is PARLEY_MATTERBRIDGE or the peers cache's
 // bin/matterbridge; without it the benchmark is skipped, or fails with CI set.
-func BenchmarkRoomsVersusMatterbridge(b *testing.B) {
+func BenchmarkVersusMatterbridge(b *testing.B) {
 	bin := os.Getenv("PARLEY_MATTERBRIDGE")
 	if bin == "" {
 		bin = filepath.Join(peertest.Dir(), "bin", "matterbridge")

@@ -37,8 +37,9 @@ fi
 command -v go >/dev/null 2>&1 || die "go not found on PATH: needed to build matterbridge"
 
 step "matterbridge: go mod download github.com/42wim/matterbridge@$MATTERBRIDGE_VERSION"
-# `go install module@version` is refused for matterbridge (replace directives
-# in its go.mod), so the module's source is built in place instead.
+# `go install module@version` does not work for matterbridge here (the module
+# proxy does not list its versions), so the pinned version's source is
+# fetched and built in a copy of its own module directory.
 dir="$(cd "${TMPDIR:-/tmp}" && GOFLAGS=-mod=mod go mod download -json "github.com/42wim/matterbridge@$MATTERBRIDGE_VERSION" |
 	sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')" || die "go mod download failed"
 [ -d "$dir" ] || die "go mod download gave no source directory"
