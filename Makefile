@@ -70,9 +70,9 @@ bench-rooms: peers
 	PARLEY_BENCH_ROOMS=$${ROOMS:-10} PARLEY_BENCH_RATE=$${RATE:-0} \
 	  $(GO) test ./e2e -run '^$$' -bench Rooms -benchtime $${N:-2000}x -count=1 -timeout 20m
 
-# Posts MUC → Matrix room through matterbridge v1.26.0 and through Parley
-# (ROOMS rooms each), in one run on the same Prosody and Synapse, and native
-# Matrix posts as the baseline: posts/s, p50/p99, added latency, lost,
+# Posts MUC → Matrix room and back through matterbridge v1.26.0 and through
+# Parley (ROOMS rooms each), in one run on the same Prosody and Synapse, and
+# native posts as the baseline: posts/s, p50/p99, added latency, lost,
 # duplicated. N posts per rate of RATES (0: flat out, FLAT_N posts).
 bench-matterbridge: peers
 	scripts/matterbridge.sh
