@@ -17,7 +17,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 
 export PARLEY_PEERS := $(PEERS)
 
-.PHONY: all build test unit lint fuzz bench bench-e2e bench-rooms bench-sip bench-presence bench-calls bench-webrtc demo peers docker clean
+.PHONY: all build test unit lint fuzz bench bench-e2e bench-rooms bench-matterbridge bench-sip bench-presence bench-calls bench-webrtc demo peers docker clean
 
 all: build
 
@@ -69,6 +69,16 @@ bench-e2e: peers
 bench-rooms: peers
 	PARLEY_BENCH_ROOMS=$${ROOMS:-10} PARLEY_BENCH_RATE=$${RATE:-0} \
 	  $(GO) test ./e2e -run '^$$' -bench Rooms -benchtime $${N:-2000}x -count=1 -timeout 20m
+
+# Posts MUC → Matrix room and back through matterbridge v1.26.0 and through
+# Parley (ROOMS rooms each), in one run on the same Prosody and Synapse, and
+# native posts as the baseline: posts/s, p50/p99, added latency, lost,
+# duplicated. N posts per rate of RATES (0: flat out, FLAT_N posts).
+bench-matterbridge: peers
+	scripts/matterbridge.sh
+	PARLEY_BENCH_ROOMS=$${ROOMS:-10} PARLEY_BENCH_RATES=$${RATES:-10,25,40,0} \
+	  PARLEY_BENCH_POSTS=$${N:-300} PARLEY_BENCH_FLAT_POSTS=$${FLAT_N:-1000} \
+	  $(GO) test ./e2e -run '^$$' -bench VersusMatterbridge -benchtime 1x -count=1 -timeout 40m
 
 # sipp MESSAGEs → Parley → Prosody: accepted/s, delivered/s, p50/p99, CPU/msg.
 bench-sip: peers
