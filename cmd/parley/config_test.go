@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -177,10 +178,10 @@ func TestCheckConfigExampleOnFreshCheckout(t *testing.T) {
 		t.Errorf("no ok line:\n%s", out.String())
 	}
 	for _, want := range []string{
-		example + ":29: warning: xmpp.secret: environment variable PARLEY_XMPP_SECRET is not set; parley run needs it: the component secret",
-		example + ":43: warning: matrix.as_token: environment variable PARLEY_AS_TOKEN is not set; parley run needs it",
-		example + ":44: warning: matrix.hs_token: environment variable PARLEY_HS_TOKEN is not set; parley run needs it",
-		example + ":56: warning: sip.users.1001.password: environment variable PARLEY_SIP_1001 is not set; parley run needs it: the digest password of SIP user 1001",
+		fmt.Sprintf("%s:%d: warning: xmpp.secret: environment variable PARLEY_XMPP_SECRET is not set; parley run needs it: the component secret", example, exampleLine(t, "env:PARLEY_XMPP_SECRET")),
+		fmt.Sprintf("%s:%d: warning: matrix.as_token: environment variable PARLEY_AS_TOKEN is not set; parley run needs it", example, exampleLine(t, "env:PARLEY_AS_TOKEN")),
+		fmt.Sprintf("%s:%d: warning: matrix.hs_token: environment variable PARLEY_HS_TOKEN is not set; parley run needs it", example, exampleLine(t, "env:PARLEY_HS_TOKEN")),
+		fmt.Sprintf("%s:%d: warning: sip.users.1001.password: environment variable PARLEY_SIP_1001 is not set; parley run needs it: the digest password of SIP user 1001", example, exampleLine(t, "env:PARLEY_SIP_1001")),
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("check-config output lacks\n  %s\ngot:\n%s", want, out.String())
@@ -216,8 +217,8 @@ func TestCheckConfigStillChecksSecretsItCanSee(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct{ name, old, new, want string }{
-		{"same variable for both tokens", "env:PARLEY_HS_TOKEN", "env:PARLEY_AS_TOKEN", "parley.yaml:44: matrix.hs_token: must differ from as_token"},
-		{"inline token with a space", "env:PARLEY_AS_TOKEN", `"a b"`, "parley.yaml:43: matrix.as_token: must not contain spaces"},
+		{"same variable for both tokens", "env:PARLEY_HS_TOKEN", "env:PARLEY_AS_TOKEN", fmt.Sprintf("parley.yaml:%d: matrix.hs_token: must differ from as_token", exampleLine(t, "env:PARLEY_HS_TOKEN"))},
+		{"inline token with a space", "env:PARLEY_AS_TOKEN", `"a b"`, fmt.Sprintf("parley.yaml:%d: matrix.as_token: must not contain spaces", exampleLine(t, "env:PARLEY_AS_TOKEN"))},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -231,4 +232,21 @@ func TestCheckConfigStillChecksSecretsItCanSee(t *testing.T) {
 			}
 		})
 	}
+}
+
+// exampleLine returns the number of the first line of config.example.yaml
+// that holds text.
+func exampleLine(t *testing.T, text string) int {
+	t.Helper()
+	b, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, text) {
+			return i + 1
+		}
+	}
+	t.Fatalf("config.example.yaml has no line with %q", text)
+	return 0
 }
