@@ -121,25 +121,15 @@ func (a *Adapter) dispatchMember(ctx context.Context, evt *mevent.Event, name st
 // was nothing to change.
 func (a *Adapter) sendMember(ctx context.Context, m *event.Member) (string, error) {
 	h := m.Header
-	if !h.Room || h.From.Network != event.Matrix || h.To.Network != event.Matrix {
-		return "", bridges.Permanent(fmt.Errorf("send to matrix: membership change %s → %s is not in a matrix room", h.From, h.To))
+	if !h.Room {
+		return "", bridges.Permanent(fmt.Errorf("send to matrix: membership change %s → %s is not in a room", h.From, h.To))
 	}
 	if !m.Change.Valid() {
 		return "", bridges.Permanent(fmt.Errorf("send to matrix: membership change %d", m.Change))
 	}
-	ghost, name := id.UserID(h.From.ID), h.To.ID
-	if !a.owns(ghost) || ghost == a.bot || !validUserID(ghost.String()) {
-		return "", bridges.Permanent(fmt.Errorf("send to matrix: member %s is not a ghost of the appservice", ghost))
-	}
-	if !a.isPortal(name) {
-		return "", bridges.Permanent(fmt.Errorf("send to matrix: %s is not a portal room", name))
-	}
-	room, via, err := a.resolvePortal(ctx, name, false)
+	ghost, name, room, via, err := a.portalTarget(ctx, h, "membership change")
 	if err != nil {
-		if isTransient(err) || isTokenError(err) {
-			return "", a.classify(err)
-		}
-		return "", fmt.Errorf("%w: %w", errPortalClosed, err)
+		return "", err
 	}
 	in, err := a.ghostJoined(ctx, name, room, ghost)
 	if err != nil {

@@ -318,38 +318,56 @@ func (a *Adapter) setGhostIn(room id.RoomID, ghost id.UserID, in bool) {
 	a.portals.ghosts[room][ghost] = true
 }
 
+// portalTarget checks the addresses of h, an event (what) for a portal
+// room from a participant on another network: From must be one of the
+// appservice's ghosts, To a portal room as the YAML or the registry names
+// it. It returns the ghost, the room's name and its ID, and the servers to
+// join it through.
+func (a *Adapter) portalTarget(ctx context.Context, h event.Header, what string) (ghost id.UserID, name string, room id.RoomID, via []string, err error) {
+	if h.From.Network != event.Matrix || h.To.Network != event.Matrix {
+		return "", "", "", nil, bridges.Permanent(fmt.Errorf("send to matrix: %s %s → %s is not on matrix", what, h.From, h.To))
+	}
+	ghost, name = id.UserID(h.From.ID), h.To.ID
+	if !a.owns(ghost) || ghost == a.bot || !validUserID(ghost.String()) {
+		return "", "", "", nil, bridges.Permanent(fmt.Errorf("send to matrix: %s from %s, not a ghost of the appservice", what, ghost))
+	}
+	if !a.isPortal(name) {
+		return "", "", "", nil, bridges.Permanent(fmt.Errorf("send to matrix: %s is not a portal room", name))
+	}
+	room, via, err = a.resolvePortal(ctx, name, false)
+	if err != nil {
+		if isTransient(err) || isTokenError(err) {
+			return "", "", "", nil, a.classify(err)
+		}
+		return "", "", "", nil, fmt.Errorf("%w: %w", errPortalClosed, err)
+	}
+	return ghost, name, room, via, nil
+}
+
+// joinAsGhost has ghost registered, named display and joined to the portal
+// room name (room), before it acts there.
+func (a *Adapter) joinAsGhost(ctx context.Context, name string, room id.RoomID, via []string, ghost id.UserID, display string) error {
+	if err := a.ensureRegistered(ctx, ghost); err != nil {
+		return a.classify(fmt.Errorf("register ghost %s: %w", ghost, err))
+	}
+	a.ensureDisplayName(ctx, ghost, display)
+	if err := a.learnGhostIn(ctx, name, room, ghost); err != nil {
+		return err
+	}
+	return a.ensureGhostIn(ctx, name, room, via, ghost)
+}
+
 // sendToPortal posts msg, a post for a portal room (To) from a participant
 // on another network (From, their ghost), as the ghost: registered, named
 // msg.FromName and joined to the room first. Like a DM (sendInDM), a resend
 // reuses the transaction ID derived from msg.ID, and a repeated attempt
 // looks for the mark of an earlier one first.
 func (a *Adapter) sendToPortal(ctx context.Context, msg *event.Message) (string, error) {
-	h := msg.Header
-	if h.From.Network != event.Matrix || h.To.Network != event.Matrix {
-		return "", bridges.Permanent(fmt.Errorf("send to matrix: addresses %s → %s are not on matrix", h.From, h.To))
-	}
-	ghost, name := id.UserID(h.From.ID), h.To.ID
-	if !a.owns(ghost) || ghost == a.bot || !validUserID(ghost.String()) {
-		return "", bridges.Permanent(fmt.Errorf("send to matrix: sender %s is not a ghost of the appservice", ghost))
-	}
-	if !a.isPortal(name) {
-		return "", bridges.Permanent(fmt.Errorf("send to matrix: %s is not a portal room", name))
-	}
-	room, via, err := a.resolvePortal(ctx, name, false)
+	ghost, name, room, via, err := a.portalTarget(ctx, msg.Header, "post")
 	if err != nil {
-		if isTransient(err) || isTokenError(err) {
-			return "", a.classify(err)
-		}
-		return "", fmt.Errorf("%w: %w", errPortalClosed, err)
-	}
-	if err := a.ensureRegistered(ctx, ghost); err != nil {
-		return "", a.classify(fmt.Errorf("register ghost %s: %w", ghost, err))
-	}
-	a.ensureDisplayName(ctx, ghost, msg.FromName)
-	if err := a.learnGhostIn(ctx, name, room, ghost); err != nil {
 		return "", err
 	}
-	if err := a.ensureGhostIn(ctx, name, room, via, ghost); err != nil {
+	if err := a.joinAsGhost(ctx, name, room, via, ghost, msg.FromName); err != nil {
 		return "", err
 	}
 	txn := txnID(msg.ID)

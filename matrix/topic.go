@@ -60,32 +60,14 @@ func (a *Adapter) handleTopic(ctx context.Context, evt *mevent.Event) error {
 // which joins first, or as the bot when the room refuses the ghost. It
 // returns the state event's ID.
 func (a *Adapter) sendTopic(ctx context.Context, t *event.Topic) (string, error) {
-	h := t.Header
-	if !h.Room || h.From.Network != event.Matrix || h.To.Network != event.Matrix {
-		return "", bridges.Permanent(fmt.Errorf("send to matrix: topic %s → %s is not in a matrix room", h.From, h.To))
+	if !t.Room {
+		return "", bridges.Permanent(fmt.Errorf("send to matrix: topic %s → %s is not in a room", t.From, t.To))
 	}
-	ghost, name := id.UserID(h.From.ID), h.To.ID
-	if !a.owns(ghost) || ghost == a.bot || !validUserID(ghost.String()) {
-		return "", bridges.Permanent(fmt.Errorf("send to matrix: topic setter %s is not a ghost of the appservice", ghost))
-	}
-	if !a.isPortal(name) {
-		return "", bridges.Permanent(fmt.Errorf("send to matrix: %s is not a portal room", name))
-	}
-	room, via, err := a.resolvePortal(ctx, name, false)
+	ghost, name, room, via, err := a.portalTarget(ctx, t.Header, "topic")
 	if err != nil {
-		if isTransient(err) || isTokenError(err) {
-			return "", a.classify(err)
-		}
-		return "", fmt.Errorf("%w: %w", errPortalClosed, err)
-	}
-	if err := a.ensureRegistered(ctx, ghost); err != nil {
-		return "", a.classify(fmt.Errorf("register ghost %s: %w", ghost, err))
-	}
-	a.ensureDisplayName(ctx, ghost, h.FromName)
-	if err := a.learnGhostIn(ctx, name, room, ghost); err != nil {
 		return "", err
 	}
-	if err := a.ensureGhostIn(ctx, name, room, via, ghost); err != nil {
+	if err := a.joinAsGhost(ctx, name, room, via, ghost, t.FromName); err != nil {
 		return "", err
 	}
 	content := mevent.TopicEventContent{Topic: t.Text}
