@@ -332,22 +332,12 @@ func (a *Adapter) Send(ctx context.Context, evt event.Event) (string, error) {
 // The answer comes through the handler (answerPing), so that waiting for it
 // holds up no other writer.
 func (a *Adapter) writeWithBarrier(ctx context.Context, r xml.TokenReader) error {
-	a.mu.Lock()
-	live := a.sess
-	a.mu.Unlock()
-	if live == nil {
-		return errNotConnected
-	}
 	id := randomID()
-	w := &pingWait{sess: live, done: make(chan struct{})}
-	a.pingsMu.Lock()
-	a.pings[id] = w
-	a.pingsMu.Unlock()
-	defer func() {
-		a.pingsMu.Lock()
-		delete(a.pings, id)
-		a.pingsMu.Unlock()
-	}()
+	live, w, release, err := a.expectAnswer(id)
+	if err != nil {
+		return err
+	}
+	defer release()
 	iq := ping.IQ{IQ: stanza.IQ{ID: id, Type: stanza.GetIQ, From: a.domain, To: a.server}}
 	if _, err := a.writeOn(ctx, live, r, iq.TokenReader()); err != nil {
 		return err
@@ -368,6 +358,27 @@ func (a *Adapter) writeWithBarrier(ctx context.Context, r xml.TokenReader) error
 	case <-ctx.Done():
 		return fmt.Errorf("wait for the server to take the stanza: %w", ctx.Err())
 	}
+}
+
+// expectAnswer registers a wait for the answer to the iq id that the caller
+// is about to write on the live session, which it returns; release forgets
+// the wait.
+func (a *Adapter) expectAnswer(id string) (live *xmpp.Session, w *pingWait, release func(), err error) {
+	a.mu.Lock()
+	live = a.sess
+	a.mu.Unlock()
+	if live == nil {
+		return nil, nil, nil, errNotConnected
+	}
+	w = &pingWait{sess: live, done: make(chan struct{})}
+	a.pingsMu.Lock()
+	a.pings[id] = w
+	a.pingsMu.Unlock()
+	return live, w, func() {
+		a.pingsMu.Lock()
+		delete(a.pings, id)
+		a.pingsMu.Unlock()
+	}, nil
 }
 
 // pingWait is a delivery barrier waiting for the answer to its ping, on the

@@ -97,21 +97,11 @@ func (r *rooms) query(id, room string) (*archiveQuery, bool) {
 // request writes the <iq/> of the given ID and waits for its answer. The
 // answer comes through the handler (answerPing), like a barrier's.
 func (a *Adapter) request(ctx context.Context, id string, iq xml.TokenReader) (iqStanza, error) {
-	a.mu.Lock()
-	live := a.sess
-	a.mu.Unlock()
-	if live == nil {
-		return iqStanza{}, errNotConnected
+	live, w, release, err := a.expectAnswer(id)
+	if err != nil {
+		return iqStanza{}, err
 	}
-	w := &pingWait{sess: live, done: make(chan struct{})}
-	a.pingsMu.Lock()
-	a.pings[id] = w
-	a.pingsMu.Unlock()
-	defer func() {
-		a.pingsMu.Lock()
-		delete(a.pings, id)
-		a.pingsMu.Unlock()
-	}()
+	defer release()
 	if _, err := a.writeOn(ctx, live, iq); err != nil {
 		return iqStanza{}, err
 	}
