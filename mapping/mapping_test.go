@@ -163,24 +163,6 @@ func TestPatterns(t *testing.T) {
 	}
 }
 
-func FuzzEscape(f *testing.F) {
-	for _, s := range []string{"", "alice", "Bob_1", "=", "=41", "a%b", "\x00\xff", "ü@x"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		e := mapping.Escape(s)
-		got, ok := mapping.Unescape(e)
-		if !ok || got != s {
-			t.Fatalf("Unescape(Escape(%q)) = %q, %v", s, got, ok)
-		}
-		// Any string Unescape accepts must be canonical: escaping its
-		// meaning gives it back, so an address has one spelling only.
-		if v, ok := mapping.Unescape(s); ok && mapping.Escape(v) != s {
-			t.Fatalf("Unescape accepted non-canonical %q", s)
-		}
-	})
-}
-
 func TestMayWatch(t *testing.T) {
 	c := testConfig()
 	c.Watch = []mapping.WatchRule{

@@ -3,6 +3,7 @@ package mapping
 import (
 	"errors"
 	"fmt"
+	"github.com/parleygw/parley/internal/escape"
 	"path"
 	"strings"
 
@@ -61,7 +62,7 @@ func validDomain(d string) bool {
 		return false
 	}
 	for i := 0; i < len(d); i++ {
-		if !plain(d[i]) {
+		if !escape.Plain(d[i]) {
 			return false
 		}
 	}

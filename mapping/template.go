@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"fmt"
+	"github.com/parleygw/parley/internal/escape"
 	"regexp"
 	"strings"
 )
@@ -48,7 +49,7 @@ func parseTemplate(raw string, placeholders ...string) (template, error) {
 
 func separates(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if !plain(s[i]) && s[i] != escapeByte {
+		if !escape.Plain(s[i]) && s[i] != escape.Introducer {
 			return true
 		}
 	}
@@ -63,7 +64,7 @@ func (t template) format(values ...string) string {
 		if i > 0 {
 			b.WriteString(t.sep)
 		}
-		b.WriteString(Escape(v))
+		b.WriteString(escape.Encode(v))
 	}
 	b.WriteString(t.suffix)
 	return b.String()
@@ -86,7 +87,7 @@ func (t template) parse(id string, n int) ([]string, bool) {
 		}
 	}
 	for i, p := range parts {
-		v, ok := Unescape(p)
+		v, ok := escape.Decode(p)
 		if !ok || v == "" {
 			return nil, false
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/parleygw/parley/bridges"
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/escape"
 	"github.com/parleygw/parley/mapping"
 )
 
@@ -23,7 +24,7 @@ import (
 //	#_xmpp_{room}_{service}:server_name
 //
 // with {room} and {service} the two halves of the MUC's bare JID, escaped
-// as ghosts' addresses are (mapping.Escape: every byte but a-z, 0-9, '.'
+// as ghosts' addresses are (internal/escape: every byte but a-z, 0-9, '.'
 // and '-' becomes =XX), so that '_' separates them and every alias names
 // one MUC: #_xmpp_team_conference.example.org:example.org is
 // team@conference.example.org. The registration declares the namespace
@@ -64,8 +65,8 @@ func parseMUCAlias(alias, server string) (string, bool) {
 	if !ok || room == "" || service == "" {
 		return "", false
 	}
-	r, ok1 := mapping.Unescape(room)
-	s, ok2 := mapping.Unescape(service)
+	r, ok1 := escape.Decode(room)
+	s, ok2 := escape.Decode(service)
 	if !ok1 || !ok2 || strings.ContainsAny(r, "@/ \t\r\n") || strings.ContainsAny(s, "@/") {
 		return "", false
 	}
@@ -80,7 +81,7 @@ func parseMUCAlias(alias, server string) (string, bool) {
 // JID), the inverse of parseMUCAlias.
 func mucAlias(muc, server string) string {
 	room, service, _ := strings.Cut(muc, "@")
-	return "#" + mucAliasPrefix + mapping.Escape(room) + "_" + mapping.Escape(service) + ":" + server
+	return "#" + mucAliasPrefix + escape.Encode(room) + "_" + escape.Encode(service) + ":" + server
 }
 
 // mucAliasNamespace is the registration's regular expression of the

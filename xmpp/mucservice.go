@@ -10,6 +10,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/parleygw/parley/event"
+	"github.com/parleygw/parley/internal/escape"
 	"github.com/parleygw/parley/internal/names"
 )
 
@@ -275,8 +276,8 @@ func servedAlias(local string) (string, bool) {
 	if !ok || name == "" || server == "" {
 		return "", false
 	}
-	n, ok1 := unescapeValue(name)
-	s, ok2 := unescapeValue(server)
+	n, ok1 := escape.Decode(name)
+	s, ok2 := escape.Decode(server)
 	if !ok1 || !ok2 {
 		return "", false
 	}
@@ -294,54 +295,5 @@ func servedLocalpart(alias string) (string, bool) {
 	if !ok || name == "" || server == "" {
 		return "", false
 	}
-	return "#" + escapeValue(name) + "%" + escapeValue(server), true
-}
-
-// plainByte reports whether c stands for itself in an escaped value. These
-// are the rules of the ghost templates (mapping.Escape), which an adapter
-// does not import.
-func plainByte(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-'
-}
-
-const hexLower = "0123456789abcdef"
-
-// escapeValue encodes s with [a-z0-9.-] and '=': every other byte becomes
-// '=' and two lowercase hex digits.
-func escapeValue(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if plainByte(c) {
-			b.WriteByte(c)
-			continue
-		}
-		b.WriteByte('=')
-		b.WriteByte(hexLower[c>>4])
-		b.WriteByte(hexLower[c&0xf])
-	}
-	return b.String()
-}
-
-// unescapeValue reverses escapeValue; it refuses what escapeValue cannot
-// produce, so that each room JID has one meaning.
-func unescapeValue(s string) (string, bool) {
-	b := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case plainByte(c):
-			b = append(b, c)
-		case c == '=' && i+2 < len(s):
-			hi, lo := strings.IndexByte(hexLower, s[i+1]), strings.IndexByte(hexLower, s[i+2])
-			if hi < 0 || lo < 0 || plainByte(byte(hi<<4|lo)) {
-				return "", false
-			}
-			b = append(b, byte(hi<<4|lo))
-			i += 2
-		default:
-			return "", false
-		}
-	}
-	return string(b), true
+	return "#" + escape.Encode(name) + "%" + escape.Encode(server), true
 }

@@ -1,24 +1,29 @@
-package mapping
+// Package escape is the reversible encoding of the parts of an address that
+// Parley writes into an address of another network (a ghost's, a MUC
+// served as a Matrix alias, a Matrix alias that names a MUC): the YAML's
+// ghost templates and the adapters share it.
+package escape
 
 import "strings"
 
-// escapeByte is the escape introducer. Escaped values contain only
+// Introducer is the escape introducer. Escaped values contain only
 // [a-z0-9.-] and '=', so a template separator that uses any other character
 // can never occur inside a value: that is what makes templates reversible.
-const escapeByte = '='
+const Introducer = '='
 
 const hexDigits = "0123456789abcdef"
 
-func plain(c byte) bool {
+// Plain reports whether c stands for itself in an encoded value.
+func Plain(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-'
 }
 
-// Escape encodes s so that it uses only [a-z0-9.-=]: every other byte becomes
+// Encode encodes s so that it uses only [a-z0-9.-=]: every other byte becomes
 // '=' followed by two lowercase hex digits ("Bob_1" → "=42ob=5f1").
-func Escape(s string) string {
+func Encode(s string) string {
 	n := 0
 	for i := 0; i < len(s); i++ {
-		if !plain(s[i]) {
+		if !Plain(s[i]) {
 			n++
 		}
 	}
@@ -29,24 +34,24 @@ func Escape(s string) string {
 	b.Grow(len(s) + 2*n)
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if plain(c) {
+		if Plain(c) {
 			b.WriteByte(c)
 			continue
 		}
-		b.WriteByte(escapeByte)
+		b.WriteByte(Introducer)
 		b.WriteByte(hexDigits[c>>4])
 		b.WriteByte(hexDigits[c&0xf])
 	}
 	return b.String()
 }
 
-// Unescape reverses Escape. It returns false for input Escape cannot produce
+// Decode reverses Encode. It returns false for input Escape cannot produce
 // (a byte outside the alphabet, a bad or non-canonical escape), so that every
 // ghost address has exactly one meaning.
-func Unescape(s string) (string, bool) {
-	if strings.IndexByte(s, escapeByte) < 0 {
+func Decode(s string) (string, bool) {
+	if strings.IndexByte(s, Introducer) < 0 {
 		for i := 0; i < len(s); i++ {
-			if !plain(s[i]) {
+			if !Plain(s[i]) {
 				return "", false
 			}
 		}
@@ -56,15 +61,15 @@ func Unescape(s string) (string, bool) {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
-		case plain(c):
+		case Plain(c):
 			b = append(b, c)
-		case c == escapeByte && i+2 < len(s):
+		case c == Introducer && i+2 < len(s):
 			hi, lo := unhex(s[i+1]), unhex(s[i+2])
 			if hi < 0 || lo < 0 {
 				return "", false
 			}
 			v := byte(hi<<4 | lo)
-			if plain(v) {
+			if Plain(v) {
 				return "", false // canonical form never escapes a plain byte
 			}
 			b = append(b, v)
